@@ -1,0 +1,235 @@
+//! Topic names, topic filters and the matching between them (MQTT 5.0 section 4.7).
+//!
+//! `TopicName` and `TopicFilter` are checked once, when built, and cheap to clone
+//! afterwards because they share the decoded buffer. Nothing here does I/O.
+
+use std::fmt;
+use std::str::FromStr;
+
+use bytestring::ByteString;
+
+use super::types::{check_mqtt_string, InvalidValue};
+
+const SHARE_PREFIX: &str = "$share/";
+
+/// A topic name a message is published to: not empty, no `+` or `#`, valid MQTT string.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TopicName(ByteString);
+
+impl TopicName {
+    /// Returns the name as a string slice.
+    #[must_use]
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Returns the underlying shared string.
+    #[must_use]
+    pub fn as_byte_string(&self) -> &ByteString {
+        &self.0
+    }
+
+    /// Returns `true` for names starting with `$`, which wildcards at the first level
+    /// do not match [MQTT-4.7.2-1].
+    #[must_use]
+    pub fn is_system(&self) -> bool {
+        self.0.starts_with('$')
+    }
+}
+
+impl TryFrom<ByteString> for TopicName {
+    type Error = InvalidValue;
+
+    fn try_from(value: ByteString) -> Result<Self, InvalidValue> {
+        check_mqtt_string(&value)?;
+        if value.is_empty() {
+            return Err(InvalidValue::EmptyTopic);
+        }
+        if value.contains(['+', '#']) {
+            return Err(InvalidValue::WildcardInTopicName(value.to_string()));
+        }
+        Ok(Self(value))
+    }
+}
+
+impl FromStr for TopicName {
+    type Err = InvalidValue;
+
+    fn from_str(value: &str) -> Result<Self, InvalidValue> {
+        Self::try_from(ByteString::from(value))
+    }
+}
+
+impl TryFrom<&str> for TopicName {
+    type Error = InvalidValue;
+
+    fn try_from(value: &str) -> Result<Self, InvalidValue> {
+        value.parse()
+    }
+}
+
+impl TryFrom<String> for TopicName {
+    type Error = InvalidValue;
+
+    fn try_from(value: String) -> Result<Self, InvalidValue> {
+        Self::try_from(ByteString::from(value))
+    }
+}
+
+impl fmt::Debug for TopicName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl fmt::Display for TopicName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A topic filter of a subscription, with wildcards placed as the specification allows,
+/// and, for `$share/{ShareName}/{filter}`, the share name split off.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct TopicFilter {
+    /// The filter as written, including any `$share/` prefix.
+    full: ByteString,
+    /// Byte offset of the filter proper within `full`; 0 unless shared.
+    filter_start: usize,
+}
+
+impl TopicFilter {
+    /// Returns the filter as written, including any `$share/name/` prefix.
+    #[must_use]
+    pub fn as_str(&self) -> &str {
+        &self.full
+    }
+
+    /// Returns the underlying shared string, as sent on the wire.
+    #[must_use]
+    pub fn as_byte_string(&self) -> &ByteString {
+        &self.full
+    }
+
+    /// Returns the share name of a shared subscription, or `None`.
+    #[must_use]
+    pub fn share_name(&self) -> Option<&str> {
+        if self.filter_start == 0 {
+            return None;
+        }
+        self.full.get(SHARE_PREFIX.len()..self.filter_start - 1)
+    }
+
+    /// Returns the filter that topic names are matched against, without the share prefix.
+    #[must_use]
+    pub fn filter(&self) -> &str {
+        self.full.get(self.filter_start..).unwrap_or_default()
+    }
+
+    /// Returns `true` when the filter contains `+` or `#`.
+    #[must_use]
+    pub fn has_wildcards(&self) -> bool {
+        self.filter().contains(['+', '#'])
+    }
+
+    /// Returns `true` when `topic` matches this filter. A filter starting with a wildcard
+    /// does not match a topic starting with `$` [MQTT-4.7.2-1].
+    #[must_use]
+    pub fn matches(&self, topic: &TopicName) -> bool {
+        let filter = self.filter();
+        if topic.is_system() && filter.starts_with(['+', '#']) {
+            return false;
+        }
+        let mut topic_levels = topic.as_str().split('/');
+        for filter_level in filter.split('/') {
+            match (filter_level, topic_levels.next()) {
+                ("#", _) => return true,
+                ("+", Some(_)) => {}
+                (expected, Some(level)) if expected == level => {}
+                _ => return false,
+            }
+        }
+        topic_levels.next().is_none()
+    }
+}
+
+impl TryFrom<ByteString> for TopicFilter {
+    type Error = InvalidValue;
+
+    fn try_from(full: ByteString) -> Result<Self, InvalidValue> {
+        check_mqtt_string(&full)?;
+        if full.is_empty() {
+            return Err(InvalidValue::EmptyFilter);
+        }
+        let filter_start = shared_filter_start(&full)?;
+        let filter = full.get(filter_start..).unwrap_or_default();
+        check_wildcards(filter, &full)?;
+        Ok(Self { full, filter_start })
+    }
+}
+
+impl FromStr for TopicFilter {
+    type Err = InvalidValue;
+
+    fn from_str(value: &str) -> Result<Self, InvalidValue> {
+        Self::try_from(ByteString::from(value))
+    }
+}
+
+impl TryFrom<&str> for TopicFilter {
+    type Error = InvalidValue;
+
+    fn try_from(value: &str) -> Result<Self, InvalidValue> {
+        value.parse()
+    }
+}
+
+impl TryFrom<String> for TopicFilter {
+    type Error = InvalidValue;
+
+    fn try_from(value: String) -> Result<Self, InvalidValue> {
+        Self::try_from(ByteString::from(value))
+    }
+}
+
+impl fmt::Debug for TopicFilter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.full, f)
+    }
+}
+
+impl fmt::Display for TopicFilter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.full)
+    }
+}
+
+/// Returns where the filter proper starts: after `$share/{ShareName}/` for a shared
+/// subscription, else 0. The share name is non-empty and has no `/`, `+` or `#`
+/// [MQTT-4.8.2-1], and the filter after it is non-empty [MQTT-4.8.2-2].
+fn shared_filter_start(full: &str) -> Result<usize, InvalidValue> {
+    let Some(rest) = full.strip_prefix(SHARE_PREFIX) else {
+        return Ok(0);
+    };
+    let invalid = || InvalidValue::InvalidSharedSubscription(full.to_owned());
+    let (share_name, filter) = rest.split_once('/').ok_or_else(invalid)?;
+    if share_name.is_empty() || share_name.contains(['+', '#']) || filter.is_empty() {
+        return Err(invalid());
+    }
+    Ok(SHARE_PREFIX.len() + share_name.len() + 1)
+}
+
+/// Checks that `#` is alone in the last level and `+` alone in its level
+/// [MQTT-4.7.1-1] [MQTT-4.7.1-2]. `full` is only for the error message.
+fn check_wildcards(filter: &str, full: &str) -> Result<(), InvalidValue> {
+    let mut levels = filter.split('/').peekable();
+    while let Some(level) = levels.next() {
+        if level.contains('#') && (level != "#" || levels.peek().is_some()) {
+            return Err(InvalidValue::MisplacedMultiLevelWildcard(full.to_owned()));
+        }
+        if level.contains('+') && level != "+" {
+            return Err(InvalidValue::MisplacedSingleLevelWildcard(full.to_owned()));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,296 @@
+//! Small validated values shared by every packet: packet identifiers, QoS levels,
+//! protocol versions, client identifiers and subscription options.
+//!
+//! Each type is built through `TryFrom` or `FromStr`, so an invalid value cannot
+//! exist past the point where it was parsed. Nothing here does I/O.
+
+use std::fmt;
+use std::num::NonZeroU16;
+use std::str::FromStr;
+
+use bytestring::ByteString;
+
+/// MQTT protocol level, the byte after the protocol name in CONNECT.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ProtocolVersion {
+    /// MQTT 3.1, protocol name "MQIsdp", level 3. Only CONNECT differs from 3.1.1.
+    V3_1,
+    /// MQTT 3.1.1, protocol name "MQTT", level 4.
+    V3_1_1,
+    /// MQTT 5.0, protocol name "MQTT", level 5.
+    V5,
+}
+
+impl ProtocolVersion {
+    /// Returns the protocol level byte sent in CONNECT.
+    #[must_use]
+    pub fn level(self) -> u8 {
+        match self {
+            Self::V3_1 => 3,
+            Self::V3_1_1 => 4,
+            Self::V5 => 5,
+        }
+    }
+
+    /// Returns `true` for MQTT 5.0, the only version with properties and reason codes.
+    #[must_use]
+    pub fn is_v5(self) -> bool {
+        self == Self::V5
+    }
+}
+
+impl TryFrom<u8> for ProtocolVersion {
+    type Error = u8;
+
+    /// Parses a protocol level byte, returning it unchanged when it is not 3, 4 or 5.
+    fn try_from(level: u8) -> Result<Self, u8> {
+        match level {
+            3 => Ok(Self::V3_1),
+            4 => Ok(Self::V3_1_1),
+            5 => Ok(Self::V5),
+            other => Err(other),
+        }
+    }
+}
+
+/// Packet identifier of QoS 1 and 2 flows, SUBSCRIBE and UNSUBSCRIBE, never zero
+/// [MQTT-2.2.1-3].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PacketId(NonZeroU16);
+
+impl PacketId {
+    /// The smallest packet identifier, 1.
+    pub const MIN: Self = Self(NonZeroU16::MIN);
+    /// The largest packet identifier, 65,535.
+    pub const MAX: Self = Self(NonZeroU16::MAX);
+
+    /// Returns the identifier as sent on the wire.
+    #[must_use]
+    pub fn get(self) -> u16 {
+        self.0.get()
+    }
+
+    /// Returns the identifier after this one, wrapping from 65,535 to 1.
+    #[must_use]
+    pub fn next_wrapping(self) -> Self {
+        Self(self.0.checked_add(1).unwrap_or(NonZeroU16::MIN))
+    }
+}
+
+impl TryFrom<u16> for PacketId {
+    type Error = InvalidValue;
+
+    fn try_from(value: u16) -> Result<Self, InvalidValue> {
+        NonZeroU16::new(value)
+            .map(Self)
+            .ok_or(InvalidValue::ZeroPacketId)
+    }
+}
+
+impl From<NonZeroU16> for PacketId {
+    fn from(value: NonZeroU16) -> Self {
+        Self(value)
+    }
+}
+
+impl fmt::Display for PacketId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// Quality of service level of a message or subscription.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub enum QoS {
+    /// At most once: no acknowledgement.
+    #[default]
+    AtMostOnce = 0,
+    /// At least once: PUBLISH, PUBACK.
+    AtLeastOnce = 1,
+    /// Exactly once: PUBLISH, PUBREC, PUBREL, PUBCOMP.
+    ExactlyOnce = 2,
+}
+
+impl QoS {
+    /// Returns the level as a number from 0 to 2.
+    #[must_use]
+    pub fn level(self) -> u8 {
+        self as u8
+    }
+}
+
+impl TryFrom<u8> for QoS {
+    type Error = InvalidValue;
+
+    /// Parses a QoS level; 3 is reserved and rejected [MQTT-3.3.1-4].
+    fn try_from(value: u8) -> Result<Self, InvalidValue> {
+        match value {
+            0 => Ok(Self::AtMostOnce),
+            1 => Ok(Self::AtLeastOnce),
+            2 => Ok(Self::ExactlyOnce),
+            other => Err(InvalidValue::QoS(other)),
+        }
+    }
+}
+
+/// Client identifier: a UTF-8 string of at most 65,535 bytes without U+0000, possibly
+/// empty (the server then assigns one, or in MQTT 3.1.1 requires clean session).
+#[derive(Clone, PartialEq, Eq, Hash, Default)]
+pub struct ClientId(ByteString);
+
+impl ClientId {
+    /// Returns the identifier as a string slice.
+    #[must_use]
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Returns the underlying shared string.
+    #[must_use]
+    pub fn as_byte_string(&self) -> &ByteString {
+        &self.0
+    }
+
+    /// Returns `true` when the identifier is the empty string.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl TryFrom<ByteString> for ClientId {
+    type Error = InvalidValue;
+
+    fn try_from(value: ByteString) -> Result<Self, InvalidValue> {
+        check_mqtt_string(&value)?;
+        Ok(Self(value))
+    }
+}
+
+impl FromStr for ClientId {
+    type Err = InvalidValue;
+
+    fn from_str(value: &str) -> Result<Self, InvalidValue> {
+        Self::try_from(ByteString::from(value))
+    }
+}
+
+impl fmt::Debug for ClientId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl fmt::Display for ClientId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// What the server does with retained messages when a subscription is made
+/// (MQTT 5.0 section 3.8.3.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum RetainHandling {
+    /// Send retained messages at the time of the subscribe.
+    #[default]
+    SendAtSubscribe = 0,
+    /// Send retained messages only if the subscription did not exist before.
+    SendAtNewSubscribe = 1,
+    /// Do not send retained messages.
+    DoNotSend = 2,
+}
+
+impl TryFrom<u8> for RetainHandling {
+    type Error = InvalidValue;
+
+    /// Parses the two retain handling bits; 3 is reserved [MQTT-3.8.3-5].
+    fn try_from(value: u8) -> Result<Self, InvalidValue> {
+        match value {
+            0 => Ok(Self::SendAtSubscribe),
+            1 => Ok(Self::SendAtNewSubscribe),
+            2 => Ok(Self::DoNotSend),
+            other => Err(InvalidValue::RetainHandling(other)),
+        }
+    }
+}
+
+/// Options byte of one SUBSCRIBE entry. MQTT 3.1.1 carries only `qos`; the codec
+/// rejects the other options when encoding for 3.1.1 unless they are at their defaults.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct SubscriptionOptions {
+    /// Maximum QoS the server may use to send matching messages.
+    pub qos: QoS,
+    /// Do not receive messages published by this same client (v5 only).
+    pub no_local: bool,
+    /// Keep the RETAIN flag as published instead of clearing it (v5 only).
+    pub retain_as_published: bool,
+    /// When to send retained messages (v5 only).
+    pub retain_handling: RetainHandling,
+}
+
+impl SubscriptionOptions {
+    /// Returns default options with the given maximum QoS.
+    #[must_use]
+    pub fn with_qos(qos: QoS) -> Self {
+        Self {
+            qos,
+            ..Self::default()
+        }
+    }
+}
+
+/// A value that breaks a rule of its type, returned by the `TryFrom` and `FromStr`
+/// conversions in this crate's codec.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum InvalidValue {
+    /// Packet identifier 0 is reserved [MQTT-2.2.1-3].
+    #[error("packet identifier must not be zero")]
+    ZeroPacketId,
+    /// QoS levels are 0, 1 and 2 [MQTT-3.3.1-4].
+    #[error("invalid QoS {0}, expected 0, 1 or 2")]
+    QoS(u8),
+    /// Retain handling is 0, 1 or 2 [MQTT-3.8.3-5].
+    #[error("invalid retain handling {0}, expected 0, 1 or 2")]
+    RetainHandling(u8),
+    /// An MQTT string may hold at most 65,535 bytes [MQTT-1.5.4-1].
+    #[error("string of {0} bytes is longer than 65535")]
+    StringTooLong(usize),
+    /// MQTT strings must not contain U+0000 [MQTT-1.5.4-2].
+    #[error("string contains the null character U+0000")]
+    NullCharacter,
+    /// A topic name must be at least one character long [MQTT-4.7.3-1].
+    #[error("topic name is empty")]
+    EmptyTopic,
+    /// A topic name must not contain `+` or `#` [MQTT-3.3.2-2].
+    #[error("topic name {0:?} contains a wildcard")]
+    WildcardInTopicName(String),
+    /// A topic filter must be at least one character long [MQTT-4.7.3-1].
+    #[error("topic filter is empty")]
+    EmptyFilter,
+    /// `#` must be the last level of a filter, alone in its level [MQTT-4.7.1-1].
+    #[error("topic filter {0:?} has `#` that is not alone in the last level")]
+    MisplacedMultiLevelWildcard(String),
+    /// `+` must occupy a whole level [MQTT-4.7.1-2].
+    #[error("topic filter {0:?} has `+` that is not alone in its level")]
+    MisplacedSingleLevelWildcard(String),
+    /// A shared subscription is `$share/{ShareName}/{filter}` with a non-empty share name
+    /// without wildcards and a non-empty filter [MQTT-4.8.2-1] [MQTT-4.8.2-2].
+    #[error("shared subscription {0:?} is not of the form $share/name/filter")]
+    InvalidSharedSubscription(String),
+    /// A subscription identifier is from 1 to 268,435,455 (MQTT 5.0 section 3.8.2.1.2).
+    #[error("subscription identifier {0} is outside 1..=268435455")]
+    SubscriptionIdentifier(u32),
+}
+
+/// Checks the rules every MQTT UTF-8 string follows: at most 65,535 bytes and no
+/// U+0000 [MQTT-1.5.4-1] [MQTT-1.5.4-2]. Rust strings are valid UTF-8 already.
+pub(crate) fn check_mqtt_string(value: &str) -> Result<(), InvalidValue> {
+    if value.len() > usize::from(u16::MAX) {
+        return Err(InvalidValue::StringTooLong(value.len()));
+    }
+    if value.contains('\0') {
+        return Err(InvalidValue::NullCharacter);
+    }
+    Ok(())
+}
