@@ -1,0 +1,499 @@
+//! Scripted fake MQTT brokers that fail connection attempts on purpose.
+//!
+//! A `FaultBroker` listens on 127.0.0.1 port 0 and plays one `Script` per accepted
+//! connection: close at once, reply to the CONNECT with given bytes (a refusing CONNACK,
+//! garbage, a late CONNACK), or never reply. Every connection has a bounded lifetime
+//! and `FaultBroker::stop` closes the listener and awaits every task it started, so a
+//! stopped broker leaves no task, socket or timer behind for a leak count to see.
+//!
+//! The broker writes raw bytes and parses only the fixed header of what it reads, so
+//! it does not depend on the codec under test and can send packets the codec rejects.
+#![allow(dead_code)]
+
+use std::io;
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+use tokio::task::{JoinHandle, JoinSet};
+
+/// Maximum lifetime of one connection task, after which the broker closes the connection.
+const CONNECTION_LIFETIME: Duration = Duration::from_secs(10);
+
+/// Time `FaultBroker::stop` gives open connections to be closed by the client before it
+/// aborts them and counts them as lingering.
+pub const STOP_GRACE: Duration = Duration::from_secs(3);
+
+/// Maximum packet size the broker reads from a client. CONNECT packets in these tests are far smaller.
+const MAX_READ_PACKET: usize = 64 * 1024;
+
+/// What the broker does with one accepted connection.
+#[derive(Debug, Clone)]
+pub enum Script {
+    /// Closes the connection before reading anything.
+    CloseAtOnce,
+    /// Reads the CONNECT packet, waits, writes `bytes` and then reads until the client
+    /// closes the connection.
+    Reply {
+        /// Number of `tokio::task::yield_now` calls before writing, for delays below
+        /// the timer resolution.
+        yields: u32,
+        /// Time to sleep before writing, after the yields.
+        sleep: Duration,
+        /// Bytes written as they are, valid MQTT or not.
+        bytes: Bytes,
+    },
+    /// Reads whatever the client sends, never writes, and ends when the client closes
+    /// the connection.
+    Silent,
+}
+
+impl Script {
+    /// Returns a script that writes `bytes` as soon as the CONNECT packet has been read.
+    pub fn reply(bytes: impl Into<Bytes>) -> Self {
+        Self::Reply {
+            yields: 0,
+            sleep: Duration::ZERO,
+            bytes: bytes.into(),
+        }
+    }
+}
+
+/// What a broker saw between its start and its stop.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BrokerReport {
+    /// Connections accepted.
+    pub accepted: usize,
+    /// Connections on which a whole first packet of type CONNECT was read.
+    pub connects_read: usize,
+    /// Connections on which the scripted reply was written completely.
+    pub replies_written: usize,
+    /// Connections that the client had not closed when the stop grace time ran out.
+    pub lingering: usize,
+}
+
+/// One connection's contribution to a `BrokerReport`.
+#[derive(Debug, Clone, Copy, Default)]
+struct ConnectionReport {
+    connect_read: bool,
+    reply_written: bool,
+}
+
+/// A running fake broker; `stop` must be awaited to release its listener and tasks.
+#[derive(Debug)]
+pub struct FaultBroker {
+    port: u16,
+    shutdown: oneshot::Sender<Duration>,
+    task: JoinHandle<BrokerReport>,
+}
+
+impl FaultBroker {
+    /// Binds 127.0.0.1 port 0 and starts accepting. `script` is called with the index of
+    /// each accepted connection (0, 1, 2, ...) and returns what to do with it.
+    pub async fn start<F>(script: F) -> io::Result<Self>
+    where
+        F: FnMut(usize) -> Script + Send + 'static,
+    {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
+        let port = listener.local_addr()?.port();
+        let (shutdown, shutdown_received) = oneshot::channel();
+        let task = tokio::spawn(accept_loop(listener, script, shutdown_received));
+        Ok(Self {
+            port,
+            shutdown,
+            task,
+        })
+    }
+
+    /// Returns the port the broker listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Closes the listener, waits up to `STOP_GRACE` for open connections to be closed by
+    /// their clients, aborts the rest and returns what the broker saw. When this returns,
+    /// every task and socket of the broker is gone.
+    pub async fn stop(self) -> BrokerReport {
+        self.stop_within(STOP_GRACE).await
+    }
+
+    /// Works as `stop`, with `grace` in place of `STOP_GRACE`.
+    pub async fn stop_within(self, grace: Duration) -> BrokerReport {
+        // A send error means the accept loop already ended; the join below still applies.
+        let _ = self.shutdown.send(grace);
+        match self.task.await {
+            Ok(report) => report,
+            Err(error) => std::panic::resume_unwind(error.into_panic()),
+        }
+    }
+}
+
+/// Returns a loopback port with no listener: it binds port 0 and closes the listener at
+/// once. Another process could take the port in between, which is unlikely on loopback.
+pub fn closed_port() -> io::Result<u16> {
+    let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
+    Ok(listener.local_addr()?.port())
+}
+
+/// Returns a v3.1.1 CONNACK packet with `session_present` false and `return_code`.
+pub fn connack_v3(return_code: u8) -> Bytes {
+    Bytes::from(vec![0x20, 0x02, 0x00, return_code])
+}
+
+/// Returns a v5 CONNACK packet with `session_present` false, `reason_code` and no properties.
+pub fn connack_v5(reason_code: u8) -> Bytes {
+    Bytes::from(vec![0x20, 0x03, 0x00, reason_code, 0x00])
+}
+
+/// Accepts connections until `shutdown` fires, then drops the listener and collects
+/// every connection task.
+async fn accept_loop<F>(
+    listener: TcpListener,
+    mut script: F,
+    mut shutdown: oneshot::Receiver<Duration>,
+) -> BrokerReport
+where
+    F: FnMut(usize) -> Script + Send + 'static,
+{
+    let mut report = BrokerReport::default();
+    let mut connections = JoinSet::new();
+    let grace = loop {
+        tokio::select! {
+            // A dropped `FaultBroker` closes the channel, which stops the broker too.
+            received = &mut shutdown => break received.unwrap_or(STOP_GRACE),
+            accepted = listener.accept() => {
+                // Accept errors such as a client resetting before accept are not the
+                // broker's concern; the attempt fails on the client side.
+                let Ok((stream, _)) = accepted else { continue };
+                let connection_script = script(report.accepted);
+                report.accepted += 1;
+                connections.spawn(serve_bounded(stream, connection_script));
+            }
+            // Reap finished connections as they end so the set stays small.
+            Some(finished) = connections.join_next(), if !connections.is_empty() => {
+                add_connection(&mut report, finished);
+            }
+        }
+    };
+    drop(listener);
+
+    collect_connections(&mut report, connections, grace).await;
+    report
+}
+
+/// Waits up to `grace` for the remaining connections and aborts the ones still open.
+async fn collect_connections(
+    report: &mut BrokerReport,
+    mut connections: JoinSet<ConnectionReport>,
+    grace: Duration,
+) {
+    let deadline = tokio::time::Instant::now() + grace;
+    while !connections.is_empty() {
+        match tokio::time::timeout_at(deadline, connections.join_next()).await {
+            Ok(Some(finished)) => add_connection(report, finished),
+            Ok(None) => break,
+            Err(_) => {
+                report.lingering = connections.len();
+                connections.shutdown().await;
+                break;
+            }
+        }
+    }
+}
+
+/// Adds one finished connection to the report; a panic in a connection task is re-raised.
+fn add_connection(
+    report: &mut BrokerReport,
+    finished: Result<ConnectionReport, tokio::task::JoinError>,
+) {
+    let connection = match finished {
+        Ok(connection) => connection,
+        Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
+        Err(_) => return,
+    };
+    report.connects_read += usize::from(connection.connect_read);
+    report.replies_written += usize::from(connection.reply_written);
+}
+
+/// Plays `script` on `stream`, closing the connection after `CONNECTION_LIFETIME` at most.
+async fn serve_bounded(stream: TcpStream, script: Script) -> ConnectionReport {
+    let mut report = ConnectionReport::default();
+    // On timeout the stream is dropped with the future, which closes the connection.
+    let _ = tokio::time::timeout(CONNECTION_LIFETIME, serve(stream, script, &mut report)).await;
+    report
+}
+
+/// Plays one script; I/O errors end the connection, which is what a client sees anyway.
+async fn serve(mut stream: TcpStream, script: Script, report: &mut ConnectionReport) {
+    match script {
+        Script::CloseAtOnce => drop(stream),
+        Script::Reply {
+            yields,
+            sleep,
+            bytes,
+        } => {
+            report.connect_read = read_connect(&mut stream).await;
+            if !report.connect_read {
+                return;
+            }
+            for _ in 0..yields {
+                tokio::task::yield_now().await;
+            }
+            if !sleep.is_zero() {
+                tokio::time::sleep(sleep).await;
+            }
+            if stream.write_all(&bytes).await.is_err() {
+                return;
+            }
+            report.reply_written = true;
+            drain_until_closed(&mut stream).await;
+        }
+        Script::Silent => {
+            report.connect_read = read_connect(&mut stream).await;
+            drain_until_closed(&mut stream).await;
+        }
+    }
+}
+
+/// Reads one whole packet and returns `true` when it is a CONNECT (packet type 1).
+/// Returns `false` on end of stream, an I/O error or a malformed fixed header.
+async fn read_connect(stream: &mut TcpStream) -> bool {
+    let Ok(first_byte) = stream.read_u8().await else {
+        return false;
+    };
+    let Some(remaining_length) = read_remaining_length(stream).await else {
+        return false;
+    };
+    if remaining_length > MAX_READ_PACKET {
+        return false;
+    }
+    let mut body = vec![0; remaining_length];
+    if stream.read_exact(&mut body).await.is_err() {
+        return false;
+    }
+    first_byte >> 4 == 1
+}
+
+/// Reads the variable byte integer of a fixed header: at most four bytes, seven bits each.
+async fn read_remaining_length(stream: &mut TcpStream) -> Option<usize> {
+    let mut value = 0_usize;
+    for shift in [0, 7, 14, 21] {
+        let byte = stream.read_u8().await.ok()?;
+        value |= usize::from(byte & 0x7F) << shift;
+        if byte & 0x80 == 0 {
+            return Some(value);
+        }
+    }
+    None
+}
+
+/// Reads and discards until the peer closes the connection or an I/O error occurs.
+async fn drain_until_closed(stream: &mut TcpStream) {
+    let mut buffer = [0_u8; 1024];
+    while let Ok(read) = stream.read(&mut buffer).await {
+        if read == 0 {
+            break;
+        }
+    }
+}
+
+/// Serialises tests that measure process-wide counts (open file descriptors, live
+/// actors): tests in one binary run on parallel threads by default.
+pub static PROCESS_COUNTS_LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+#[cfg(test)]
+mod tests {
+    #![allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing
+    )]
+
+    use std::net::SocketAddr;
+
+    use tokio::sync::MutexGuard;
+
+    use super::*;
+
+    /// A minimal v3.1.1 CONNECT: client id "t", clean session, keep-alive 0.
+    const CONNECT: [u8; 15] = [
+        0x10, 0x0D, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x04, 0x02, 0x00, 0x00, 0x00, 0x01, b't',
+    ];
+
+    /// Takes the process-wide lock, because every test here opens sockets.
+    async fn lock_counts() -> MutexGuard<'static, ()> {
+        PROCESS_COUNTS_LOCK.lock().await
+    }
+
+    async fn connect(broker: &FaultBroker) -> TcpStream {
+        TcpStream::connect(SocketAddr::from((Ipv4Addr::LOCALHOST, broker.port())))
+            .await
+            .unwrap()
+    }
+
+    /// Connects, sends `CONNECT` and reads a reply of `reply_len` bytes.
+    async fn exchange_connect(broker: &FaultBroker, reply_len: usize) -> (TcpStream, Vec<u8>) {
+        let mut stream = connect(broker).await;
+        stream.write_all(&CONNECT).await.unwrap();
+        let mut reply = vec![0_u8; reply_len];
+        stream.read_exact(&mut reply).await.unwrap();
+        (stream, reply)
+    }
+
+    /// Reads until end of stream, treating a connection reset as the end.
+    async fn read_to_close(stream: &mut TcpStream) -> Vec<u8> {
+        let mut received = Vec::new();
+        let mut buffer = [0_u8; 256];
+        while let Ok(read) = stream.read(&mut buffer).await {
+            if read == 0 {
+                break;
+            }
+            received.extend_from_slice(&buffer[..read]);
+        }
+        received
+    }
+
+    #[tokio::test]
+    async fn closed_port_refuses_connections() {
+        let _counts = lock_counts().await;
+        let port = closed_port().unwrap();
+
+        let result = TcpStream::connect(SocketAddr::from((Ipv4Addr::LOCALHOST, port))).await;
+
+        let error = result.expect_err("connect to a closed port succeeded");
+        assert_eq!(error.kind(), io::ErrorKind::ConnectionRefused);
+    }
+
+    #[tokio::test]
+    async fn close_at_once_sends_nothing() {
+        let _counts = lock_counts().await;
+        let broker = FaultBroker::start(|_| Script::CloseAtOnce).await.unwrap();
+        let mut stream = connect(&broker).await;
+
+        let received = read_to_close(&mut stream).await;
+        drop(stream);
+        let report = broker.stop().await;
+
+        assert!(received.is_empty(), "received {received:?}");
+        assert_eq!(report.accepted, 1);
+        assert_eq!(report.connects_read, 0);
+        assert_eq!(report.lingering, 0);
+    }
+
+    #[tokio::test]
+    async fn reply_follows_connect() {
+        let _counts = lock_counts().await;
+        let broker = FaultBroker::start(|_| Script::reply(connack_v3(5)))
+            .await
+            .unwrap();
+
+        let (stream, reply) = exchange_connect(&broker, 4).await;
+        drop(stream);
+        let report = broker.stop().await;
+
+        assert_eq!(reply, [0x20, 0x02, 0x00, 0x05]);
+        assert_eq!(report.accepted, 1);
+        assert_eq!(report.connects_read, 1);
+        assert_eq!(report.replies_written, 1);
+        assert_eq!(report.lingering, 0);
+    }
+
+    #[tokio::test]
+    async fn delayed_reply_still_arrives() {
+        let _counts = lock_counts().await;
+        let script = Script::Reply {
+            yields: 3,
+            sleep: Duration::from_millis(1),
+            bytes: connack_v5(0x87),
+        };
+        let broker = FaultBroker::start(move |_| script.clone()).await.unwrap();
+
+        let (stream, reply) = exchange_connect(&broker, 5).await;
+        drop(stream);
+        let report = broker.stop().await;
+
+        assert_eq!(reply, [0x20, 0x03, 0x00, 0x87, 0x00]);
+        assert_eq!(report.replies_written, 1);
+        assert_eq!(report.lingering, 0);
+    }
+
+    #[tokio::test]
+    async fn silent_reads_connect_and_never_writes() {
+        let _counts = lock_counts().await;
+        let broker = FaultBroker::start(|_| Script::Silent).await.unwrap();
+        let mut stream = connect(&broker).await;
+
+        stream.write_all(&CONNECT).await.unwrap();
+        stream.shutdown().await.unwrap();
+        let received = read_to_close(&mut stream).await;
+        drop(stream);
+        let report = broker.stop().await;
+
+        assert!(received.is_empty(), "received {received:?}");
+        assert_eq!(report.connects_read, 1);
+        assert_eq!(report.replies_written, 0);
+        assert_eq!(report.lingering, 0);
+    }
+
+    #[tokio::test]
+    async fn script_receives_connection_index() {
+        let _counts = lock_counts().await;
+        let broker = FaultBroker::start(|index| Script::reply(connack_v3(index as u8)))
+            .await
+            .unwrap();
+
+        let mut replies = Vec::new();
+        for _ in 0..3 {
+            let (_stream, reply) = exchange_connect(&broker, 4).await;
+            replies.push(reply[3]);
+        }
+        let report = broker.stop().await;
+
+        assert_eq!(replies, [0, 1, 2]);
+        assert_eq!(report.accepted, 3);
+    }
+
+    #[tokio::test]
+    async fn stop_counts_connections_left_open() {
+        let _counts = lock_counts().await;
+        let broker = FaultBroker::start(|_| Script::reply(connack_v3(0)))
+            .await
+            .unwrap();
+        // Once the reply is here, the broker is reading until the client closes.
+        let (mut stream, _reply) = exchange_connect(&broker, 4).await;
+
+        // The client keeps its end open, so the broker must give up after the grace time.
+        let report = broker.stop_within(Duration::from_millis(50)).await;
+        let received = read_to_close(&mut stream).await;
+
+        assert_eq!(report.lingering, 1);
+        assert!(received.is_empty(), "received {received:?}");
+    }
+
+    #[tokio::test]
+    async fn stopped_broker_leaves_no_task_or_socket() {
+        let _counts = lock_counts().await;
+        let tasks = || {
+            tokio::runtime::Handle::current()
+                .metrics()
+                .num_alive_tasks()
+        };
+        let fds = || std::fs::read_dir("/proc/self/fd").unwrap().count();
+        let (tasks_before, fds_before) = (tasks(), fds());
+
+        let broker = FaultBroker::start(|_| Script::Silent).await.unwrap();
+        let mut stream = connect(&broker).await;
+        stream.write_all(&CONNECT).await.unwrap();
+        let tasks_running = tasks();
+        drop(stream);
+        broker.stop().await;
+
+        assert!(tasks_running > tasks_before, "broker tasks are not counted");
+        assert_eq!(tasks(), tasks_before);
+        assert_eq!(fds(), fds_before);
+    }
+}
