@@ -1,0 +1,590 @@
+//! Packet flows once connected: sending queued requests, the acknowledgements for them,
+//! and inbound messages with the acknowledgements this client owes.
+
+use std::time::Instant;
+
+use crate::codec::{
+    self, Delivery, Packet, PacketId, PacketType, Properties, PubAck, PubAckReason, PubComp,
+    PubCompReason, PubRec, PubRel, Publish, QoS, SubAck, Subscribe, UnsubAck, Unsubscribe,
+};
+use crate::store::{AwaitedAck, OutboundFlow, OutgoingPublish, QueuedRequest, Request, Store};
+
+use super::{
+    reason_string, unknown_id, BrokerLimits, InboundAck, InboundMessage, Outcome,
+    ProtocolViolation, PublishOutcome, RejectReason, RequestError, Session, SessionEvent, State,
+    SubscribeOutcome, UnsubscribeOutcome,
+};
+
+/// Whether the request at the head of the queue was handled or must wait.
+#[allow(clippy::large_enum_variant)] // Lives on the stack for one call; boxing would allocate per request.
+enum Dispatch {
+    /// Sent, or completed with an error; the next request may go.
+    Done,
+    /// No room in the window or no free packet identifier; the request stays queued.
+    Blocked(QueuedRequest),
+}
+
+impl<S: Store> Session<S> {
+    /// Sends queued requests in order until one must wait.
+    pub(super) fn drain_queue(&mut self, now: Instant) {
+        let State::Connected(connection) = &self.state else {
+            return;
+        };
+        let limits = connection.limits;
+        while let Some(queued) = self.store.pop_request() {
+            if let Dispatch::Blocked(queued) = self.dispatch(queued, limits, now) {
+                self.store.push_front_request(queued);
+                break;
+            }
+        }
+    }
+
+    fn dispatch(&mut self, queued: QueuedRequest, limits: BrokerLimits, now: Instant) -> Dispatch {
+        let token = queued.token;
+        let checked = match &queued.request {
+            Request::Publish(publish) => check_publish(publish, limits),
+            Request::Subscribe {
+                filters,
+                properties,
+            } => check_subscribe(filters, properties, limits),
+            Request::Unsubscribe { .. } => Ok(()),
+        };
+        if let Err(error) = checked {
+            self.complete(token, Err(error));
+            return Dispatch::Done;
+        }
+
+        let needs_window =
+            matches!(&queued.request, Request::Publish(p) if p.qos != QoS::AtMostOnce);
+        let window = usize::from(self.config.max_inflight.get().min(limits.receive_maximum));
+        if needs_window && self.store.outbound_publish_len() >= window {
+            return Dispatch::Blocked(queued);
+        }
+        let packet_id = match &queued.request {
+            Request::Publish(p) if p.qos == QoS::AtMostOnce => PacketId::MIN,
+            _ => match self.allocate_packet_id() {
+                Some(id) => id,
+                None => return Dispatch::Blocked(queued),
+            },
+        };
+
+        let (packet, flow) = build_packet(queued, packet_id);
+        if let Err(error) = self.check_size(&packet, limits) {
+            self.complete(token, Err(error));
+            return Dispatch::Done;
+        }
+        match flow {
+            Some(flow) => {
+                self.store.insert_outbound(packet_id, flow);
+                self.store.set_packet_id_cursor(packet_id.next_wrapping());
+                self.transmit(packet, now);
+            }
+            None => self.transmit_with(packet, Some(token), now),
+        }
+        Dispatch::Done
+    }
+
+    /// Finds a packet identifier no outbound flow uses, starting at the cursor; PUBLISH,
+    /// SUBSCRIBE and UNSUBSCRIBE share one identifier space [MQTT-2.2.1-3].
+    fn allocate_packet_id(&self) -> Option<PacketId> {
+        let mut candidate = self.store.packet_id_cursor();
+        for _ in 0..u16::MAX {
+            if !self.store.contains_outbound(candidate) {
+                return Some(candidate);
+            }
+            candidate = candidate.next_wrapping();
+        }
+        None
+    }
+
+    /// Refuses a packet the codec cannot encode for this version, or one larger than
+    /// the broker's Maximum Packet Size [MQTT-3.1.2-24].
+    fn check_size(&self, packet: &Packet, limits: BrokerLimits) -> Result<(), RequestError> {
+        let size = codec::encoded_len(packet, self.config.protocol)
+            .map_err(|error| RequestError::Invalid(error.to_string()))?;
+        match limits.maximum_packet_size {
+            Some(max) if size > max as usize => Err(RequestError::PacketTooLarge { size, max }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Resends what the broker still expects after resuming a session: each unacknowledged
+    /// PUBLISH with DUP set, and PUBREL for each QoS 2 flow past PUBREC
+    /// [MQTT-4.4.0-1]. Without a resumed session the broker forgot the inbound QoS 2
+    /// identifiers, so this client forgets them too.
+    pub(super) fn resume_flows(&mut self, session_present: bool, now: Instant) {
+        if !session_present {
+            self.store.clear_inbound();
+            // NOTE: outbound flows of an earlier connection are kept and resent below
+            // even when the broker started a new session; the reconnect policy is meant
+            // to decide this, and until it exists every connection starts empty.
+        }
+        for id in self.store.outbound_ids() {
+            match self.store.outbound(id) {
+                Some(OutboundFlow::Publish {
+                    packet,
+                    awaiting: AwaitedAck::PubAck | AwaitedAck::PubRec,
+                    ..
+                }) => {
+                    let resent = Publish {
+                        dup: true,
+                        ..packet
+                    };
+                    self.transmit(Packet::Publish(resent), now);
+                }
+                Some(OutboundFlow::Publish {
+                    awaiting: AwaitedAck::PubComp { .. },
+                    ..
+                }) => self.transmit(pubrel(id, PubCompReason::Success), now),
+                _ => {}
+            }
+        }
+    }
+
+    pub(super) fn on_publish(&mut self, publish: Publish, now: Instant) {
+        let delivery = publish.delivery;
+        let message = match self.resolve_topic(&publish) {
+            Ok(topic) => inbound_message(topic, publish),
+            Err(violation) => return self.violate(violation, now),
+        };
+        let (packet_id, qos) = match delivery {
+            Delivery::AtMostOnce => {
+                self.events
+                    .push_back(SessionEvent::Message { message, ack: None });
+                return;
+            }
+            Delivery::AtLeastOnce(id) => (id, QoS::AtLeastOnce),
+            Delivery::ExactlyOnce(id) => (id, QoS::ExactlyOnce),
+        };
+        let ack = InboundAck { packet_id, qos };
+
+        // A QoS 2 message already delivered is acknowledged again, not delivered again
+        // [MQTT-4.3.3-10]; one still being delivered gets its PUBREC when delivery ends.
+        if qos == QoS::ExactlyOnce && self.store.contains_inbound(packet_id) {
+            return self.send_inbound_ack(ack, now);
+        }
+        let receive_maximum = self.config.receive_maximum.get();
+        let unacked = self.inflight_in();
+        let enforce_maximum = self.config.protocol.is_v5();
+        let Some(connection) = self.connection_mut() else {
+            return;
+        };
+        if let Some(&delivering_qos) = connection.delivering.get(&packet_id) {
+            if qos == QoS::ExactlyOnce && delivering_qos == QoS::ExactlyOnce {
+                return;
+            }
+        } else {
+            if unacked >= usize::from(receive_maximum) && enforce_maximum {
+                let violation = ProtocolViolation::ReceiveMaximumExceeded(receive_maximum);
+                return self.violate(violation, now);
+            }
+            connection.delivering.insert(packet_id, qos);
+        }
+        self.events.push_back(SessionEvent::Message {
+            message,
+            ack: Some(ack),
+        });
+    }
+
+    /// Returns the topic of an inbound PUBLISH, defining or applying a topic alias
+    /// (MQTT 5.0 section 3.3.2.3.4).
+    fn resolve_topic(&mut self, publish: &Publish) -> Result<codec::TopicName, ProtocolViolation> {
+        let maximum = self.config.topic_alias_maximum;
+        let Some(alias) = publish
+            .properties
+            .topic_alias
+            .map(std::num::NonZeroU16::get)
+        else {
+            return publish.topic.clone().ok_or(ProtocolViolation::MissingTopic);
+        };
+        if alias > maximum {
+            return Err(ProtocolViolation::TopicAliasOutOfRange { alias, maximum });
+        }
+        let connection = self
+            .connection_mut()
+            .ok_or(ProtocolViolation::UnexpectedPacket(PacketType::Publish))?;
+        match &publish.topic {
+            Some(topic) => {
+                connection.aliases.insert(alias, topic.clone());
+                Ok(topic.clone())
+            }
+            None => connection
+                .aliases
+                .get(&alias)
+                .cloned()
+                .ok_or(ProtocolViolation::UndefinedTopicAlias(alias)),
+        }
+    }
+
+    pub(super) fn send_inbound_ack(&mut self, ack: InboundAck, now: Instant) {
+        let packet = if ack.qos == QoS::ExactlyOnce {
+            self.store.insert_inbound(ack.packet_id);
+            Packet::PubRec(PubRec {
+                packet_id: ack.packet_id,
+                reason: PubAckReason::Success,
+                properties: Properties::default(),
+            })
+        } else {
+            Packet::PubAck(PubAck {
+                packet_id: ack.packet_id,
+                reason: PubAckReason::Success,
+                properties: Properties::default(),
+            })
+        };
+        self.transmit(packet, now);
+    }
+
+    /// Completes an inbound QoS 2 flow. PUBREL for an unknown identifier still gets
+    /// PUBCOMP, with reason Packet Identifier Not Found in v5, because the broker may be
+    /// repeating a PUBREL whose PUBCOMP was lost (MQTT 5.0 section 4.3.3).
+    pub(super) fn on_pubrel(&mut self, packet_id: PacketId, now: Instant) {
+        let reason = if self.store.remove_inbound(packet_id) || !self.config.protocol.is_v5() {
+            PubCompReason::Success
+        } else {
+            PubCompReason::PacketIdentifierNotFound
+        };
+        let packet = Packet::PubComp(PubComp {
+            packet_id,
+            reason,
+            properties: Properties::default(),
+        });
+        self.transmit(packet, now);
+    }
+
+    pub(super) fn on_puback(&mut self, ack: PubAck, now: Instant) {
+        match self.store.outbound(ack.packet_id) {
+            Some(OutboundFlow::Publish {
+                token,
+                awaiting: AwaitedAck::PubAck,
+                ..
+            }) => {
+                self.store.remove_outbound(ack.packet_id);
+                let outcome = publish_outcome(ack.reason, ack.properties);
+                self.complete(token, outcome);
+                self.after_flow_completed(now);
+            }
+            Some(_) => self.violate(other_flow(PacketType::PubAck, ack.packet_id), now),
+            None => self.ignore_unknown_ack(PacketType::PubAck, ack.packet_id),
+        }
+    }
+
+    pub(super) fn on_pubrec(&mut self, rec: PubRec, now: Instant) {
+        let id = rec.packet_id;
+        match self.store.outbound(id) {
+            Some(OutboundFlow::Publish {
+                token,
+                packet,
+                awaiting: AwaitedAck::PubRec,
+            }) => {
+                if !rec.reason.is_success() {
+                    // A failed PUBREC ends the flow; no PUBREL follows [MQTT-4.3.3-4].
+                    self.store.remove_outbound(id);
+                    self.complete(token, publish_outcome(rec.reason, rec.properties));
+                    return self.after_flow_completed(now);
+                }
+                let awaiting = AwaitedAck::PubComp {
+                    pubrec_reason: rec.reason,
+                };
+                self.store.insert_outbound(
+                    id,
+                    OutboundFlow::Publish {
+                        token,
+                        packet,
+                        awaiting,
+                    },
+                );
+                self.transmit(pubrel(id, PubCompReason::Success), now);
+            }
+            // A repeated PUBREC means our PUBREL was lost; send it again.
+            Some(OutboundFlow::Publish {
+                awaiting: AwaitedAck::PubComp { .. },
+                ..
+            }) => self.transmit(pubrel(id, PubCompReason::Success), now),
+            Some(_) => self.violate(other_flow(PacketType::PubRec, id), now),
+            None => self.ignore_unknown_ack(PacketType::PubRec, id),
+        }
+    }
+
+    pub(super) fn on_pubcomp(&mut self, comp: PubComp, now: Instant) {
+        match self.store.outbound(comp.packet_id) {
+            Some(OutboundFlow::Publish {
+                token,
+                awaiting: AwaitedAck::PubComp { pubrec_reason },
+                ..
+            }) => {
+                self.store.remove_outbound(comp.packet_id);
+                let outcome = PublishOutcome {
+                    reason: Some(pubrec_reason),
+                    reason_string: reason_string(&comp.properties),
+                    properties: comp.properties,
+                };
+                self.complete(token, Ok(Outcome::Publish(outcome)));
+                self.after_flow_completed(now);
+            }
+            Some(_) => self.violate(other_flow(PacketType::PubComp, comp.packet_id), now),
+            None => self.ignore_unknown_ack(PacketType::PubComp, comp.packet_id),
+        }
+    }
+
+    pub(super) fn on_suback(&mut self, ack: SubAck, now: Instant) {
+        let id = ack.packet_id;
+        let filter_count = match self.store.outbound(id) {
+            Some(OutboundFlow::Subscribe { filter_count, .. }) => filter_count,
+            Some(_) => return self.violate(other_flow(PacketType::SubAck, id), now),
+            None => return self.violate(unknown_id(PacketType::SubAck, id), now),
+        };
+        if ack.reasons.len() != filter_count {
+            return self.violate(
+                count_mismatch(PacketType::SubAck, filter_count, ack.reasons.len()),
+                now,
+            );
+        }
+        let Some(flow) = self.store.remove_outbound(id) else {
+            return;
+        };
+        let outcome = match ack.reasons.iter().find(|reason| !reason.is_success()) {
+            Some(first) if ack.reasons.iter().all(|reason| !reason.is_success()) => {
+                Err(RequestError::Rejected {
+                    reason: RejectReason::Subscribe(*first),
+                    reason_string: reason_string(&ack.properties),
+                })
+            }
+            _ => Ok(Outcome::Subscribe(SubscribeOutcome {
+                reasons: ack.reasons,
+                properties: ack.properties,
+            })),
+        };
+        self.complete(flow.token(), outcome);
+        self.after_flow_completed(now);
+    }
+
+    pub(super) fn on_unsuback(&mut self, ack: UnsubAck, now: Instant) {
+        let id = ack.packet_id;
+        let filter_count = match self.store.outbound(id) {
+            Some(OutboundFlow::Unsubscribe { filter_count, .. }) => filter_count,
+            Some(_) => return self.violate(other_flow(PacketType::UnsubAck, id), now),
+            None => return self.violate(unknown_id(PacketType::UnsubAck, id), now),
+        };
+        // MQTT 3.1.1 UNSUBACK carries no reason codes.
+        if self.config.protocol.is_v5() && ack.reasons.len() != filter_count {
+            return self.violate(
+                count_mismatch(PacketType::UnsubAck, filter_count, ack.reasons.len()),
+                now,
+            );
+        }
+        let Some(flow) = self.store.remove_outbound(id) else {
+            return;
+        };
+        let all_failed = !ack.reasons.is_empty() && ack.reasons.iter().all(|r| !r.is_success());
+        let outcome = match ack.reasons.first() {
+            Some(first) if all_failed => Err(RequestError::Rejected {
+                reason: RejectReason::Unsubscribe(*first),
+                reason_string: reason_string(&ack.properties),
+            }),
+            _ => Ok(Outcome::Unsubscribe(UnsubscribeOutcome {
+                reasons: ack.reasons,
+                properties: ack.properties,
+            })),
+        };
+        self.complete(flow.token(), outcome);
+        self.after_flow_completed(now);
+    }
+
+    /// Tolerates an acknowledgement for an identifier with no flow: after a resumed
+    /// session the broker may repeat an acknowledgement this client already processed.
+    fn ignore_unknown_ack(&self, packet_type: PacketType, packet_id: PacketId) {
+        tracing::warn!(
+            client_id = %self.config.client_id,
+            ?packet_type,
+            packet_id = packet_id.get(),
+            "acknowledgement for unknown packet id ignored"
+        );
+    }
+
+    fn after_flow_completed(&mut self, now: Instant) {
+        self.drain_queue(now);
+        self.finish_disconnect_when_idle(now);
+    }
+
+    fn complete(
+        &mut self,
+        token: crate::store::RequestToken,
+        outcome: Result<Outcome, RequestError>,
+    ) {
+        self.events
+            .push_back(SessionEvent::Completed { token, outcome });
+    }
+}
+
+/// Builds the packet for a request and, for QoS 1 and 2 publishes, subscribes and
+/// unsubscribes, the flow recorded under its identifier.
+fn build_packet(queued: QueuedRequest, packet_id: PacketId) -> (Packet, Option<OutboundFlow>) {
+    let token = queued.token;
+    match queued.request {
+        Request::Publish(publish) => {
+            let (delivery, awaiting) = match publish.qos {
+                QoS::AtMostOnce => (Delivery::AtMostOnce, None),
+                QoS::AtLeastOnce => (Delivery::AtLeastOnce(packet_id), Some(AwaitedAck::PubAck)),
+                QoS::ExactlyOnce => (Delivery::ExactlyOnce(packet_id), Some(AwaitedAck::PubRec)),
+            };
+            let packet = Publish {
+                dup: false,
+                delivery,
+                retain: publish.retain,
+                topic: Some(publish.topic),
+                properties: publish.properties,
+                payload: publish.payload,
+            };
+            let flow = awaiting.map(|awaiting| OutboundFlow::Publish {
+                token,
+                packet: packet.clone(),
+                awaiting,
+            });
+            (Packet::Publish(packet), flow)
+        }
+        Request::Subscribe {
+            filters,
+            properties,
+        } => {
+            let flow = OutboundFlow::Subscribe {
+                token,
+                filter_count: filters.len(),
+            };
+            let packet = Subscribe {
+                packet_id,
+                filters,
+                properties,
+            };
+            (Packet::Subscribe(packet), Some(flow))
+        }
+        Request::Unsubscribe {
+            filters,
+            properties,
+        } => {
+            let flow = OutboundFlow::Unsubscribe {
+                token,
+                filter_count: filters.len(),
+            };
+            let packet = Unsubscribe {
+                packet_id,
+                filters,
+                properties,
+            };
+            (Packet::Unsubscribe(packet), Some(flow))
+        }
+    }
+}
+
+/// Refuses a publish that uses a feature the broker said it lacks (MQTT 5.0 section
+/// 3.2.2.3) before it takes a packet identifier.
+fn check_publish(publish: &OutgoingPublish, limits: BrokerLimits) -> Result<(), RequestError> {
+    if publish.qos > limits.maximum_qos {
+        return Err(RequestError::Invalid(format!(
+            "QoS {} exceeds the broker's maximum QoS {}",
+            publish.qos.level(),
+            limits.maximum_qos.level()
+        )));
+    }
+    if publish.retain && !limits.retain_available {
+        return Err(RequestError::Invalid(
+            "broker does not support retained messages".to_owned(),
+        ));
+    }
+    if let Some(alias) = publish.properties.topic_alias {
+        if alias.get() > limits.topic_alias_maximum {
+            return Err(RequestError::Invalid(format!(
+                "topic alias {alias} exceeds the broker's topic alias maximum {}",
+                limits.topic_alias_maximum
+            )));
+        }
+    }
+    // A client must not send subscription identifiers in PUBLISH [MQTT-3.3.4-6].
+    if !publish.properties.subscription_identifiers.is_empty() {
+        return Err(RequestError::Invalid(
+            "PUBLISH must not carry subscription identifiers".to_owned(),
+        ));
+    }
+    Ok(())
+}
+
+/// Refuses a subscribe that uses a feature the broker said it lacks (MQTT 5.0 section
+/// 3.2.2.3), or that has no filter [MQTT-3.8.3-3].
+fn check_subscribe(
+    filters: &[(codec::TopicFilter, codec::SubscriptionOptions)],
+    properties: &Properties,
+    limits: BrokerLimits,
+) -> Result<(), RequestError> {
+    let refuse = |what: &str| {
+        Err(RequestError::Invalid(format!(
+            "broker does not support {what}"
+        )))
+    };
+    if filters.is_empty() {
+        return Err(RequestError::Invalid(
+            "subscribe needs at least one filter".to_owned(),
+        ));
+    }
+    if !limits.wildcard_subscriptions && filters.iter().any(|(f, _)| f.has_wildcards()) {
+        return refuse("wildcard subscriptions");
+    }
+    if !limits.shared_subscriptions && filters.iter().any(|(f, _)| f.share_name().is_some()) {
+        return refuse("shared subscriptions");
+    }
+    if !limits.subscription_identifiers && !properties.subscription_identifiers.is_empty() {
+        return refuse("subscription identifiers");
+    }
+    Ok(())
+}
+
+fn inbound_message(topic: codec::TopicName, publish: Publish) -> InboundMessage {
+    let mut properties = publish.properties;
+    properties.topic_alias = None;
+    InboundMessage {
+        topic,
+        payload: publish.payload,
+        qos: publish.delivery.qos(),
+        retain: publish.retain,
+        dup: publish.dup,
+        properties,
+    }
+}
+
+/// Returns the outcome of a PUBACK or PUBREC: success codes complete the publish, failure
+/// codes reject it.
+fn publish_outcome(reason: PubAckReason, properties: Properties) -> Result<Outcome, RequestError> {
+    let reason_string = reason_string(&properties);
+    if !reason.is_success() {
+        return Err(RequestError::Rejected {
+            reason: RejectReason::Publish(reason),
+            reason_string,
+        });
+    }
+    Ok(Outcome::Publish(PublishOutcome {
+        reason: Some(reason),
+        reason_string,
+        properties,
+    }))
+}
+
+fn pubrel(packet_id: PacketId, reason: PubCompReason) -> Packet {
+    Packet::PubRel(PubRel {
+        packet_id,
+        reason,
+        properties: Properties::default(),
+    })
+}
+
+fn other_flow(packet_type: PacketType, packet_id: PacketId) -> ProtocolViolation {
+    ProtocolViolation::AckForOtherFlow {
+        packet_type,
+        packet_id,
+    }
+}
+
+fn count_mismatch(packet_type: PacketType, expected: usize, received: usize) -> ProtocolViolation {
+    ProtocolViolation::ReasonCountMismatch {
+        packet_type,
+        expected,
+        received,
+    }
+}

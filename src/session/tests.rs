@@ -1,0 +1,1146 @@
+//! Unit tests of the session state machine: packets in, packets and events out, time
+//! passed explicitly.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use std::num::{NonZeroU16, NonZeroU32};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use super::*;
+use crate::codec::{
+    ConnectReason, Delivery, ProtocolVersion, PubAck, PubComp, PubCompReason, PubRec, PubRel,
+    Publish, SubAck, SubscriptionOptions, UnsubAck,
+};
+use crate::store::{MemoryStore, OutgoingPublish, QueuedRequest, Request, Store};
+
+const SECOND: Duration = Duration::from_secs(1);
+
+fn config(protocol: ProtocolVersion) -> SessionConfig {
+    SessionConfig::new("tester".parse().unwrap(), protocol)
+}
+
+/// A session over a fresh store whose transport just connected.
+fn started(config: SessionConfig, now: Instant) -> Session<MemoryStore> {
+    let mut session = Session::new(config, MemoryStore::new(64), now);
+    session.handle_transport_connected(now);
+    session
+}
+
+fn connack(session_present: bool, reason: ConnectReason, properties: Properties) -> Packet {
+    Packet::ConnAck(ConnAck {
+        session_present,
+        reason,
+        properties,
+    })
+}
+
+/// A session that completed the handshake, with CONNECT and the Connected event drained.
+fn connected_with(
+    config: SessionConfig,
+    properties: Properties,
+    now: Instant,
+) -> Session<MemoryStore> {
+    let mut session = started(config, now);
+    session.handle_packet(connack(false, ConnectReason::Success, properties), now);
+    assert!(matches!(
+        session.poll_transmit().unwrap().packet,
+        Packet::Connect(_)
+    ));
+    assert!(matches!(
+        session.poll_event(),
+        Some(SessionEvent::Connected { .. })
+    ));
+    session
+}
+
+fn connected(protocol: ProtocolVersion, now: Instant) -> Session<MemoryStore> {
+    connected_with(config(protocol), Properties::default(), now)
+}
+
+fn transmits(session: &mut Session<MemoryStore>) -> Vec<Transmit> {
+    std::iter::from_fn(|| session.poll_transmit()).collect()
+}
+
+fn packets(session: &mut Session<MemoryStore>) -> Vec<Packet> {
+    transmits(session).into_iter().map(|t| t.packet).collect()
+}
+
+fn events(session: &mut Session<MemoryStore>) -> Vec<SessionEvent> {
+    std::iter::from_fn(|| session.poll_event()).collect()
+}
+
+fn id(value: u16) -> PacketId {
+    PacketId::try_from(value).unwrap()
+}
+
+fn publish_request(token: u64, qos: QoS, payload: &'static [u8]) -> QueuedRequest {
+    QueuedRequest {
+        token: RequestToken(token),
+        request: Request::Publish(OutgoingPublish {
+            topic: "a/b".parse().unwrap(),
+            payload: Bytes::from_static(payload),
+            qos,
+            retain: false,
+            properties: Properties::default(),
+        }),
+    }
+}
+
+fn subscribe_request(token: u64, filters: &[&str]) -> QueuedRequest {
+    QueuedRequest {
+        token: RequestToken(token),
+        request: Request::Subscribe {
+            filters: filters
+                .iter()
+                .map(|f| (f.parse().unwrap(), SubscriptionOptions::default()))
+                .collect(),
+            properties: Properties::default(),
+        },
+    }
+}
+
+fn unsubscribe_request(token: u64) -> QueuedRequest {
+    QueuedRequest {
+        token: RequestToken(token),
+        request: Request::Unsubscribe {
+            filters: vec!["a/#".parse().unwrap()],
+            properties: Properties::default(),
+        },
+    }
+}
+
+fn queue(session: &mut Session<MemoryStore>, request: QueuedRequest, now: Instant) {
+    session.store.push_request(request).unwrap();
+    session.handle_requests_queued(now);
+}
+
+fn inbound_publish(delivery: Delivery, topic: Option<&str>, properties: Properties) -> Packet {
+    Packet::Publish(Publish {
+        dup: false,
+        delivery,
+        retain: false,
+        topic: topic.map(|t| t.parse().unwrap()),
+        properties,
+        payload: Bytes::from_static(b"hello"),
+    })
+}
+
+fn puback(packet_id: PacketId, reason: PubAckReason) -> Packet {
+    Packet::PubAck(PubAck {
+        packet_id,
+        reason,
+        properties: Properties::default(),
+    })
+}
+
+fn closed_reason(events: &[SessionEvent]) -> Option<&CloseReason> {
+    events.iter().find_map(|event| match event {
+        SessionEvent::Closed(reason) => Some(reason),
+        _ => None,
+    })
+}
+
+fn disconnect_reason(packets: &[Packet]) -> Option<DisconnectReason> {
+    packets.iter().find_map(|packet| match packet {
+        Packet::Disconnect(disconnect) => Some(disconnect.reason),
+        _ => None,
+    })
+}
+
+fn completed(events: &[SessionEvent]) -> Vec<(RequestToken, Result<Outcome, RequestError>)> {
+    events
+        .iter()
+        .filter_map(|event| match event {
+            SessionEvent::Completed { token, outcome } => Some((*token, outcome.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Asserts that the session closed for a protocol violation, sending DISCONNECT with
+/// `reason` on v5 and nothing on 3.1.1.
+fn assert_violation(session: &mut Session<MemoryStore>, reason: DisconnectReason) {
+    let sent = packets(session);
+    let events = events(session);
+    assert!(
+        matches!(closed_reason(&events), Some(CloseReason::ProtocolViolation(v)) if v.reason_code() == reason),
+        "events: {events:?}"
+    );
+    if session.config().protocol.is_v5() {
+        assert_eq!(disconnect_reason(&sent), Some(reason), "sent: {sent:?}");
+    } else {
+        assert_eq!(disconnect_reason(&sent), None);
+    }
+    assert!(session.is_closed());
+}
+
+#[test]
+fn handshake_sends_connect_for_each_version() {
+    let now = Instant::now();
+    for protocol in [
+        ProtocolVersion::V3_1,
+        ProtocolVersion::V3_1_1,
+        ProtocolVersion::V5,
+    ] {
+        let mut session = Session::new(config(protocol), MemoryStore::new(8), now);
+        assert!(
+            session.poll_transmit().is_none(),
+            "nothing before the transport"
+        );
+        session.handle_transport_connected(now);
+
+        let Packet::Connect(connect) = session.poll_transmit().unwrap().packet else {
+            panic!("expected CONNECT");
+        };
+        assert_eq!(connect.protocol, protocol);
+        assert_eq!(connect.keep_alive, 60);
+        assert_eq!(session.state_name(), "awaiting_connack");
+
+        session.handle_packet(
+            connack(false, ConnectReason::Success, Properties::default()),
+            now,
+        );
+        let events = events(&mut session);
+        assert!(matches!(
+            events.as_slice(),
+            [SessionEvent::Connected {
+                session_present: false,
+                ..
+            }]
+        ));
+        assert_eq!(session.state_name(), "connected");
+    }
+}
+
+#[test]
+fn v5_connect_announces_receive_maximum_only_when_set() {
+    let now = Instant::now();
+    let mut limited = config(ProtocolVersion::V5);
+    limited.receive_maximum = NonZeroU16::new(20).unwrap();
+    let mut session = started(limited, now);
+    let Packet::Connect(connect) = session.poll_transmit().unwrap().packet else {
+        panic!("expected CONNECT");
+    };
+    assert_eq!(connect.properties.receive_maximum, NonZeroU16::new(20));
+    assert_eq!(connect.properties.topic_alias_maximum, None);
+    assert_eq!(connect.properties.session_expiry_interval, None);
+
+    let mut session = started(config(ProtocolVersion::V5), now);
+    let Packet::Connect(connect) = session.poll_transmit().unwrap().packet else {
+        panic!("expected CONNECT");
+    };
+    assert!(connect.properties.is_empty());
+}
+
+#[test]
+fn connack_refusal_closes_with_each_reason() {
+    let now = Instant::now();
+    let refusals = [
+        ConnectReason::UnspecifiedError,
+        ConnectReason::MalformedPacket,
+        ConnectReason::ProtocolError,
+        ConnectReason::ImplementationSpecificError,
+        ConnectReason::UnsupportedProtocolVersion,
+        ConnectReason::ClientIdentifierNotValid,
+        ConnectReason::BadUserNameOrPassword,
+        ConnectReason::NotAuthorized,
+        ConnectReason::ServerUnavailable,
+        ConnectReason::ServerBusy,
+        ConnectReason::Banned,
+        ConnectReason::BadAuthenticationMethod,
+        ConnectReason::TopicNameInvalid,
+        ConnectReason::PacketTooLarge,
+        ConnectReason::QuotaExceeded,
+        ConnectReason::PayloadFormatInvalid,
+        ConnectReason::RetainNotSupported,
+        ConnectReason::QoSNotSupported,
+        ConnectReason::UseAnotherServer,
+        ConnectReason::ServerMoved,
+        ConnectReason::ConnectionRateExceeded,
+    ];
+    for protocol in [ProtocolVersion::V3_1_1, ProtocolVersion::V5] {
+        for reason in refusals {
+            let mut session = started(config(protocol), now);
+            transmits(&mut session);
+            let properties = Properties {
+                reason_string: Some("go away".into()),
+                ..Properties::default()
+            };
+            session.handle_packet(connack(false, reason, properties), now);
+
+            let events = events(&mut session);
+            let expected = CloseReason::ConnectRefused {
+                reason,
+                reason_string: Some("go away".to_owned()),
+            };
+            assert_eq!(closed_reason(&events), Some(&expected));
+            assert!(
+                transmits(&mut session).is_empty(),
+                "no DISCONNECT after a refusal"
+            );
+            assert!(session.is_closed());
+        }
+    }
+}
+
+#[test]
+fn session_present_reported_when_resuming() {
+    let now = Instant::now();
+    let mut resuming = config(ProtocolVersion::V5);
+    resuming.clean_start = false;
+    let mut session = started(resuming, now);
+    session.handle_packet(
+        connack(true, ConnectReason::Success, Properties::default()),
+        now,
+    );
+    let events = events(&mut session);
+    assert!(matches!(
+        events.as_slice(),
+        [SessionEvent::Connected {
+            session_present: true,
+            ..
+        }]
+    ));
+}
+
+#[test]
+fn session_present_after_clean_start_is_violation() {
+    let now = Instant::now();
+    for protocol in [ProtocolVersion::V3_1_1, ProtocolVersion::V5] {
+        let mut session = started(config(protocol), now);
+        transmits(&mut session);
+        session.handle_packet(
+            connack(true, ConnectReason::Success, Properties::default()),
+            now,
+        );
+        assert_violation(&mut session, DisconnectReason::ProtocolError);
+    }
+}
+
+#[test]
+fn assigned_client_id_for_non_empty_id_is_violation() {
+    let now = Instant::now();
+    let mut session = started(config(ProtocolVersion::V5), now);
+    transmits(&mut session);
+    let properties = Properties {
+        assigned_client_identifier: Some("other".into()),
+        ..Properties::default()
+    };
+    session.handle_packet(connack(false, ConnectReason::Success, properties), now);
+    assert_violation(&mut session, DisconnectReason::ProtocolError);
+}
+
+#[test]
+fn packet_before_connack_is_violation() {
+    let now = Instant::now();
+    let early = [
+        Packet::PingResp,
+        puback(id(1), PubAckReason::Success),
+        inbound_publish(Delivery::AtMostOnce, Some("t"), Properties::default()),
+    ];
+    for protocol in [ProtocolVersion::V3_1_1, ProtocolVersion::V5] {
+        for packet in early.clone() {
+            let mut session = started(config(protocol), now);
+            transmits(&mut session);
+            session.handle_packet(packet, now);
+            assert_violation(&mut session, DisconnectReason::ProtocolError);
+        }
+    }
+}
+
+#[test]
+fn second_connack_is_violation() {
+    let now = Instant::now();
+    let mut session = connected(ProtocolVersion::V5, now);
+    session.handle_packet(
+        connack(false, ConnectReason::Success, Properties::default()),
+        now,
+    );
+    assert_violation(&mut session, DisconnectReason::ProtocolError);
+}
+
+#[test]
+fn unexpected_packets_from_broker_are_violations() {
+    let now = Instant::now();
+    let unexpected = [
+        Packet::PingReq,
+        Packet::Auth(crate::codec::Auth {
+            reason: crate::codec::AuthReason::Success,
+            properties: Properties::default(),
+        }),
+    ];
+    for packet in unexpected {
+        let mut session = connected(ProtocolVersion::V5, now);
+        session.handle_packet(packet, now);
+        assert_violation(&mut session, DisconnectReason::ProtocolError);
+    }
+}
+
+#[test]
+fn decode_error_sends_its_reason_code() {
+    let now = Instant::now();
+    let mut session = connected(ProtocolVersion::V5, now);
+    let error = DecodeError::PacketTooLarge { size: 100, max: 10 };
+    session.handle_decode_error(error, now);
+    assert_violation(&mut session, DisconnectReason::PacketTooLarge);
+}
+
+#[test]
+fn connect_timeout_closes_before_and_after_transport() {
+    let now = Instant::now();
+    let mut waiting_for_socket =
+        Session::new(config(ProtocolVersion::V5), MemoryStore::new(8), now);
+    assert_eq!(waiting_for_socket.poll_timeout(), Some(now + 10 * SECOND));
+    waiting_for_socket.handle_timeout(now + 9 * SECOND);
+    assert!(!waiting_for_socket.is_closed());
+    waiting_for_socket.handle_timeout(now + 10 * SECOND);
+    assert_eq!(
+        closed_reason(&events(&mut waiting_for_socket)),
+        Some(&CloseReason::ConnectTimeout)
+    );
+
+    let mut waiting_for_connack = started(config(ProtocolVersion::V5), now);
+    waiting_for_connack.handle_timeout(now + 10 * SECOND);
+    assert_eq!(
+        closed_reason(&events(&mut waiting_for_connack)),
+        Some(&CloseReason::ConnectTimeout)
+    );
+}
+
+#[test]
+fn qos0_publish_completes_when_written() {
+    let now = Instant::now();
+    let mut session = connected(ProtocolVersion::V5, now);
+    queue(&mut session, publish_request(7, QoS::AtMostOnce, b"x"), now);
+
+    let sent = transmits(&mut session);
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].written, Some(RequestToken(7)));
+    let Packet::Publish(publish) = &sent[0].packet else {
+        panic!("expected PUBLISH");
+    };
+    assert_eq!(publish.delivery, Delivery::AtMostOnce);
+    assert!(events(&mut session).is_empty());
+    assert_eq!(session.store.outbound_len(), 0);
+}
+
+#[test]
+fn qos1_publish_completes_on_puback() {
+    let now = Instant::now();
+    let mut session = connected(ProtocolVersion::V5, now);
+    queue(
+        &mut session,
+        publish_request(1, QoS::AtLeastOnce, b"x"),
+        now,
+    );
+    let sent = packets(&mut session);
+    assert!(
+        matches!(&sent[..], [Packet::Publish(p)] if p.delivery == Delivery::AtLeastOnce(id(1)))
+    );
+    assert_eq!(session.store.outbound_len(), 1);
+
+    session.handle_packet(puback(id(1), PubAckReason::NoMatchingSubscribers), now);
+    let done = completed(&events(&mut session));
+    assert_eq!(done.len(), 1);
+    let (token, Ok(Outcome::Publish(outcome))) = &done[0] else {
+        panic!("expected a publish outcome: {done:?}");
+    };
+    assert_eq!(*token, RequestToken(1));
+    assert_eq!(outcome.reason, Some(PubAckReason::NoMatchingSubscribers));
+    assert_eq!(session.store.outbound_len(), 0);
+}
+
+#[test]
+fn qos1_failed_puback_rejects_publish() {
+    let now = Instant::now();
+    let mut session = connected(ProtocolVersion::V5, now);
+    queue(
+        &mut session,
+        publish_request(1, QoS::AtLeastOnce, b"x"),
+        now,
+    );
+    transmits(&mut session);
+    session.handle_packet(puback(id(1), PubAckReason::NotAuthorized), now);
+    let done = completed(&events(&mut session));
+    assert!(matches!(
+        &done[..],
+        [(
+            _,
+            Err(RequestError::Rejected {
+                reason: RejectReason::Publish(PubAckReason::NotAuthorized),
+                ..
+            })
+        )]
+    ));
+    assert!(!session.is_closed());
+}
+
+#[test]
+fn qos2_publish_completes_after_pubrec_pubrel_pubcomp() {
+    let now = Instant::now();
+    let mut session = connected(ProtocolVersion::V3_1_1, now);
+    queue(
+        &mut session,
+        publish_request(3, QoS::ExactlyOnce, b"x"),
+        now,
+    );
+    assert!(
+        matches!(&packets(&mut session)[..], [Packet::Publish(p)] if p.delivery == Delivery::ExactlyOnce(id(1)))
+    );
+
+    let pubrec = Packet::PubRec(PubRec {
+        packet_id: id(1),
+        reason: PubAckReason::Success,
+        properties: Properties::default(),
+    });
+    session.handle_packet(pubrec.clone(), now);
+    assert!(matches!(&packets(&mut session)[..], [Packet::PubRel(r)] if r.packet_id == id(1)));
+    assert!(
+        events(&mut session).is_empty(),
+        "not complete before PUBCOMP"
+    );
+
+    session.handle_packet(pubrec, now);
+    assert!(
+        matches!(&packets(&mut session)[..], [Packet::PubRel(_)]),
+        "PUBREL resent"
+    );
+
+    session.handle_packet(
+        Packet::PubComp(PubComp {
+            packet_id: id(1),
+            reason: PubCompReason::Success,
+            properties: Properties::default(),
+        }),
+        now,
+    );
+    let done = completed(&events(&mut session));
+    assert!(matches!(
+        &done[..],
+        [(RequestToken(3), Ok(Outcome::Publish(_)))]
+    ));
+    assert_eq!(session.store.outbound_len(), 0);
+}
+
+#[test]
+fn inbound_qos0_delivered_without_ack() {
+    let now = Instant::now();
+    let mut session = connected(ProtocolVersion::V5, now);
+    session.handle_packet(
+        inbound_publish(Delivery::AtMostOnce, Some("t/1"), Properties::default()),
+        now,
+    );
+    let events = events(&mut session);
+    assert!(matches!(
+        &events[..],
+        [SessionEvent::Message { message, ack: None }] if message.topic.as_str() == "t/1"
+    ));
+    assert!(transmits(&mut session).is_empty());
+}
+
+#[test]
+fn inbound_qos1_acked_only_after_delivery() {
+    let now = Instant::now();
+    let mut session = connected(ProtocolVersion::V3_1_1, now);
+    session.handle_packet(
+        inbound_publish(
+            Delivery::AtLeastOnce(id(9)),
+            Some("t"),
+            Properties::default(),
+        ),
+        now,
+    );
+    let Some(SessionEvent::Message { ack: Some(ack), .. }) = session.poll_event() else {
+        panic!("expected a message with an ack");
+    };
+    assert!(
+        transmits(&mut session).is_empty(),
+        "no PUBACK before delivery"
+    );
+    assert_eq!(session.inflight_in(), 1);
+
+    session.handle_delivered(ack, now);
+    assert!(matches!(&packets(&mut session)[..], [Packet::PubAck(a)] if a.packet_id == id(9)));
+    assert_eq!(session.inflight_in(), 0);
+}
+
+#[test]
+fn inbound_qos2_delivered_once_and_completed_by_pubrel() {
+    let now = Instant::now();
+    let mut session = connected(ProtocolVersion::V5, now);
+    let qos2 = inbound_publish(
+        Delivery::ExactlyOnce(id(4)),
+        Some("t"),
+        Properties::default(),
+    );
+    session.handle_packet(qos2.clone(), now);
+    let Some(SessionEvent::Message { ack: Some(ack), .. }) = session.poll_event() else {
+        panic!("expected a message with an ack");
+    };
+    session.handle_packet(qos2.clone(), now);
+    assert!(
+        events(&mut session).is_empty(),
+        "duplicate during delivery is dropped"
+    );
+    assert!(transmits(&mut session).is_empty());
+
+    session.handle_delivered(ack, now);
+    assert!(matches!(&packets(&mut session)[..], [Packet::PubRec(r)] if r.packet_id == id(4)));
+
+    session.handle_packet(qos2, now);
+    assert!(
+        events(&mut session).is_empty(),
+        "duplicate after delivery is not delivered"
+    );
+    assert!(matches!(&packets(&mut session)[..], [Packet::PubRec(_)]));
+
+    let pubrel = Packet::PubRel(PubRel {
+        packet_id: id(4),
+        reason: PubCompReason::Success,
+        properties: Properties::default(),
+    });
+    session.handle_packet(pubrel.clone(), now);
+    assert!(
+        matches!(&packets(&mut session)[..], [Packet::PubComp(c)] if c.reason == PubCompReason::Success)
+    );
+    assert_eq!(session.inflight_in(), 0);
+
+    session.handle_packet(pubrel, now);
+    assert!(matches!(
+        &packets(&mut session)[..],
+        [Packet::PubComp(c)] if c.reason == PubCompReason::PacketIdentifierNotFound
+    ));
+    assert!(!session.is_closed());
+}
+
+#[test]
+fn packet_ids_shared_nonzero_and_never_reused_in_flight() {
+    let now = Instant::now();
+    let mut session = connected(ProtocolVersion::V5, now);
+    session.store.set_packet_id_cursor(PacketId::MAX);
+    queue(
+        &mut session,
+        publish_request(1, QoS::AtLeastOnce, b"x"),
+        now,
+    );
+    queue(&mut session, subscribe_request(2, &["a/#"]), now);
+    queue(&mut session, unsubscribe_request(3), now);
+    let sent = packets(&mut session);
+    let ids: Vec<u16> = sent
+        .iter()
+        .map(|packet| match packet {
+            Packet::Publish(p) => p.delivery.packet_id().unwrap().get(),
+            Packet::Subscribe(s) => s.packet_id.get(),
+            Packet::Unsubscribe(u) => u.packet_id.get(),
+            other => panic!("unexpected {other:?}"),
+        })
+        .collect();
+    assert_eq!(ids, [u16::MAX, 1, 2], "wraps from 65535 to 1, skipping 0");
+
+    // Free 65535 and 2, keep 1 in flight: the next identifiers skip 1.
+    session.handle_packet(puback(PacketId::MAX, PubAckReason::Success), now);
+    session.store.remove_outbound(id(2));
+    session.store.set_packet_id_cursor(id(1));
+    queue(
+        &mut session,
+        publish_request(4, QoS::AtLeastOnce, b"x"),
+        now,
+    );
+    assert!(
+        matches!(&packets(&mut session)[..], [Packet::Publish(p)] if p.delivery.packet_id() == Some(id(2)))
+    );
+}
+
+#[test]
+fn inflight_window_is_min_of_configured_and_broker_receive_maximum() {
+    let now = Instant::now();
+    let mut limited = config(ProtocolVersion::V5);
+    limited.max_inflight = NonZeroU16::new(3).unwrap();
+    let broker = Properties {
+        receive_maximum: NonZeroU16::new(2),
+        ..Properties::default()
+    };
+    let mut session = connected_with(limited.clone(), broker, now);
+    for token in 1..=4 {
+        queue(
+            &mut session,
+            publish_request(token, QoS::AtLeastOnce, b"x"),
+            now,
+        );
+    }
+    assert_eq!(packets(&mut session).len(), 2, "broker allows 2");
+    assert_eq!(session.store.queued_len(), 2);
+
+    session.handle_packet(puback(id(1), PubAckReason::Success), now);
+    assert_eq!(packets(&mut session).len(), 1, "one slot freed");
+
+    let generous = Properties {
+        receive_maximum: NonZeroU16::new(100),
+        ..Properties::default()
+    };
+    let mut session = connected_with(limited, generous, now);
+    for token in 1..=4 {
+        queue(
+            &mut session,
+            publish_request(token, QoS::AtLeastOnce, b"x"),
+            now,
+        );
+    }
+    assert_eq!(packets(&mut session).len(), 3, "configured maximum 3");
+}
+
+#[test]
+fn pingreq_sent_after_idle_interval_and_timeout_closes() {
+    let now = Instant::now();
+    let mut session = connected(ProtocolVersion::V3_1_1, now);
+    assert_eq!(session.poll_timeout(), Some(now + 60 * SECOND));
+
+    session.handle_timeout(now + 59 * SECOND);
+    assert!(transmits(&mut session).is_empty());
+    session.handle_timeout(now + 60 * SECOND);
+    assert!(matches!(&packets(&mut session)[..], [Packet::PingReq]));
+    assert_eq!(session.poll_timeout(), Some(now + 120 * SECOND));
+
+    session.handle_packet(Packet::PingResp, now + 61 * SECOND);
+    assert_eq!(
+        session.poll_timeout(),
+        Some(now + 120 * SECOND),
+        "next PINGREQ due"
+    );
+    session.handle_timeout(now + 120 * SECOND);
+    assert!(matches!(&packets(&mut session)[..], [Packet::PingReq]));
+
+    session.handle_timeout(now + 180 * SECOND);
+    assert_eq!(
+        closed_reason(&events(&mut session)),
+        Some(&CloseReason::KeepAliveTimeout)
+    );
+}
+
+#[test]
+fn sending_a_packet_postpones_pingreq() {
+    let now = Instant::now();
+    let mut session = connected(ProtocolVersion::V5, now);
+    queue(
+        &mut session,
+        publish_request(1, QoS::AtMostOnce, b"x"),
+        now + 30 * SECOND,
+    );
+    transmits(&mut session);
+    assert_eq!(session.poll_timeout(), Some(now + 90 * SECOND));
+}
+
+#[test]
+fn server_keep_alive_overrides_configured_interval() {
+    let now = Instant::now();
+    let broker = Properties {
+        server_keep_alive: Some(5),
+        ..Properties::default()
+    };
+    let session = connected_with(config(ProtocolVersion::V5), broker, now);
+    assert_eq!(session.poll_timeout(), Some(now + 5 * SECOND));
+
+    let off = Properties {
+        server_keep_alive: Some(0),
+        ..Properties::default()
+    };
+    let session = connected_with(config(ProtocolVersion::V5), off, now);
+    assert_eq!(session.poll_timeout(), None);
+}
+
+#[test]
+fn inbound_topic_alias_rejected_when_none_announced() {
+    let now = Instant::now();
+    let mut session = connected(ProtocolVersion::V5, now);
+    let aliased = Properties {
+        topic_alias: NonZeroU16::new(1),
+        ..Properties::default()
+    };
+    session.handle_packet(
+        inbound_publish(Delivery::AtMostOnce, Some("t"), aliased),
+        now,
+    );
+    assert_violation(&mut session, DisconnectReason::TopicAliasInvalid);
+}
+
+#[test]
+fn inbound_topic_alias_defined_then_reused() {
+    let now = Instant::now();
+    let mut aliases = config(ProtocolVersion::V5);
+    aliases.topic_alias_maximum = 10;
+    let mut session = connected_with(aliases, Properties::default(), now);
+    let alias = |n| Properties {
+        topic_alias: NonZeroU16::new(n),
+        ..Properties::default()
+    };
+
+    session.handle_packet(
+        inbound_publish(Delivery::AtMostOnce, Some("long/topic"), alias(3)),
+        now,
+    );
+    session.handle_packet(inbound_publish(Delivery::AtMostOnce, None, alias(3)), now);
+    let topics: Vec<String> = events(&mut session)
+        .into_iter()
+        .map(|event| match event {
+            SessionEvent::Message { message, .. } => {
+                assert_eq!(message.properties.topic_alias, None);
+                message.topic.to_string()
+            }
+            other => panic!("unexpected {other:?}"),
+        })
+        .collect();
+    assert_eq!(topics, ["long/topic", "long/topic"]);
+
+    session.handle_packet(inbound_publish(Delivery::AtMostOnce, None, alias(4)), now);
+    assert_violation(&mut session, DisconnectReason::ProtocolError);
+
+    let mut session = connected_with(config(ProtocolVersion::V5), Properties::default(), now);
+    session.handle_packet(
+        inbound_publish(Delivery::AtMostOnce, Some("t"), alias(11)),
+        now,
+    );
+    assert_violation(&mut session, DisconnectReason::TopicAliasInvalid);
+}
+
+#[test]
+fn inbound_publish_without_topic_or_alias_is_violation() {
+    let now = Instant::now();
+    let mut session = connected(ProtocolVersion::V5, now);
+    session.handle_packet(
+        inbound_publish(Delivery::AtMostOnce, None, Properties::default()),
+        now,
+    );
+    assert_violation(&mut session, DisconnectReason::ProtocolError);
+}
+
+#[test]
+fn publish_larger_than_broker_maximum_refused_before_sending() {
+    let now = Instant::now();
+    let broker = Properties {
+        maximum_packet_size: NonZeroU32::new(20),
+        ..Properties::default()
+    };
+    let mut session = connected_with(config(ProtocolVersion::V5), broker, now);
+    queue(
+        &mut session,
+        publish_request(1, QoS::AtLeastOnce, &[0; 64]),
+        now,
+    );
+    assert!(transmits(&mut session).is_empty());
+    let done = completed(&events(&mut session));
+    assert!(
+        matches!(&done[..], [(_, Err(RequestError::PacketTooLarge { max: 20, size }))] if *size > 64)
+    );
+    assert_eq!(
+        session.store.outbound_len(),
+        0,
+        "no identifier kept for a refused packet"
+    );
+
+    queue(&mut session, publish_request(2, QoS::AtMostOnce, b"x"), now);
+    assert_eq!(transmits(&mut session).len(), 1, "small packets still go");
+}
+
+#[test]
+fn broker_maximum_qos_and_retain_refused_before_sending() {
+    let now = Instant::now();
+    let broker = Properties {
+        maximum_qos: Some(QoS::AtMostOnce),
+        retain_available: Some(false),
+        ..Properties::default()
+    };
+    let mut session = connected_with(config(ProtocolVersion::V5), broker, now);
+    queue(
+        &mut session,
+        publish_request(1, QoS::AtLeastOnce, b"x"),
+        now,
+    );
+    let mut retained = publish_request(2, QoS::AtMostOnce, b"x");
+    if let Request::Publish(publish) = &mut retained.request {
+        publish.retain = true;
+    }
+    queue(&mut session, retained, now);
+
+    assert!(transmits(&mut session).is_empty());
+    let done = completed(&events(&mut session));
+    assert_eq!(done.len(), 2);
+    assert!(done
+        .iter()
+        .all(|(_, outcome)| matches!(outcome, Err(RequestError::Invalid(_)))));
+}
+
+#[test]
+fn unknown_publish_acks_tolerated() {
+    let now = Instant::now();
+    for protocol in [ProtocolVersion::V3_1_1, ProtocolVersion::V5] {
+        let mut session = connected(protocol, now);
+        session.handle_packet(puback(id(1), PubAckReason::Success), now);
+        session.handle_packet(
+            Packet::PubComp(PubComp {
+                packet_id: id(2),
+                reason: PubCompReason::Success,
+                properties: Properties::default(),
+            }),
+            now,
+        );
+        assert!(events(&mut session).is_empty());
+        assert!(!session.is_closed());
+    }
+}
+
+#[test]
+fn ack_for_other_flow_is_violation() {
+    let now = Instant::now();
+    let mut session = connected(ProtocolVersion::V5, now);
+    queue(&mut session, subscribe_request(1, &["a"]), now);
+    transmits(&mut session);
+    session.handle_packet(puback(id(1), PubAckReason::Success), now);
+    assert_violation(&mut session, DisconnectReason::ProtocolError);
+
+    let mut session = connected(ProtocolVersion::V5, now);
+    queue(
+        &mut session,
+        publish_request(1, QoS::AtLeastOnce, b"x"),
+        now,
+    );
+    transmits(&mut session);
+    session.handle_packet(
+        Packet::PubRec(PubRec {
+            packet_id: id(1),
+            reason: PubAckReason::Success,
+            properties: Properties::default(),
+        }),
+        now,
+    );
+    assert_violation(&mut session, DisconnectReason::ProtocolError);
+}
+
+#[test]
+fn suback_completes_subscribe_and_checks_count() {
+    let now = Instant::now();
+    let suback = |reasons: Vec<SubAckReason>| {
+        Packet::SubAck(SubAck {
+            packet_id: id(1),
+            reasons,
+            properties: Properties::default(),
+        })
+    };
+
+    let mut session = connected(ProtocolVersion::V5, now);
+    queue(&mut session, subscribe_request(5, &["a/+", "b/#"]), now);
+    transmits(&mut session);
+    session.handle_packet(
+        suback(vec![SubAckReason::GrantedQoS1, SubAckReason::NotAuthorized]),
+        now,
+    );
+    let done = completed(&events(&mut session));
+    assert!(
+        matches!(&done[..], [(RequestToken(5), Ok(Outcome::Subscribe(o)))] if o.reasons.len() == 2)
+    );
+
+    let mut session = connected(ProtocolVersion::V5, now);
+    queue(&mut session, subscribe_request(5, &["a/+"]), now);
+    transmits(&mut session);
+    session.handle_packet(suback(vec![SubAckReason::NotAuthorized]), now);
+    let done = completed(&events(&mut session));
+    assert!(matches!(
+        &done[..],
+        [(_, Err(RequestError::Rejected { .. }))]
+    ));
+
+    let mut session = connected(ProtocolVersion::V5, now);
+    queue(&mut session, subscribe_request(5, &["a/+", "b"]), now);
+    transmits(&mut session);
+    session.handle_packet(suback(vec![SubAckReason::GrantedQoS0]), now);
+    assert_violation(&mut session, DisconnectReason::ProtocolError);
+
+    let mut session = connected(ProtocolVersion::V3_1_1, now);
+    session.handle_packet(suback(vec![SubAckReason::GrantedQoS0]), now);
+    assert_violation(&mut session, DisconnectReason::ProtocolError);
+}
+
+#[test]
+fn unsuback_completes_unsubscribe_in_both_versions() {
+    let now = Instant::now();
+    for (protocol, reasons) in [
+        (ProtocolVersion::V3_1_1, vec![]),
+        (
+            ProtocolVersion::V5,
+            vec![crate::codec::UnsubAckReason::Success],
+        ),
+    ] {
+        let mut session = connected(protocol, now);
+        queue(&mut session, unsubscribe_request(8), now);
+        transmits(&mut session);
+        session.handle_packet(
+            Packet::UnsubAck(UnsubAck {
+                packet_id: id(1),
+                reasons,
+                properties: Properties::default(),
+            }),
+            now,
+        );
+        let done = completed(&events(&mut session));
+        assert!(matches!(
+            &done[..],
+            [(RequestToken(8), Ok(Outcome::Unsubscribe(_)))]
+        ));
+    }
+}
+
+#[test]
+fn receive_maximum_exceeded_is_violation() {
+    let now = Instant::now();
+    let mut limited = config(ProtocolVersion::V5);
+    limited.receive_maximum = NonZeroU16::new(2).unwrap();
+    let mut session = connected_with(limited, Properties::default(), now);
+    for packet_id in 1..=2 {
+        session.handle_packet(
+            inbound_publish(
+                Delivery::AtLeastOnce(id(packet_id)),
+                Some("t"),
+                Properties::default(),
+            ),
+            now,
+        );
+    }
+    assert_eq!(events(&mut session).len(), 2);
+    session.handle_packet(
+        inbound_publish(
+            Delivery::ExactlyOnce(id(3)),
+            Some("t"),
+            Properties::default(),
+        ),
+        now,
+    );
+    assert_violation(&mut session, DisconnectReason::ReceiveMaximumExceeded);
+}
+
+#[test]
+fn disconnect_waits_for_inflight_acks() {
+    let now = Instant::now();
+    let mut session = connected(ProtocolVersion::V5, now);
+    queue(
+        &mut session,
+        publish_request(1, QoS::AtLeastOnce, b"x"),
+        now,
+    );
+    transmits(&mut session);
+    session.handle_disconnect(normal_disconnect(), now);
+    assert!(
+        transmits(&mut session).is_empty(),
+        "DISCONNECT waits for the PUBACK"
+    );
+    assert_eq!(session.state_name(), "awaiting_inflight_acks");
+
+    queue(&mut session, publish_request(2, QoS::AtMostOnce, b"x"), now);
+    assert!(
+        transmits(&mut session).is_empty(),
+        "no new requests while disconnecting"
+    );
+
+    session.handle_packet(puback(id(1), PubAckReason::Success), now);
+    let sent = packets(&mut session);
+    assert_eq!(
+        disconnect_reason(&sent),
+        Some(DisconnectReason::NormalDisconnection)
+    );
+    let events = events(&mut session);
+    assert_eq!(completed(&events).len(), 1);
+    assert_eq!(closed_reason(&events), Some(&CloseReason::Requested));
+}
+
+#[test]
+fn disconnect_sent_anyway_after_timeout() {
+    let now = Instant::now();
+    let mut session = connected(ProtocolVersion::V5, now);
+    queue(
+        &mut session,
+        publish_request(1, QoS::AtLeastOnce, b"x"),
+        now,
+    );
+    transmits(&mut session);
+    session.handle_disconnect(normal_disconnect(), now);
+    assert_eq!(session.poll_timeout(), Some(now + 5 * SECOND));
+    session.handle_timeout(now + 5 * SECOND);
+    assert_eq!(
+        disconnect_reason(&packets(&mut session)),
+        Some(DisconnectReason::NormalDisconnection)
+    );
+    assert_eq!(
+        closed_reason(&events(&mut session)),
+        Some(&CloseReason::Requested)
+    );
+    assert_eq!(
+        session.store.outbound_len(),
+        1,
+        "unacknowledged flow stays in the store"
+    );
+}
+
+#[test]
+fn disconnect_during_connect_closes_at_once() {
+    let now = Instant::now();
+    let mut session = started(config(ProtocolVersion::V5), now);
+    transmits(&mut session);
+    session.handle_disconnect(normal_disconnect(), now);
+    assert!(transmits(&mut session).is_empty());
+    assert_eq!(
+        closed_reason(&events(&mut session)),
+        Some(&CloseReason::Requested)
+    );
+}
+
+#[test]
+fn broker_disconnect_closes_session() {
+    let now = Instant::now();
+    let mut session = connected(ProtocolVersion::V5, now);
+    session.handle_packet(
+        Packet::Disconnect(Disconnect {
+            reason: DisconnectReason::ServerShuttingDown,
+            properties: Properties::default(),
+        }),
+        now,
+    );
+    assert!(transmits(&mut session).is_empty());
+    assert!(matches!(
+        closed_reason(&events(&mut session)),
+        Some(CloseReason::DisconnectedByBroker {
+            reason: DisconnectReason::ServerShuttingDown,
+            ..
+        })
+    ));
+}
+
+#[test]
+fn resumed_session_resends_unacknowledged_flows() {
+    let now = Instant::now();
+    let mut resuming = config(ProtocolVersion::V5);
+    resuming.clean_start = false;
+    let mut session = connected_with(resuming.clone(), Properties::default(), now);
+    queue(
+        &mut session,
+        publish_request(1, QoS::AtLeastOnce, b"x"),
+        now,
+    );
+    transmits(&mut session);
+    let store = std::mem::replace(&mut session.store, MemoryStore::new(1));
+
+    let mut next = Session::new(resuming, store, now);
+    next.handle_transport_connected(now);
+    next.handle_packet(
+        connack(true, ConnectReason::Success, Properties::default()),
+        now,
+    );
+    let sent = packets(&mut next);
+    assert!(
+        matches!(&sent[..], [Packet::Connect(_), Packet::Publish(p)] if p.dup && p.delivery == Delivery::AtLeastOnce(id(1)))
+    );
+}

@@ -1,0 +1,280 @@
+//! The in-memory store, and a shared handle to it for the session and its supervisor,
+//! which run on the same thread.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::rc::Rc;
+
+use crate::codec::PacketId;
+
+use super::{OutboundFlow, QueuedRequest, Store};
+
+/// Session state kept in memory; it lasts as long as the client, not the process.
+#[derive(Debug)]
+pub struct MemoryStore {
+    queue: VecDeque<QueuedRequest>,
+    queue_capacity: usize,
+    cursor: PacketId,
+    outbound: BTreeMap<PacketId, OutboundFlow>,
+    inbound: BTreeSet<PacketId>,
+}
+
+impl MemoryStore {
+    /// Creates an empty store whose request queue holds at most `queue_capacity` requests.
+    #[must_use]
+    pub fn new(queue_capacity: usize) -> Self {
+        Self {
+            queue: VecDeque::new(),
+            queue_capacity,
+            cursor: PacketId::MIN,
+            outbound: BTreeMap::new(),
+            inbound: BTreeSet::new(),
+        }
+    }
+}
+
+impl Store for MemoryStore {
+    fn push_request(&mut self, request: QueuedRequest) -> Result<(), QueuedRequest> {
+        if self.queue.len() >= self.queue_capacity {
+            return Err(request);
+        }
+        self.queue.push_back(request);
+        Ok(())
+    }
+
+    fn push_front_request(&mut self, request: QueuedRequest) {
+        self.queue.push_front(request);
+    }
+
+    fn pop_request(&mut self) -> Option<QueuedRequest> {
+        self.queue.pop_front()
+    }
+
+    fn queued_len(&self) -> usize {
+        self.queue.len()
+    }
+
+    fn packet_id_cursor(&self) -> PacketId {
+        self.cursor
+    }
+
+    fn set_packet_id_cursor(&mut self, id: PacketId) {
+        self.cursor = id;
+    }
+
+    fn insert_outbound(&mut self, id: PacketId, flow: OutboundFlow) {
+        self.outbound.insert(id, flow);
+    }
+
+    fn outbound(&self, id: PacketId) -> Option<OutboundFlow> {
+        self.outbound.get(&id).cloned()
+    }
+
+    fn contains_outbound(&self, id: PacketId) -> bool {
+        self.outbound.contains_key(&id)
+    }
+
+    fn outbound_ids(&self) -> Vec<PacketId> {
+        self.outbound.keys().copied().collect()
+    }
+
+    fn remove_outbound(&mut self, id: PacketId) -> Option<OutboundFlow> {
+        self.outbound.remove(&id)
+    }
+
+    fn outbound_len(&self) -> usize {
+        self.outbound.len()
+    }
+
+    fn outbound_publish_len(&self) -> usize {
+        self.outbound
+            .values()
+            .filter(|flow| matches!(flow, OutboundFlow::Publish { .. }))
+            .count()
+    }
+
+    fn insert_inbound(&mut self, id: PacketId) -> bool {
+        self.inbound.insert(id)
+    }
+
+    fn remove_inbound(&mut self, id: PacketId) -> bool {
+        self.inbound.remove(&id)
+    }
+
+    fn contains_inbound(&self, id: PacketId) -> bool {
+        self.inbound.contains(&id)
+    }
+
+    fn clear_inbound(&mut self) {
+        self.inbound.clear();
+    }
+
+    fn inbound_len(&self) -> usize {
+        self.inbound.len()
+    }
+
+    fn take_all_requests(&mut self) -> (Vec<QueuedRequest>, Vec<OutboundFlow>) {
+        let queued = self.queue.drain(..).collect();
+        let outbound = std::mem::take(&mut self.outbound).into_values().collect();
+        (queued, outbound)
+    }
+}
+
+/// A [`MemoryStore`] shared by the supervisor, which owns it for the client's lifetime,
+/// and the session of the current connection, which updates it as packets flow.
+///
+/// Each call borrows the store only for its own duration, so the two sides never hold
+/// a borrow across a suspension point.
+#[derive(Debug, Clone)]
+pub struct SharedStore(Rc<RefCell<MemoryStore>>);
+
+impl SharedStore {
+    /// Wraps a store for sharing.
+    #[must_use]
+    pub fn new(store: MemoryStore) -> Self {
+        Self(Rc::new(RefCell::new(store)))
+    }
+}
+
+impl Store for SharedStore {
+    fn push_request(&mut self, request: QueuedRequest) -> Result<(), QueuedRequest> {
+        self.0.borrow_mut().push_request(request)
+    }
+
+    fn push_front_request(&mut self, request: QueuedRequest) {
+        self.0.borrow_mut().push_front_request(request);
+    }
+
+    fn pop_request(&mut self) -> Option<QueuedRequest> {
+        self.0.borrow_mut().pop_request()
+    }
+
+    fn queued_len(&self) -> usize {
+        self.0.borrow().queued_len()
+    }
+
+    fn packet_id_cursor(&self) -> PacketId {
+        self.0.borrow().packet_id_cursor()
+    }
+
+    fn set_packet_id_cursor(&mut self, id: PacketId) {
+        self.0.borrow_mut().set_packet_id_cursor(id);
+    }
+
+    fn insert_outbound(&mut self, id: PacketId, flow: OutboundFlow) {
+        self.0.borrow_mut().insert_outbound(id, flow);
+    }
+
+    fn outbound(&self, id: PacketId) -> Option<OutboundFlow> {
+        self.0.borrow().outbound(id)
+    }
+
+    fn contains_outbound(&self, id: PacketId) -> bool {
+        self.0.borrow().contains_outbound(id)
+    }
+
+    fn outbound_ids(&self) -> Vec<PacketId> {
+        self.0.borrow().outbound_ids()
+    }
+
+    fn remove_outbound(&mut self, id: PacketId) -> Option<OutboundFlow> {
+        self.0.borrow_mut().remove_outbound(id)
+    }
+
+    fn outbound_len(&self) -> usize {
+        self.0.borrow().outbound_len()
+    }
+
+    fn outbound_publish_len(&self) -> usize {
+        self.0.borrow().outbound_publish_len()
+    }
+
+    fn insert_inbound(&mut self, id: PacketId) -> bool {
+        self.0.borrow_mut().insert_inbound(id)
+    }
+
+    fn remove_inbound(&mut self, id: PacketId) -> bool {
+        self.0.borrow_mut().remove_inbound(id)
+    }
+
+    fn contains_inbound(&self, id: PacketId) -> bool {
+        self.0.borrow().contains_inbound(id)
+    }
+
+    fn clear_inbound(&mut self) {
+        self.0.borrow_mut().clear_inbound();
+    }
+
+    fn inbound_len(&self) -> usize {
+        self.0.borrow().inbound_len()
+    }
+
+    fn take_all_requests(&mut self) -> (Vec<QueuedRequest>, Vec<OutboundFlow>) {
+        self.0.borrow_mut().take_all_requests()
+    }
+}
+
+#[cfg(test)]
+#[allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+mod tests {
+    use super::*;
+    use crate::store::{Request, RequestToken};
+
+    fn unsubscribe(token: u64) -> QueuedRequest {
+        QueuedRequest {
+            token: RequestToken(token),
+            request: Request::Unsubscribe {
+                filters: vec!["a/b".parse().unwrap()],
+                properties: crate::codec::Properties::default(),
+            },
+        }
+    }
+
+    #[test]
+    fn queue_rejects_request_beyond_capacity() {
+        let mut store = MemoryStore::new(1);
+        store.push_request(unsubscribe(1)).unwrap();
+        let rejected = store.push_request(unsubscribe(2)).unwrap_err();
+        assert_eq!(rejected.token, RequestToken(2));
+        assert_eq!(store.queued_len(), 1);
+    }
+
+    #[test]
+    fn shared_handles_see_same_state() {
+        let mut first = SharedStore::new(MemoryStore::new(4));
+        let second = first.clone();
+        let id = PacketId::try_from(7).unwrap();
+        first.insert_outbound(
+            id,
+            OutboundFlow::Subscribe {
+                token: RequestToken(1),
+                filter_count: 1,
+            },
+        );
+        assert_eq!(second.outbound_len(), 1);
+        assert_eq!(second.outbound(id).unwrap().token(), RequestToken(1));
+    }
+
+    #[test]
+    fn take_all_requests_empties_queue_and_flows() {
+        let mut store = MemoryStore::new(4);
+        store.push_request(unsubscribe(1)).unwrap();
+        store.insert_outbound(
+            PacketId::MIN,
+            OutboundFlow::Unsubscribe {
+                token: RequestToken(2),
+                filter_count: 1,
+            },
+        );
+        let (queued, outbound) = store.take_all_requests();
+        assert_eq!(queued.len(), 1);
+        assert_eq!(outbound.len(), 1);
+        assert_eq!(store.queued_len(), 0);
+        assert_eq!(store.outbound_len(), 0);
+    }
+}

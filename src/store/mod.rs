@@ -1,0 +1,178 @@
+//! Session state that must outlive a connection: requests waiting to be sent, outbound
+//! QoS 1 and 2 flows and subscriptions awaiting their acknowledgement, inbound QoS 2
+//! packet identifiers awaiting PUBREL, and the packet identifier cursor.
+//!
+//! The session state machine reads and writes this state as it goes, so a connection
+//! that ends at any instant leaves behind exactly what was still unacknowledged. This
+//! layer holds data only: it does no I/O, reads no clock and knows nothing of actix.
+//! [`MemoryStore`] keeps everything in memory; a durable store would implement [`Store`].
+
+mod memory;
+
+use bytes::Bytes;
+
+use crate::codec::{
+    PacketId, Properties, PubAckReason, Publish, QoS, SubscriptionOptions, TopicFilter, TopicName,
+};
+
+pub use memory::{MemoryStore, SharedStore};
+
+/// Identifies one caller's request from the moment it is queued until it is answered.
+///
+/// Tokens are chosen by whoever queues the request and are never interpreted by the
+/// session; the actor layer uses them to find the caller to answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RequestToken(pub u64);
+
+/// A PUBLISH requested by the application, before it has a packet identifier.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutgoingPublish {
+    /// Topic the message is published to.
+    pub topic: TopicName,
+    /// Application payload.
+    pub payload: Bytes,
+    /// Requested QoS.
+    pub qos: QoS,
+    /// Whether the broker should retain the message.
+    pub retain: bool,
+    /// PUBLISH properties (v5).
+    pub properties: Properties,
+}
+
+/// A request waiting in the queue until the session can send it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    /// Publish one message.
+    Publish(OutgoingPublish),
+    /// Subscribe to one or more filters.
+    Subscribe {
+        /// Filters with their options, in the order of the SUBSCRIBE.
+        filters: Vec<(TopicFilter, SubscriptionOptions)>,
+        /// SUBSCRIBE properties (v5).
+        properties: Properties,
+    },
+    /// Remove one or more subscriptions.
+    Unsubscribe {
+        /// Filters to remove.
+        filters: Vec<TopicFilter>,
+        /// UNSUBSCRIBE properties (v5).
+        properties: Properties,
+    },
+}
+
+/// A queued request together with the token of the caller waiting for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueuedRequest {
+    /// Caller waiting for the answer.
+    pub token: RequestToken,
+    /// What the caller asked for.
+    pub request: Request,
+}
+
+/// The acknowledgement an outbound QoS 1 or 2 PUBLISH is waiting for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AwaitedAck {
+    /// QoS 1: waiting for PUBACK.
+    PubAck,
+    /// QoS 2: waiting for PUBREC.
+    PubRec,
+    /// QoS 2 after PUBREC: PUBREL was sent, waiting for PUBCOMP.
+    PubComp {
+        /// The PUBREC reason code, reported to the caller when the flow completes.
+        pubrec_reason: PubAckReason,
+    },
+}
+
+/// A packet identifier in use by this client, and what it is waiting for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[allow(clippy::large_enum_variant)] // Most flows are publishes; boxing them would add an allocation each.
+pub enum OutboundFlow {
+    /// A QoS 1 or 2 PUBLISH that has been sent and is not yet complete.
+    Publish {
+        /// Caller waiting for the outcome.
+        token: RequestToken,
+        /// The packet as sent, kept for resending with DUP set on session resume.
+        packet: Publish,
+        /// The acknowledgement expected next.
+        awaiting: AwaitedAck,
+    },
+    /// A SUBSCRIBE waiting for its SUBACK.
+    Subscribe {
+        /// Caller waiting for the outcome.
+        token: RequestToken,
+        /// Number of filters, which must equal the number of SUBACK reason codes.
+        filter_count: usize,
+    },
+    /// An UNSUBSCRIBE waiting for its UNSUBACK.
+    Unsubscribe {
+        /// Caller waiting for the outcome.
+        token: RequestToken,
+        /// Number of filters, which must equal the number of UNSUBACK reason codes (v5).
+        filter_count: usize,
+    },
+}
+
+impl OutboundFlow {
+    /// Returns the token of the caller waiting for this flow.
+    #[must_use]
+    pub fn token(&self) -> RequestToken {
+        match self {
+            Self::Publish { token, .. }
+            | Self::Subscribe { token, .. }
+            | Self::Unsubscribe { token, .. } => *token,
+        }
+    }
+}
+
+/// Storage for the state a session must keep across connections.
+///
+/// Every method takes or returns values, not references, so that an implementation may
+/// sit behind a `RefCell` shared by the session and its supervisor.
+#[allow(clippy::result_large_err)] // A rejected request is handed back unchanged, without boxing.
+pub trait Store {
+    /// Appends a request to the queue, or returns it when the queue is full.
+    fn push_request(&mut self, request: QueuedRequest) -> Result<(), QueuedRequest>;
+    /// Puts a request back at the head of the queue, where it was taken from.
+    fn push_front_request(&mut self, request: QueuedRequest);
+    /// Removes the request at the head of the queue.
+    fn pop_request(&mut self) -> Option<QueuedRequest>;
+    /// Returns the number of queued requests.
+    fn queued_len(&self) -> usize;
+
+    /// Returns the identifier the next allocation starts searching from.
+    fn packet_id_cursor(&self) -> PacketId;
+    /// Sets the identifier the next allocation starts searching from.
+    fn set_packet_id_cursor(&mut self, id: PacketId);
+
+    /// Records an outbound flow under its packet identifier, replacing any previous one.
+    fn insert_outbound(&mut self, id: PacketId, flow: OutboundFlow);
+    /// Returns a copy of the outbound flow using `id`.
+    fn outbound(&self, id: PacketId) -> Option<OutboundFlow>;
+    /// Returns `true` when an outbound flow uses `id`.
+    fn contains_outbound(&self, id: PacketId) -> bool;
+    /// Returns the packet identifiers in use by outbound flows, in ascending order.
+    fn outbound_ids(&self) -> Vec<PacketId>;
+    /// Removes and returns the outbound flow using `id`.
+    fn remove_outbound(&mut self, id: PacketId) -> Option<OutboundFlow>;
+    /// Returns the number of packet identifiers in use by outbound flows.
+    fn outbound_len(&self) -> usize;
+    /// Returns the number of outbound QoS 1 and 2 PUBLISH flows, which the broker's
+    /// Receive Maximum limits.
+    fn outbound_publish_len(&self) -> usize;
+
+    /// Records an inbound QoS 2 packet identifier awaiting PUBREL; returns `false` when
+    /// it was recorded already.
+    fn insert_inbound(&mut self, id: PacketId) -> bool;
+    /// Forgets an inbound QoS 2 packet identifier; returns `false` when it was unknown.
+    fn remove_inbound(&mut self, id: PacketId) -> bool;
+    /// Returns `true` when an inbound QoS 2 packet identifier awaits PUBREL.
+    fn contains_inbound(&self, id: PacketId) -> bool;
+    /// Forgets every inbound QoS 2 packet identifier, when the broker starts a new session.
+    fn clear_inbound(&mut self);
+    /// Returns the number of inbound QoS 2 identifiers awaiting PUBREL.
+    fn inbound_len(&self) -> usize;
+
+    /// Removes every queued request and every outbound flow, in that order, so that their
+    /// callers can be answered when the session ends for good.
+    fn take_all_requests(&mut self) -> (Vec<QueuedRequest>, Vec<OutboundFlow>);
+}
