@@ -259,6 +259,11 @@ pub enum InvalidValue {
     /// MQTT strings must not contain U+0000 [MQTT-1.5.4-2].
     #[error("string contains the null character U+0000")]
     NullCharacter,
+    /// MQTT strings should not contain control characters (U+0001 to U+001F, U+007F to
+    /// U+009F) or Unicode noncharacters, and a receiver may treat a packet containing
+    /// them as malformed (MQTT 5.0 section 1.5.4); Mosquitto does, so they are rejected.
+    #[error("string contains the disallowed character {0:?}")]
+    DisallowedCharacter(char),
     /// A topic name must be at least one character long [MQTT-4.7.3-1].
     #[error("topic name is empty")]
     EmptyTopic,
@@ -283,14 +288,33 @@ pub enum InvalidValue {
     SubscriptionIdentifier(u32),
 }
 
-/// Checks the rules every MQTT UTF-8 string follows: at most 65,535 bytes and no
-/// U+0000 [MQTT-1.5.4-1] [MQTT-1.5.4-2]. Rust strings are valid UTF-8 already.
+/// Checks the rules every MQTT UTF-8 string follows: at most 65,535 bytes, no U+0000
+/// [MQTT-1.5.4-1] [MQTT-1.5.4-2], and none of the characters [`disallowed_character`]
+/// finds. Rust strings are valid UTF-8 already.
 pub(crate) fn check_mqtt_string(value: &str) -> Result<(), InvalidValue> {
     if value.len() > usize::from(u16::MAX) {
         return Err(InvalidValue::StringTooLong(value.len()));
     }
-    if value.contains('\0') {
-        return Err(InvalidValue::NullCharacter);
+    match disallowed_character(value) {
+        None => Ok(()),
+        Some('\0') => Err(InvalidValue::NullCharacter),
+        Some(character) => Err(InvalidValue::DisallowedCharacter(character)),
     }
-    Ok(())
+}
+
+/// Returns the first character of `value` that an MQTT string must or should not
+/// contain: U+0000, a control character (U+0001 to U+001F, U+007F to U+009F) or a
+/// Unicode noncharacter (U+FDD0 to U+FDEF, and U+xFFFE and U+xFFFF in every plane).
+pub(crate) fn disallowed_character(value: &str) -> Option<char> {
+    // Printable ASCII is by far the common case and needs no per-character decoding.
+    if value.bytes().all(|byte| (0x20..0x7F).contains(&byte)) {
+        return None;
+    }
+    value.chars().find(|&character| {
+        let code = u32::from(character);
+        code <= 0x1F
+            || (0x7F..=0x9F).contains(&code)
+            || (0xFDD0..=0xFDEF).contains(&code)
+            || code & 0xFFFE == 0xFFFE
+    })
 }

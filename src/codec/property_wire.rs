@@ -1,0 +1,685 @@
+//! Encoding and decoding of MQTT 5.0 property lists (section 2.2.2), for every packet.
+//!
+//! One table lists the properties each packet may carry (section 2.2.2.2) and one
+//! walk over [`Properties`] drives both the size calculation and the writing, so the
+//! encoder cannot write a property it did not check. Packet layouts live elsewhere.
+
+use std::num::{NonZeroU16, NonZeroU32};
+
+use bytes::{BufMut, BytesMut};
+
+use super::error::{EncodeError, Violation};
+use super::packet::PacketType;
+use super::properties::{PayloadFormat, Properties, PropertyId};
+use super::topic::TopicName;
+use super::types::{disallowed_character, ProtocolVersion, QoS};
+use super::wire::{
+    put_prefixed, put_variable_byte_integer, value_violation, variable_byte_integer_len, Reader,
+    MAX_VARIABLE_BYTE_INTEGER,
+};
+
+/// The place a property list appears, which decides the properties allowed there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PropertyContext {
+    Connect,
+    Will,
+    ConnAck,
+    Publish,
+    /// PUBACK, PUBREC, PUBREL and PUBCOMP.
+    Acknowledgement,
+    Subscribe,
+    SubAck,
+    Unsubscribe,
+    UnsubAck,
+    Disconnect,
+    Auth,
+}
+
+/// Returns a bit set with one bit per property identifier in `ids`.
+const fn id_set(ids: &[PropertyId]) -> u64 {
+    match ids {
+        [first, rest @ ..] => 1 << *first as u8 | id_set(rest),
+        [] => 0,
+    }
+}
+
+impl PropertyContext {
+    /// Returns the set of properties allowed here, after the table in MQTT 5.0
+    /// section 2.2.2.2. User Property is allowed everywhere.
+    fn allowed(self) -> u64 {
+        use PropertyId as P;
+        const MESSAGE: &[PropertyId] = &[
+            P::PayloadFormatIndicator,
+            P::MessageExpiryInterval,
+            P::ContentType,
+            P::ResponseTopic,
+            P::CorrelationData,
+            P::UserProperty,
+        ];
+        const CONNECT: u64 = id_set(&[
+            P::SessionExpiryInterval,
+            P::AuthenticationMethod,
+            P::AuthenticationData,
+            P::RequestProblemInformation,
+            P::RequestResponseInformation,
+            P::ReceiveMaximum,
+            P::TopicAliasMaximum,
+            P::UserProperty,
+            P::MaximumPacketSize,
+        ]);
+        const CONNACK: u64 = id_set(&[
+            P::SessionExpiryInterval,
+            P::AssignedClientIdentifier,
+            P::ServerKeepAlive,
+            P::AuthenticationMethod,
+            P::AuthenticationData,
+            P::ResponseInformation,
+            P::ServerReference,
+            P::ReasonString,
+            P::ReceiveMaximum,
+            P::TopicAliasMaximum,
+            P::MaximumQoS,
+            P::RetainAvailable,
+            P::UserProperty,
+            P::MaximumPacketSize,
+            P::WildcardSubscriptionAvailable,
+            P::SubscriptionIdentifierAvailable,
+            P::SharedSubscriptionAvailable,
+        ]);
+        const REPORT: u64 = id_set(&[P::ReasonString, P::UserProperty]);
+        match self {
+            Self::Connect => CONNECT,
+            Self::Will => id_set(MESSAGE) | id_set(&[P::WillDelayInterval]),
+            Self::ConnAck => CONNACK,
+            Self::Publish => id_set(MESSAGE) | id_set(&[P::SubscriptionIdentifier, P::TopicAlias]),
+            Self::Acknowledgement | Self::SubAck | Self::UnsubAck => REPORT,
+            Self::Subscribe => id_set(&[P::SubscriptionIdentifier, P::UserProperty]),
+            Self::Unsubscribe => id_set(&[P::UserProperty]),
+            Self::Disconnect => REPORT | id_set(&[P::SessionExpiryInterval, P::ServerReference]),
+            Self::Auth => REPORT | id_set(&[P::AuthenticationMethod, P::AuthenticationData]),
+        }
+    }
+
+    fn allows(self, id: PropertyId) -> bool {
+        self.allowed() & (1 << id as u8) != 0
+    }
+
+    /// Returns `true` when `id` may appear more than once: User Property anywhere,
+    /// Subscription Identifier on PUBLISH (MQTT 5.0 section 3.3.2.3.8).
+    fn allows_repeat(self, id: PropertyId) -> bool {
+        id == PropertyId::UserProperty
+            || (id == PropertyId::SubscriptionIdentifier && self == Self::Publish)
+    }
+}
+
+/// Reads a property length and the property list after it.
+pub(crate) fn read_properties(
+    reader: &mut Reader,
+    context: PropertyContext,
+) -> Result<Properties, Violation> {
+    let len = reader.variable_byte_integer()? as usize;
+    let mut properties = Properties::default();
+    if len == 0 {
+        return Ok(properties);
+    }
+    let mut list = reader.sub_reader(len)?;
+    let mut seen: u64 = 0;
+    while !list.is_empty() {
+        let raw_id = list.variable_byte_integer()?;
+        let id = u8::try_from(raw_id)
+            .ok()
+            .and_then(|byte| PropertyId::try_from(byte).ok())
+            .ok_or(Violation::UnknownProperty(raw_id))?;
+        if !context.allows(id) {
+            return Err(Violation::PropertyNotAllowed {
+                packet_type: list.packet_type(),
+                property: id,
+            });
+        }
+        let bit = 1 << id as u8;
+        if seen & bit != 0 && !context.allows_repeat(id) {
+            return Err(Violation::DuplicateProperty(id));
+        }
+        seen |= bit;
+        read_value(&mut list, id, &mut properties)?;
+    }
+    Ok(properties)
+}
+
+/// Reads the value of property `id` into its field of `properties`.
+fn read_value(
+    reader: &mut Reader,
+    id: PropertyId,
+    properties: &mut Properties,
+) -> Result<(), Violation> {
+    use PropertyId as P;
+    let p = properties;
+    match id {
+        P::PayloadFormatIndicator => {
+            p.payload_format_indicator = Some(match reader.u8()? {
+                0 => PayloadFormat::Bytes,
+                1 => PayloadFormat::Utf8,
+                other => return Err(invalid_value(id, u32::from(other))),
+            });
+        }
+        P::MessageExpiryInterval => p.message_expiry_interval = Some(reader.u32()?),
+        P::ContentType => p.content_type = Some(reader.string()?),
+        P::ResponseTopic => p.response_topic = Some(read_response_topic(reader)?),
+        P::CorrelationData => p.correlation_data = Some(reader.binary()?),
+        P::SubscriptionIdentifier => {
+            let value = reader.variable_byte_integer()?;
+            let value = NonZeroU32::new(value).ok_or(invalid_value(id, 0))?;
+            p.subscription_identifiers.push(value);
+        }
+        P::SessionExpiryInterval => p.session_expiry_interval = Some(reader.u32()?),
+        P::AssignedClientIdentifier => p.assigned_client_identifier = Some(reader.string()?),
+        P::ServerKeepAlive => p.server_keep_alive = Some(reader.u16()?),
+        P::AuthenticationMethod => p.authentication_method = Some(reader.string()?),
+        P::AuthenticationData => p.authentication_data = Some(reader.binary()?),
+        P::RequestProblemInformation => {
+            p.request_problem_information = Some(read_bool(reader, id)?);
+        }
+        P::WillDelayInterval => p.will_delay_interval = Some(reader.u32()?),
+        P::RequestResponseInformation => {
+            p.request_response_information = Some(read_bool(reader, id)?);
+        }
+        P::ResponseInformation => p.response_information = Some(reader.string()?),
+        P::ServerReference => p.server_reference = Some(reader.string()?),
+        P::ReasonString => p.reason_string = Some(reader.string()?),
+        P::ReceiveMaximum => {
+            // Receive Maximum 0 is a Protocol Error (MQTT 5.0 section 3.1.2.11.3).
+            p.receive_maximum = Some(NonZeroU16::new(reader.u16()?).ok_or(invalid_value(id, 0))?);
+        }
+        P::TopicAliasMaximum => p.topic_alias_maximum = Some(reader.u16()?),
+        P::TopicAlias => {
+            p.topic_alias = Some(NonZeroU16::new(reader.u16()?).ok_or(Violation::ZeroTopicAlias)?);
+        }
+        P::MaximumQoS => {
+            // Maximum QoS is 0 or 1 when present (MQTT 5.0 section 3.2.2.3.4).
+            p.maximum_qos = Some(match reader.u8()? {
+                0 => QoS::AtMostOnce,
+                1 => QoS::AtLeastOnce,
+                other => return Err(invalid_value(id, u32::from(other))),
+            });
+        }
+        P::RetainAvailable => p.retain_available = Some(read_bool(reader, id)?),
+        P::UserProperty => {
+            let name = reader.string()?;
+            let value = reader.string()?;
+            p.user_properties.push((name, value));
+        }
+        P::MaximumPacketSize => {
+            // Maximum Packet Size 0 is a Protocol Error (MQTT 5.0 section 3.1.2.11.4).
+            p.maximum_packet_size =
+                Some(NonZeroU32::new(reader.u32()?).ok_or(invalid_value(id, 0))?);
+        }
+        P::WildcardSubscriptionAvailable => {
+            p.wildcard_subscription_available = Some(read_bool(reader, id)?);
+        }
+        P::SubscriptionIdentifierAvailable => {
+            p.subscription_identifier_available = Some(read_bool(reader, id)?);
+        }
+        P::SharedSubscriptionAvailable => {
+            p.shared_subscription_available = Some(read_bool(reader, id)?);
+        }
+    }
+    Ok(())
+}
+
+fn invalid_value(property: PropertyId, value: u32) -> Violation {
+    Violation::InvalidPropertyValue { property, value }
+}
+
+/// Reads a byte that must be 0 or 1; other values are a Protocol Error.
+fn read_bool(reader: &mut Reader, id: PropertyId) -> Result<bool, Violation> {
+    match reader.u8()? {
+        0 => Ok(false),
+        1 => Ok(true),
+        other => Err(invalid_value(id, u32::from(other))),
+    }
+}
+
+/// Reads a Response Topic, which follows the topic name rules [MQTT-3.3.2-14].
+fn read_response_topic(reader: &mut Reader) -> Result<TopicName, Violation> {
+    let string = reader.utf8()?;
+    TopicName::try_from(string)
+        .map_err(|error| value_violation(error, Violation::InvalidResponseTopic))
+}
+
+/// One property value as it goes on the wire.
+enum Value<'a> {
+    Byte(u8),
+    TwoBytes(u16),
+    FourBytes(u32),
+    VariableByteInteger(u32),
+    String(&'a str),
+    Binary(&'a [u8]),
+    Pair(&'a str, &'a str),
+}
+
+impl Value<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Self::Byte(_) => 1,
+            Self::TwoBytes(_) => 2,
+            Self::FourBytes(_) => 4,
+            Self::VariableByteInteger(value) => variable_byte_integer_len(*value),
+            Self::String(value) => 2 + value.len(),
+            Self::Binary(value) => 2 + value.len(),
+            Self::Pair(name, value) => 4 + name.len() + value.len(),
+        }
+    }
+
+    fn put(&self, dst: &mut BytesMut) {
+        match self {
+            Self::Byte(value) => dst.put_u8(*value),
+            Self::TwoBytes(value) => dst.put_u16(*value),
+            Self::FourBytes(value) => dst.put_u32(*value),
+            Self::VariableByteInteger(value) => put_variable_byte_integer(dst, *value),
+            Self::String(value) => put_prefixed(dst, value.as_bytes()),
+            Self::Binary(value) => put_prefixed(dst, value),
+            Self::Pair(name, value) => {
+                put_prefixed(dst, name.as_bytes());
+                put_prefixed(dst, value.as_bytes());
+            }
+        }
+    }
+}
+
+/// Calls `visit` with every property present in `p`, in identifier order, user
+/// properties in their stored order. Stops at the first error `visit` returns.
+fn for_each_property<'a>(
+    p: &'a Properties,
+    mut visit: impl FnMut(PropertyId, Value<'a>) -> Result<(), EncodeError>,
+) -> Result<(), EncodeError> {
+    use PropertyId as P;
+    use Value as V;
+    if let Some(format) = p.payload_format_indicator {
+        visit(P::PayloadFormatIndicator, V::Byte(format as u8))?;
+    }
+    if let Some(value) = p.message_expiry_interval {
+        visit(P::MessageExpiryInterval, V::FourBytes(value))?;
+    }
+    if let Some(value) = &p.content_type {
+        visit(P::ContentType, V::String(value))?;
+    }
+    if let Some(value) = &p.response_topic {
+        visit(P::ResponseTopic, V::String(value.as_str()))?;
+    }
+    if let Some(value) = &p.correlation_data {
+        visit(P::CorrelationData, V::Binary(value))?;
+    }
+    for value in &p.subscription_identifiers {
+        visit(
+            P::SubscriptionIdentifier,
+            V::VariableByteInteger(value.get()),
+        )?;
+    }
+    if let Some(value) = p.session_expiry_interval {
+        visit(P::SessionExpiryInterval, V::FourBytes(value))?;
+    }
+    if let Some(value) = &p.assigned_client_identifier {
+        visit(P::AssignedClientIdentifier, V::String(value))?;
+    }
+    if let Some(value) = p.server_keep_alive {
+        visit(P::ServerKeepAlive, V::TwoBytes(value))?;
+    }
+    if let Some(value) = &p.authentication_method {
+        visit(P::AuthenticationMethod, V::String(value))?;
+    }
+    if let Some(value) = &p.authentication_data {
+        visit(P::AuthenticationData, V::Binary(value))?;
+    }
+    if let Some(value) = p.request_problem_information {
+        visit(P::RequestProblemInformation, V::Byte(u8::from(value)))?;
+    }
+    if let Some(value) = p.will_delay_interval {
+        visit(P::WillDelayInterval, V::FourBytes(value))?;
+    }
+    if let Some(value) = p.request_response_information {
+        visit(P::RequestResponseInformation, V::Byte(u8::from(value)))?;
+    }
+    if let Some(value) = &p.response_information {
+        visit(P::ResponseInformation, V::String(value))?;
+    }
+    if let Some(value) = &p.server_reference {
+        visit(P::ServerReference, V::String(value))?;
+    }
+    if let Some(value) = &p.reason_string {
+        visit(P::ReasonString, V::String(value))?;
+    }
+    if let Some(value) = p.receive_maximum {
+        visit(P::ReceiveMaximum, V::TwoBytes(value.get()))?;
+    }
+    if let Some(value) = p.topic_alias_maximum {
+        visit(P::TopicAliasMaximum, V::TwoBytes(value))?;
+    }
+    if let Some(value) = p.topic_alias {
+        visit(P::TopicAlias, V::TwoBytes(value.get()))?;
+    }
+    if let Some(value) = p.maximum_qos {
+        visit(P::MaximumQoS, V::Byte(value.level()))?;
+    }
+    if let Some(value) = p.retain_available {
+        visit(P::RetainAvailable, V::Byte(u8::from(value)))?;
+    }
+    for (name, value) in &p.user_properties {
+        visit(P::UserProperty, V::Pair(name, value))?;
+    }
+    if let Some(value) = p.maximum_packet_size {
+        visit(P::MaximumPacketSize, V::FourBytes(value.get()))?;
+    }
+    if let Some(value) = p.wildcard_subscription_available {
+        visit(P::WildcardSubscriptionAvailable, V::Byte(u8::from(value)))?;
+    }
+    if let Some(value) = p.subscription_identifier_available {
+        visit(P::SubscriptionIdentifierAvailable, V::Byte(u8::from(value)))?;
+    }
+    if let Some(value) = p.shared_subscription_available {
+        visit(P::SharedSubscriptionAvailable, V::Byte(u8::from(value)))?;
+    }
+    Ok(())
+}
+
+/// Checks that `properties` may be sent in `context` and returns the length of the
+/// property list, without its length prefix.
+pub(crate) fn properties_len(
+    properties: &Properties,
+    context: PropertyContext,
+    packet_type: PacketType,
+) -> Result<usize, EncodeError> {
+    let mut len = 0;
+    let mut subscription_identifiers = 0;
+    for_each_property(properties, |id, value| {
+        let invalid = |problem| EncodeError::InvalidProperty {
+            packet_type,
+            property: id,
+            problem,
+        };
+        if !context.allows(id) {
+            return Err(invalid("not allowed on this packet"));
+        }
+        check_value(id, &value).map_err(invalid)?;
+        if id == PropertyId::SubscriptionIdentifier {
+            subscription_identifiers += 1;
+            if subscription_identifiers > 1 && !context.allows_repeat(id) {
+                return Err(invalid("only one is allowed on this packet"));
+            }
+        }
+        len += variable_byte_integer_len(u32::from(id as u8)) + value.len();
+        Ok(())
+    })?;
+    Ok(len)
+}
+
+/// Returns what is wrong with a property value the model allows but the wire does not.
+fn check_value(id: PropertyId, value: &Value<'_>) -> Result<(), &'static str> {
+    match *value {
+        Value::Byte(level) if id == PropertyId::MaximumQoS && level > 1 => {
+            Err("maximum QoS must be 0 or 1")
+        }
+        Value::VariableByteInteger(number) if number > MAX_VARIABLE_BYTE_INTEGER => {
+            Err("subscription identifier is above 268435455")
+        }
+        Value::String(text) => check_string(text),
+        Value::Binary(bytes) if bytes.len() > usize::from(u16::MAX) => {
+            Err("value is longer than 65535 bytes")
+        }
+        Value::Pair(name, text) => check_string(name).and_then(|()| check_string(text)),
+        _ => Ok(()),
+    }
+}
+
+fn check_string(text: &str) -> Result<(), &'static str> {
+    if text.len() > usize::from(u16::MAX) {
+        return Err("value is longer than 65535 bytes");
+    }
+    if disallowed_character(text).is_some() {
+        return Err("value contains U+0000, a control character or a noncharacter");
+    }
+    Ok(())
+}
+
+/// Checks `properties` for a packet of `version` and returns the length of the
+/// property list: in MQTT 5.0 as [`properties_len`] does, before 5.0 0, after checking
+/// that no property is set because those versions have no way to carry one.
+pub(crate) fn measure_properties(
+    properties: &Properties,
+    version: ProtocolVersion,
+    context: PropertyContext,
+    packet_type: PacketType,
+) -> Result<usize, EncodeError> {
+    if version.is_v5() {
+        return properties_len(properties, context, packet_type);
+    }
+    if has_properties(properties) {
+        return Err(EncodeError::NotInVersion {
+            what: "properties",
+            version,
+        });
+    }
+    Ok(0)
+}
+
+/// Returns the bytes a property list of `len` bytes takes with its length prefix:
+/// nothing before MQTT 5.0.
+pub(crate) fn section_len(len: usize, version: ProtocolVersion) -> usize {
+    if version.is_v5() {
+        variable_byte_integer_len(len as u32) + len
+    } else {
+        0
+    }
+}
+
+/// Returns `true` when any property is set; cheaper than comparing with the default.
+pub(crate) fn has_properties(properties: &Properties) -> bool {
+    for_each_property(properties, |_, _| Err(EncodeError::InvalidPacket(""))).is_err()
+}
+
+/// Appends the property length `len`, as returned by [`properties_len`], and the
+/// property list.
+pub(crate) fn put_properties(dst: &mut BytesMut, properties: &Properties, len: usize) {
+    put_variable_byte_integer(dst, len as u32);
+    if len == 0 {
+        return;
+    }
+    // The visitor cannot fail here: `properties_len` accepted the same properties.
+    let _ = for_each_property(properties, |id, value| {
+        put_variable_byte_integer(dst, u32::from(id as u8));
+        value.put(dst);
+        Ok(())
+    });
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+
+    fn decode(context: PropertyContext, bytes: &'static [u8]) -> Result<Properties, Violation> {
+        let mut reader = Reader::new(Bytes::from_static(bytes), PacketType::ConnAck);
+        let properties = read_properties(&mut reader, context)?;
+        reader.finish()?;
+        Ok(properties)
+    }
+
+    fn encode(properties: &Properties, context: PropertyContext) -> Vec<u8> {
+        let len = properties_len(properties, context, PacketType::ConnAck).unwrap();
+        let mut dst = BytesMut::new();
+        put_properties(&mut dst, properties, len);
+        dst.to_vec()
+    }
+
+    #[test]
+    fn empty_list_is_one_zero_byte() {
+        assert_eq!(
+            encode(&Properties::default(), PropertyContext::Publish),
+            [0]
+        );
+        assert_eq!(
+            decode(PropertyContext::Publish, &[0]).unwrap(),
+            Properties::default()
+        );
+    }
+
+    #[test]
+    fn connack_properties_round_trip() {
+        let properties = Properties {
+            session_expiry_interval: Some(0x0102_0304),
+            receive_maximum: NonZeroU16::new(20),
+            maximum_qos: Some(QoS::AtLeastOnce),
+            user_properties: vec![("k".into(), "v".into()), ("k".into(), "w".into())],
+            ..Properties::default()
+        };
+        let bytes = encode(&properties, PropertyContext::ConnAck);
+        assert_eq!(
+            bytes,
+            [
+                24, 0x11, 1, 2, 3, 4, 0x21, 0, 20, 0x24, 1, 0x26, 0, 1, b'k', 0, 1, b'v', 0x26, 0,
+                1, b'k', 0, 1, b'w'
+            ]
+        );
+        let mut reader = Reader::new(Bytes::from(bytes), PacketType::ConnAck);
+        let decoded = read_properties(&mut reader, PropertyContext::ConnAck).unwrap();
+        assert_eq!(decoded, properties);
+    }
+
+    #[test]
+    fn publish_may_repeat_subscription_identifier() {
+        let decoded = decode(PropertyContext::Publish, &[4, 0x0B, 1, 0x0B, 1]).unwrap();
+        let expected: Vec<_> = [1, 1].into_iter().filter_map(NonZeroU32::new).collect();
+        assert_eq!(decoded.subscription_identifiers, expected);
+    }
+
+    #[test]
+    fn subscribe_rejects_second_subscription_identifier() {
+        let result = decode(PropertyContext::Subscribe, &[4, 0x0B, 1, 0x0B, 2]);
+        assert_eq!(
+            result,
+            Err(Violation::DuplicateProperty(
+                PropertyId::SubscriptionIdentifier
+            ))
+        );
+    }
+
+    #[test]
+    fn duplicate_single_property_rejected() {
+        let result = decode(
+            PropertyContext::Acknowledgement,
+            &[6, 0x1F, 0, 1, b'p', 0x1F, 0],
+        );
+        let result = result.map_err(|violation| violation.reason_code());
+        assert_eq!(
+            result,
+            Err(super::super::reason::DisconnectReason::ProtocolError)
+        );
+    }
+
+    #[test]
+    fn property_not_allowed_rejected() {
+        let result = decode(PropertyContext::ConnAck, &[2, 0x01, 0]);
+        assert_eq!(
+            result,
+            Err(Violation::PropertyNotAllowed {
+                packet_type: PacketType::ConnAck,
+                property: PropertyId::PayloadFormatIndicator
+            })
+        );
+    }
+
+    #[test]
+    fn unknown_and_non_minimal_ids_rejected() {
+        assert_eq!(
+            decode(PropertyContext::ConnAck, &[2, 0x00, 1]),
+            Err(Violation::UnknownProperty(0))
+        );
+        assert_eq!(
+            decode(PropertyContext::ConnAck, &[2, 0x04, 1]),
+            Err(Violation::UnknownProperty(4))
+        );
+        assert_eq!(
+            decode(PropertyContext::ConnAck, &[3, 0x80, 0x01, 1]),
+            Err(Violation::UnknownProperty(128))
+        );
+        assert_eq!(
+            decode(PropertyContext::ConnAck, &[3, 0x80, 0x00, 1]),
+            Err(Violation::NonMinimalVariableByteInteger)
+        );
+    }
+
+    #[test]
+    fn out_of_range_values_rejected() {
+        let cases: &[(&'static [u8], PropertyContext)] = &[
+            (&[3, 0x21, 0, 0], PropertyContext::ConnAck),
+            (&[2, 0x24, 2], PropertyContext::ConnAck),
+            (&[2, 0x25, 2], PropertyContext::ConnAck),
+            (&[2, 0x01, 2], PropertyContext::Publish),
+            (&[2, 0x0B, 0], PropertyContext::Publish),
+            (&[5, 0x27, 0, 0, 0, 0], PropertyContext::ConnAck),
+        ];
+        for (bytes, context) in cases {
+            let result = decode(*context, bytes);
+            assert!(
+                matches!(result, Err(Violation::InvalidPropertyValue { .. })),
+                "{bytes:02x?}: {result:?}"
+            );
+        }
+        assert_eq!(
+            decode(PropertyContext::Publish, &[3, 0x23, 0, 0]),
+            Err(Violation::ZeroTopicAlias)
+        );
+    }
+
+    #[test]
+    fn missing_values_reported_as_truncated() {
+        let truncated = Err(Violation::Truncated {
+            packet_type: PacketType::ConnAck,
+        });
+        assert_eq!(decode(PropertyContext::ConnAck, &[1, 0x11]), truncated);
+        assert_eq!(
+            decode(PropertyContext::ConnAck, &[4, 0x26, 0, 1, b'p']),
+            truncated
+        );
+        assert_eq!(
+            decode(PropertyContext::ConnAck, &[5, 0x11, 0, 0]),
+            truncated
+        );
+    }
+
+    #[test]
+    fn response_topic_with_wildcard_rejected() {
+        let result = decode(PropertyContext::Publish, &[4, 0x08, 0, 1, b'#']);
+        assert!(
+            matches!(result, Err(Violation::InvalidResponseTopic(_))),
+            "{result:?}"
+        );
+    }
+
+    #[test]
+    fn encoder_rejects_property_outside_its_packet() {
+        let properties = Properties {
+            topic_alias: NonZeroU16::new(1),
+            ..Properties::default()
+        };
+        let result = properties_len(&properties, PropertyContext::Connect, PacketType::Connect);
+        assert!(
+            matches!(result, Err(EncodeError::InvalidProperty { .. })),
+            "{result:?}"
+        );
+    }
+
+    #[test]
+    fn encoder_rejects_maximum_qos_two() {
+        let properties = Properties {
+            maximum_qos: Some(QoS::ExactlyOnce),
+            ..Properties::default()
+        };
+        let result = properties_len(&properties, PropertyContext::ConnAck, PacketType::ConnAck);
+        assert!(
+            matches!(result, Err(EncodeError::InvalidProperty { .. })),
+            "{result:?}"
+        );
+    }
+}

@@ -1,0 +1,235 @@
+//! Layout of PUBLISH (section 3.3) and of its acknowledgements PUBACK, PUBREC, PUBREL
+//! and PUBCOMP (sections 3.4 to 3.7), in both directions.
+//!
+//! PUBLISH is the hot path: decoding copies no payload and allocates nothing for a
+//! packet without properties; encoding writes straight into the reserved buffer.
+
+use bytes::{BufMut, BytesMut};
+
+use super::encoder::Sizes;
+use super::error::{EncodeError, Violation};
+use super::packet::{Delivery, PacketType, PubAck, PubComp, PubRec, PubRel, Publish};
+use super::properties::Properties;
+use super::property_wire::{
+    measure_properties, put_properties, read_properties, section_len, PropertyContext,
+};
+use super::topic::TopicName;
+use super::types::{PacketId, ProtocolVersion};
+use super::wire::{put_prefixed, value_violation, Reader};
+
+/// Decodes a PUBLISH body; `flags` are the low four bits of the fixed header, already
+/// checked for QoS 3.
+pub(crate) fn decode_publish(
+    mut reader: Reader,
+    flags: u8,
+    version: ProtocolVersion,
+) -> Result<Publish, Violation> {
+    let qos_bits = (flags >> 1) & 0b11;
+    let topic = reader.utf8()?;
+    let delivery = match qos_bits {
+        0 => Delivery::AtMostOnce,
+        1 => Delivery::AtLeastOnce(reader.packet_id()?),
+        _ => Delivery::ExactlyOnce(reader.packet_id()?),
+    };
+    let properties = if version.is_v5() {
+        read_properties(&mut reader, PropertyContext::Publish)?
+    } else {
+        Properties::default()
+    };
+
+    // An empty topic name stands for the one a Topic Alias maps to (MQTT 5.0 section
+    // 3.3.2.3.4); without an alias, or before 5.0, the topic is missing.
+    let topic = if topic.is_empty() {
+        if properties.topic_alias.is_none() {
+            return Err(Violation::MissingTopic);
+        }
+        None
+    } else {
+        Some(
+            TopicName::try_from(topic)
+                .map_err(|error| value_violation(error, Violation::InvalidTopic))?,
+        )
+    };
+
+    // DUP must be 0 on QoS 0 [MQTT-3.3.1-2], but clients such as Mosquitto's accept
+    // such a packet, so the flag is dropped instead of closing the connection.
+    let dup = flags & 0b1000 != 0 && qos_bits != 0;
+    Ok(Publish {
+        dup,
+        delivery,
+        retain: flags & 1 != 0,
+        topic,
+        properties,
+        payload: reader.take_rest(),
+    })
+}
+
+pub(crate) fn measure_publish(
+    publish: &Publish,
+    version: ProtocolVersion,
+) -> Result<Sizes, EncodeError> {
+    if publish.dup && publish.delivery == Delivery::AtMostOnce {
+        return Err(EncodeError::InvalidPacket("DUP set on a QoS 0 PUBLISH"));
+    }
+    let topic_len = match &publish.topic {
+        Some(topic) => topic.as_str().len(),
+        None if !version.is_v5() => {
+            return Err(EncodeError::NotInVersion {
+                what: "PUBLISH without topic name",
+                version,
+            })
+        }
+        None if publish.properties.topic_alias.is_none() => {
+            return Err(EncodeError::InvalidPacket(
+                "PUBLISH without topic name needs a topic alias",
+            ))
+        }
+        None => 0,
+    };
+    let packet_id_len = if publish.delivery == Delivery::AtMostOnce {
+        0
+    } else {
+        2
+    };
+    let properties = measure_properties(
+        &publish.properties,
+        version,
+        PropertyContext::Publish,
+        PacketType::Publish,
+    )?;
+    Ok(Sizes::new(
+        2 + topic_len + packet_id_len + section_len(properties, version) + publish.payload.len(),
+        properties,
+    ))
+}
+
+pub(crate) fn put_publish(
+    publish: &Publish,
+    version: ProtocolVersion,
+    sizes: &Sizes,
+    dst: &mut BytesMut,
+) {
+    let topic = publish.topic.as_ref().map_or("", TopicName::as_str);
+    put_prefixed(dst, topic.as_bytes());
+    if let Some(packet_id) = publish.delivery.packet_id() {
+        dst.put_u16(packet_id.get());
+    }
+    if version.is_v5() {
+        put_properties(dst, &publish.properties, sizes.properties);
+    }
+    dst.put_slice(&publish.payload);
+}
+
+/// Access to the fields PUBACK, PUBREC, PUBREL and PUBCOMP share, so that one
+/// function encodes and decodes all four.
+pub(crate) trait Acknowledgement: Sized {
+    const PACKET_TYPE: PacketType;
+
+    fn packet_id(&self) -> PacketId;
+    fn code(&self) -> u8;
+    fn properties(&self) -> &Properties;
+
+    /// Builds the packet, failing when `code` is not one of its reason codes.
+    fn from_parts(packet_id: PacketId, code: u8, properties: Properties)
+        -> Result<Self, Violation>;
+}
+
+macro_rules! impl_acknowledgement {
+    ($($packet:ident),+) => {$(
+        impl Acknowledgement for $packet {
+            const PACKET_TYPE: PacketType = PacketType::$packet;
+
+            fn packet_id(&self) -> PacketId {
+                self.packet_id
+            }
+
+            fn code(&self) -> u8 {
+                self.reason.code()
+            }
+
+            fn properties(&self) -> &Properties {
+                &self.properties
+            }
+
+            fn from_parts(packet_id: PacketId, code: u8, properties: Properties) -> Result<Self, Violation> {
+                let reason = code.try_into().map_err(|code| Violation::InvalidReasonCode {
+                    packet_type: Self::PACKET_TYPE,
+                    code,
+                })?;
+                Ok(Self {
+                    packet_id,
+                    reason,
+                    properties,
+                })
+            }
+        }
+    )+};
+}
+
+impl_acknowledgement!(PubAck, PubRec, PubRel, PubComp);
+
+/// Decodes the body of PUBACK, PUBREC, PUBREL or PUBCOMP. In MQTT 5.0 the reason code
+/// is absent when the remaining length is 2 (Success), and the property length when
+/// it is 3 (MQTT 5.0 section 3.4.2.1).
+pub(crate) fn decode_acknowledgement<A: Acknowledgement>(
+    mut reader: Reader,
+    version: ProtocolVersion,
+) -> Result<A, Violation> {
+    let packet_id = reader.packet_id()?;
+    let mut code = 0;
+    let mut properties = Properties::default();
+    if version.is_v5() && !reader.is_empty() {
+        code = reader.u8()?;
+        if !reader.is_empty() {
+            properties = read_properties(&mut reader, PropertyContext::Acknowledgement)?;
+        }
+    }
+    reader.finish()?;
+    A::from_parts(packet_id, code, properties)
+}
+
+/// Checks an acknowledgement: MQTT 3.1.1 carries neither a failure code nor
+/// properties.
+pub(crate) fn measure_acknowledgement<A: Acknowledgement>(
+    ack: &A,
+    version: ProtocolVersion,
+) -> Result<Sizes, EncodeError> {
+    let code = ack.code();
+    if !version.is_v5() && code != 0 {
+        return Err(EncodeError::NotInVersion {
+            what: "a reason code other than Success",
+            version,
+        });
+    }
+    let properties = measure_properties(
+        ack.properties(),
+        version,
+        PropertyContext::Acknowledgement,
+        A::PACKET_TYPE,
+    )?;
+    // The shortest form: no reason code for Success without properties, no property
+    // length without properties (MQTT 5.0 section 3.4.2.1).
+    let remaining = if !version.is_v5() || (code == 0 && properties == 0) {
+        2
+    } else if properties == 0 {
+        3
+    } else {
+        3 + section_len(properties, version)
+    };
+    Ok(Sizes::new(remaining, properties))
+}
+
+pub(crate) fn put_acknowledgement<A: Acknowledgement>(
+    ack: &A,
+    version: ProtocolVersion,
+    sizes: &Sizes,
+    dst: &mut BytesMut,
+) {
+    dst.put_u16(ack.packet_id().get());
+    if sizes.remaining > 2 {
+        dst.put_u8(ack.code());
+    }
+    if sizes.remaining > 3 && version.is_v5() {
+        put_properties(dst, ack.properties(), sizes.properties);
+    }
+}
