@@ -200,3 +200,537 @@ pub(crate) fn binary_field_len(field: &'static str, value: &[u8]) -> Result<usiz
     }
     Ok(2 + value.len())
 }
+
+#[cfg(test)]
+#[allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    clippy::too_many_lines
+)]
+mod tests {
+    use std::num::{NonZeroU16, NonZeroU32};
+
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::codec::decoder::Decoder;
+    use crate::codec::packet::{Delivery, LastWill};
+    use crate::codec::properties::{PayloadFormat, Properties};
+    use crate::codec::reason::{
+        AuthReason, ConnectReason, DisconnectReason, PubAckReason, PubCompReason, SubAckReason,
+        UnsubAckReason,
+    };
+    use crate::codec::types::{ClientId, PacketId, QoS, RetainHandling, SubscriptionOptions};
+
+    fn id(value: u16) -> PacketId {
+        PacketId::try_from(value).unwrap()
+    }
+
+    fn encode_to_vec(packet: &Packet, version: ProtocolVersion) -> Result<Vec<u8>, EncodeError> {
+        let mut dst = BytesMut::new();
+        encode(packet, version, u32::MAX, &mut dst)?;
+        Ok(dst.to_vec())
+    }
+
+    /// Returns `true` for the packets a client sends, which a server decoder reads.
+    fn sent_by_client(packet: &Packet) -> bool {
+        matches!(
+            packet,
+            Packet::Connect(_)
+                | Packet::Subscribe(_)
+                | Packet::Unsubscribe(_)
+                | Packet::PingReq
+                | Packet::Disconnect(_)
+        )
+    }
+
+    fn round_trip(packet: &Packet, version: ProtocolVersion) {
+        let bytes = encode_to_vec(packet, version).unwrap();
+        assert_eq!(
+            encoded_len(packet, version).unwrap(),
+            bytes.len(),
+            "{packet:?}"
+        );
+        let mut decoder = if sent_by_client(packet) {
+            let mut decoder = Decoder::for_server();
+            decoder.set_version(version);
+            decoder
+        } else {
+            Decoder::for_client(version)
+        };
+        let mut buf = BytesMut::from(&bytes[..]);
+        let parsed = decoder.decode(&mut buf).unwrap().unwrap();
+        assert!(buf.is_empty(), "{packet:?}");
+        assert_eq!(&parsed, packet, "{version:?} bytes {bytes:02x?}");
+    }
+
+    fn publish(delivery: Delivery, properties: Properties) -> Packet {
+        Packet::Publish(Publish {
+            dup: delivery != Delivery::AtMostOnce,
+            delivery,
+            retain: true,
+            topic: Some("a/b".parse().unwrap()),
+            properties,
+            payload: Bytes::from_static(b"payload"),
+        })
+    }
+
+    fn connect(
+        version: ProtocolVersion,
+        properties: Properties,
+        will_properties: Properties,
+    ) -> Packet {
+        Packet::Connect(Box::new(Connect {
+            protocol: version,
+            clean_start: true,
+            keep_alive: 30,
+            client_id: "client".parse::<ClientId>().unwrap(),
+            will: Some(LastWill {
+                topic: "will/topic".parse().unwrap(),
+                payload: Bytes::from_static(b"gone"),
+                qos: QoS::ExactlyOnce,
+                retain: true,
+                properties: will_properties,
+            }),
+            username: Some("user".into()),
+            password: Some(Bytes::from_static(b"secret")),
+            properties,
+        }))
+    }
+
+    /// One packet of every type, valid in every version.
+    fn packets_for_every_version(version: ProtocolVersion) -> Vec<Packet> {
+        let none = Properties::default;
+        vec![
+            connect(version, none(), none()),
+            Packet::ConnAck(ConnAck {
+                session_present: true,
+                reason: ConnectReason::Success,
+                properties: none(),
+            }),
+            Packet::ConnAck(ConnAck {
+                session_present: false,
+                reason: ConnectReason::BadUserNameOrPassword,
+                properties: none(),
+            }),
+            publish(Delivery::AtMostOnce, none()),
+            publish(Delivery::AtLeastOnce(id(1)), none()),
+            publish(Delivery::ExactlyOnce(id(65_535)), none()),
+            Packet::PubAck(PubAck {
+                packet_id: id(2),
+                reason: PubAckReason::Success,
+                properties: none(),
+            }),
+            Packet::PubRec(PubRec {
+                packet_id: id(3),
+                reason: PubAckReason::Success,
+                properties: none(),
+            }),
+            Packet::PubRel(PubRel {
+                packet_id: id(4),
+                reason: PubCompReason::Success,
+                properties: none(),
+            }),
+            Packet::PubComp(PubComp {
+                packet_id: id(5),
+                reason: PubCompReason::Success,
+                properties: none(),
+            }),
+            Packet::Subscribe(Subscribe {
+                packet_id: id(6),
+                filters: vec![
+                    (
+                        "a/+".parse().unwrap(),
+                        SubscriptionOptions::with_qos(QoS::AtLeastOnce),
+                    ),
+                    (
+                        "$share/g/b/#".parse().unwrap(),
+                        SubscriptionOptions::with_qos(QoS::ExactlyOnce),
+                    ),
+                ],
+                properties: none(),
+            }),
+            Packet::SubAck(SubAck {
+                packet_id: id(6),
+                reasons: vec![SubAckReason::GrantedQoS1, SubAckReason::UnspecifiedError],
+                properties: none(),
+            }),
+            Packet::Unsubscribe(Unsubscribe {
+                packet_id: id(7),
+                filters: vec!["a/+".parse().unwrap()],
+                properties: none(),
+            }),
+            Packet::PingReq,
+            Packet::PingResp,
+            Packet::Disconnect(Disconnect {
+                reason: DisconnectReason::NormalDisconnection,
+                properties: none(),
+            }),
+        ]
+    }
+
+    fn report(reason: &str) -> Properties {
+        Properties {
+            reason_string: Some(reason.into()),
+            user_properties: vec![("k".into(), "v".into()), ("k".into(), "".into())],
+            ..Properties::default()
+        }
+    }
+
+    /// Packets only MQTT 5.0 can carry: properties, failure codes, AUTH.
+    fn packets_for_v5() -> Vec<Packet> {
+        let message = Properties {
+            payload_format_indicator: Some(PayloadFormat::Utf8),
+            message_expiry_interval: Some(u32::MAX),
+            content_type: Some("text/plain".into()),
+            response_topic: Some("response/topic".parse().unwrap()),
+            correlation_data: Some(Bytes::from_static(b"\x00\x01")),
+            user_properties: vec![("key".into(), "value".into())],
+            ..Properties::default()
+        };
+        let connect_properties = Properties {
+            session_expiry_interval: Some(3600),
+            receive_maximum: NonZeroU16::new(20),
+            maximum_packet_size: NonZeroU32::new(1024),
+            topic_alias_maximum: Some(10),
+            request_response_information: Some(true),
+            request_problem_information: Some(false),
+            authentication_method: Some("SCRAM".into()),
+            authentication_data: Some(Bytes::from_static(b"data")),
+            ..Properties::default()
+        };
+        let will_properties = Properties {
+            will_delay_interval: Some(5),
+            ..message.clone()
+        };
+        let connack_properties = Properties {
+            session_expiry_interval: Some(0),
+            assigned_client_identifier: Some("assigned".into()),
+            server_keep_alive: Some(10),
+            response_information: Some("info".into()),
+            server_reference: Some("other:1883".into()),
+            receive_maximum: NonZeroU16::new(1),
+            topic_alias_maximum: Some(0),
+            maximum_qos: Some(QoS::AtMostOnce),
+            retain_available: Some(false),
+            maximum_packet_size: NonZeroU32::new(u32::MAX),
+            wildcard_subscription_available: Some(true),
+            subscription_identifier_available: Some(false),
+            shared_subscription_available: Some(true),
+            ..report("welcome")
+        };
+        let publish_properties = Properties {
+            subscription_identifiers: [1, 268_435_455]
+                .into_iter()
+                .filter_map(NonZeroU32::new)
+                .collect(),
+            topic_alias: NonZeroU16::new(3),
+            ..message
+        };
+        vec![
+            connect(ProtocolVersion::V5, connect_properties, will_properties),
+            Packet::ConnAck(ConnAck {
+                session_present: false,
+                reason: ConnectReason::QuotaExceeded,
+                properties: connack_properties,
+            }),
+            publish(Delivery::AtLeastOnce(id(9)), publish_properties),
+            Packet::Publish(Publish {
+                dup: false,
+                delivery: Delivery::AtMostOnce,
+                retain: false,
+                topic: None,
+                properties: Properties {
+                    topic_alias: NonZeroU16::new(3),
+                    ..Properties::default()
+                },
+                payload: Bytes::new(),
+            }),
+            Packet::PubAck(PubAck {
+                packet_id: id(2),
+                reason: PubAckReason::NoMatchingSubscribers,
+                properties: Properties::default(),
+            }),
+            Packet::PubRec(PubRec {
+                packet_id: id(3),
+                reason: PubAckReason::Success,
+                properties: report("stored"),
+            }),
+            Packet::PubRel(PubRel {
+                packet_id: id(4),
+                reason: PubCompReason::PacketIdentifierNotFound,
+                properties: report("unknown"),
+            }),
+            Packet::Subscribe(Subscribe {
+                packet_id: id(6),
+                filters: vec![(
+                    "a/#".parse().unwrap(),
+                    SubscriptionOptions {
+                        qos: QoS::AtLeastOnce,
+                        no_local: true,
+                        retain_as_published: true,
+                        retain_handling: RetainHandling::DoNotSend,
+                    },
+                )],
+                properties: Properties {
+                    subscription_identifiers: NonZeroU32::new(268_435_455).into_iter().collect(),
+                    ..Properties::default()
+                },
+            }),
+            Packet::SubAck(SubAck {
+                packet_id: id(6),
+                reasons: vec![SubAckReason::WildcardSubscriptionsNotSupported],
+                properties: report("no"),
+            }),
+            Packet::UnsubAck(UnsubAck {
+                packet_id: id(7),
+                reasons: vec![
+                    UnsubAckReason::Success,
+                    UnsubAckReason::NoSubscriptionExisted,
+                ],
+                properties: report("done"),
+            }),
+            Packet::Disconnect(Disconnect {
+                reason: DisconnectReason::DisconnectWithWillMessage,
+                properties: Properties {
+                    session_expiry_interval: Some(60),
+                    ..report("bye")
+                },
+            }),
+            Packet::Auth(Auth {
+                reason: AuthReason::ContinueAuthentication,
+                properties: Properties {
+                    authentication_method: Some("SCRAM".into()),
+                    authentication_data: Some(Bytes::from_static(b"step")),
+                    ..Properties::default()
+                },
+            }),
+            Packet::Auth(Auth {
+                reason: AuthReason::Success,
+                properties: Properties::default(),
+            }),
+        ]
+    }
+
+    #[test]
+    fn every_packet_round_trips_in_every_version() {
+        for version in [
+            ProtocolVersion::V3_1,
+            ProtocolVersion::V3_1_1,
+            ProtocolVersion::V5,
+        ] {
+            for packet in packets_for_every_version(version) {
+                round_trip(&packet, version);
+            }
+        }
+        for packet in packets_for_v5() {
+            round_trip(&packet, ProtocolVersion::V5);
+        }
+    }
+
+    #[test]
+    fn v3_unsuback_round_trips_without_codes() {
+        let packet = Packet::UnsubAck(UnsubAck {
+            packet_id: id(7),
+            reasons: Vec::new(),
+            properties: Properties::default(),
+        });
+        round_trip(&packet, ProtocolVersion::V3_1_1);
+        assert_eq!(
+            encode_to_vec(&packet, ProtocolVersion::V3_1_1).unwrap(),
+            [0xB0, 0x02, 0x00, 0x07]
+        );
+    }
+
+    #[test]
+    fn connect_v3_1_1_minimal_bytes() {
+        let packet = Packet::Connect(Box::new(Connect {
+            protocol: ProtocolVersion::V3_1_1,
+            clean_start: true,
+            keep_alive: 60,
+            client_id: "c".parse().unwrap(),
+            will: None,
+            username: None,
+            password: None,
+            properties: Properties::default(),
+        }));
+        let expected = [
+            0x10, 0x0D, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x04, 0x02, 0x00, 0x3C, 0x00, 0x01,
+            b'c',
+        ];
+        assert_eq!(
+            encode_to_vec(&packet, ProtocolVersion::V3_1_1).unwrap(),
+            expected
+        );
+    }
+
+    #[test]
+    fn acknowledgements_use_shortest_v5_form() {
+        let mut puback = PubAck {
+            packet_id: id(1),
+            reason: PubAckReason::Success,
+            properties: Properties::default(),
+        };
+        let v5 = ProtocolVersion::V5;
+        assert_eq!(
+            encode_to_vec(&Packet::PubAck(puback.clone()), v5).unwrap(),
+            [0x40, 0x02, 0x00, 0x01]
+        );
+        puback.reason = PubAckReason::NoMatchingSubscribers;
+        assert_eq!(
+            encode_to_vec(&Packet::PubAck(puback), v5).unwrap(),
+            [0x40, 0x03, 0x00, 0x01, 0x10]
+        );
+        let pubrel = Packet::PubRel(PubRel {
+            packet_id: id(1),
+            reason: PubCompReason::Success,
+            properties: Properties::default(),
+        });
+        assert_eq!(
+            encode_to_vec(&pubrel, v5).unwrap(),
+            [0x62, 0x02, 0x00, 0x01]
+        );
+        let disconnect = Packet::Disconnect(Disconnect {
+            reason: DisconnectReason::NormalDisconnection,
+            properties: Properties::default(),
+        });
+        assert_eq!(encode_to_vec(&disconnect, v5).unwrap(), [0xE0, 0x00]);
+    }
+
+    #[test]
+    fn publish_header_flags_encoded() {
+        let bytes = encode_to_vec(
+            &publish(Delivery::ExactlyOnce(id(1)), Properties::default()),
+            ProtocolVersion::V3_1_1,
+        );
+        // DUP, QoS 2 and RETAIN: 0b0011_1101.
+        assert_eq!(bytes.unwrap()[0], 0x3D);
+    }
+
+    #[test]
+    fn too_large_packet_writes_nothing() {
+        let packet = publish(Delivery::AtMostOnce, Properties::default());
+        let size = encoded_len(&packet, ProtocolVersion::V3_1_1).unwrap();
+        let mut dst = BytesMut::from(&b"before"[..]);
+        let max = u32::try_from(size - 1).unwrap();
+        let result = encode(&packet, ProtocolVersion::V3_1_1, max, &mut dst);
+        assert_eq!(result, Err(EncodeError::PacketTooLarge { size, max }));
+        assert_eq!(&dst[..], b"before");
+        assert!(encode(&packet, ProtocolVersion::V3_1_1, max + 1, &mut dst).is_ok());
+    }
+
+    #[test]
+    fn v3_rejects_what_it_cannot_carry() {
+        let v3 = ProtocolVersion::V3_1_1;
+        let with_properties = publish(Delivery::AtMostOnce, report("x"));
+        assert!(matches!(
+            encode_to_vec(&with_properties, v3),
+            Err(EncodeError::NotInVersion { .. })
+        ));
+        for packet in packets_for_v5() {
+            let result = encode_to_vec(&packet, v3);
+            assert!(
+                result.is_err(),
+                "{packet:?} encoded in 3.1.1 as {result:02x?}"
+            );
+        }
+    }
+
+    #[test]
+    fn v3_password_without_username_rejected() {
+        let Packet::Connect(mut connect) = connect(
+            ProtocolVersion::V3_1_1,
+            Properties::default(),
+            Properties::default(),
+        ) else {
+            panic!("expected CONNECT");
+        };
+        connect.username = None;
+        let packet = Packet::Connect(connect.clone());
+        assert!(matches!(
+            encode_to_vec(&packet, ProtocolVersion::V3_1_1),
+            Err(EncodeError::NotInVersion { .. })
+        ));
+        connect.protocol = ProtocolVersion::V5;
+        round_trip(&Packet::Connect(connect), ProtocolVersion::V5);
+    }
+
+    #[test]
+    fn invalid_combinations_rejected() {
+        let v5 = ProtocolVersion::V5;
+        let empty_subscribe = Packet::Subscribe(Subscribe {
+            packet_id: id(1),
+            filters: Vec::new(),
+            properties: Properties::default(),
+        });
+        assert!(matches!(
+            encode_to_vec(&empty_subscribe, v5),
+            Err(EncodeError::InvalidPacket(_))
+        ));
+        let mut no_topic = publish(Delivery::AtMostOnce, Properties::default());
+        if let Packet::Publish(publish) = &mut no_topic {
+            publish.topic = None;
+        }
+        assert!(matches!(
+            encode_to_vec(&no_topic, v5),
+            Err(EncodeError::InvalidPacket(_))
+        ));
+        let mut dup_qos0 = publish(Delivery::AtMostOnce, Properties::default());
+        if let Packet::Publish(publish) = &mut dup_qos0 {
+            publish.dup = true;
+        }
+        assert!(matches!(
+            encode_to_vec(&dup_qos0, v5),
+            Err(EncodeError::InvalidPacket(_))
+        ));
+        let refused_with_session = Packet::ConnAck(ConnAck {
+            session_present: true,
+            reason: ConnectReason::NotAuthorized,
+            properties: Properties::default(),
+        });
+        assert!(matches!(
+            encode_to_vec(&refused_with_session, v5),
+            Err(EncodeError::InvalidPacket(_))
+        ));
+    }
+
+    #[test]
+    fn user_property_with_control_character_rejected() {
+        let properties = Properties {
+            user_properties: vec![("name".into(), "line\nbreak".into())],
+            ..Properties::default()
+        };
+        let packet = publish(Delivery::AtMostOnce, properties);
+        let result = encode_to_vec(&packet, ProtocolVersion::V5);
+        assert!(
+            matches!(result, Err(EncodeError::InvalidProperty { .. })),
+            "{result:?}"
+        );
+    }
+
+    #[test]
+    fn remaining_length_boundaries_encode() {
+        // Payloads that put the remaining length at the edges of 1, 2 and 3 bytes.
+        for remaining in [127_usize, 128, 16_383, 16_384, 2_097_151, 2_097_152] {
+            let payload = Bytes::from(vec![0u8; remaining - 5]);
+            let packet = Packet::Publish(Publish {
+                dup: false,
+                delivery: Delivery::AtMostOnce,
+                retain: false,
+                topic: Some("abc".parse().unwrap()),
+                properties: Properties::default(),
+                payload,
+            });
+            let bytes = encode_to_vec(&packet, ProtocolVersion::V3_1_1).unwrap();
+            let length_len = crate::codec::wire::variable_byte_integer_len(remaining as u32);
+            assert_eq!(
+                bytes.len(),
+                1 + length_len + remaining,
+                "remaining {remaining}"
+            );
+            round_trip(&packet, ProtocolVersion::V3_1_1);
+        }
+    }
+}
