@@ -57,12 +57,27 @@ impl Mosquitto {
     /// Starts a broker whose configuration file ends with `extra_lines`, for example
     /// `["sys_interval 1"]`.
     pub fn start_with(extra_lines: &[&str]) -> Option<Self> {
+        Self::start_with_files(extra_lines, &[])
+    }
+
+    /// Starts a broker after writing `files` (name, contents) into its directory.
+    /// In `extra_lines`, `{dir}` stands for that directory, as in
+    /// `"acl_file {dir}/acl"`.
+    pub fn start_with_files(extra_lines: &[&str], files: &[(&str, &str)]) -> Option<Self> {
         let binary = find_binary()?;
         let dir = create_temp_dir();
+        for (name, contents) in files {
+            fs::write(dir.join(name), contents).expect("write a file for mosquitto");
+        }
+        let dir_text = dir.display().to_string();
+        let extra_lines: Vec<String> = extra_lines
+            .iter()
+            .map(|line| line.replace("{dir}", &dir_text))
+            .collect();
 
         let mut last_error = String::new();
         for _ in 0..START_ATTEMPTS {
-            match spawn_broker(&binary, &dir, extra_lines) {
+            match spawn_broker(&binary, &dir, &extra_lines) {
                 Ok(Spawned::Ready(broker)) => return Some(broker),
                 Ok(Spawned::Exited(message)) => last_error = message,
                 Err(error) => {
@@ -152,7 +167,7 @@ fn skip_or_fail(reason: &str) {
     );
 }
 
-fn spawn_broker(binary: &Path, dir: &Path, extra_lines: &[&str]) -> std::io::Result<Spawned> {
+fn spawn_broker(binary: &Path, dir: &Path, extra_lines: &[String]) -> std::io::Result<Spawned> {
     let port = free_port()?;
     let config_path = dir.join("mosquitto.conf");
     write_config(&config_path, dir, port, extra_lines)?;
@@ -194,7 +209,7 @@ fn spawn_broker(binary: &Path, dir: &Path, extra_lines: &[&str]) -> std::io::Res
     }
 }
 
-fn write_config(path: &Path, dir: &Path, port: u16, extra_lines: &[&str]) -> std::io::Result<()> {
+fn write_config(path: &Path, dir: &Path, port: u16, extra_lines: &[String]) -> std::io::Result<()> {
     let mut file = fs::File::create(path)?;
     writeln!(file, "listener {port} 127.0.0.1")?;
     writeln!(file, "allow_anonymous true")?;
