@@ -106,6 +106,22 @@ impl Mosquitto {
         format!("mqtt://127.0.0.1:{}", self.port)
     }
 
+    /// Waits until the broker's log contains `needle`, for example
+    /// `"Sending SUBACK to sub-1"` to know a subscription made by another process is
+    /// in place. Fails the test with the log's tail after [`READY_TIMEOUT`].
+    pub fn wait_for_log(&self, needle: &str) {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        let path = self.dir.join("mosquitto.log");
+        while !fs::read_to_string(&path).is_ok_and(|log| log.contains(needle)) {
+            assert!(
+                Instant::now() < deadline,
+                "mosquitto log has no {needle:?} after {READY_TIMEOUT:?}:\n{}",
+                self.log_tail()
+            );
+            thread::sleep(READY_POLL_INTERVAL);
+        }
+    }
+
     /// Returns the last lines of the broker's log, for failure messages.
     pub fn log_tail(&self) -> String {
         read_log_tail(&self.dir)
