@@ -1,0 +1,117 @@
+//! What the actors of a client share: the messages between them, the traffic counters,
+//! and the process-wide count of live actors.
+
+use std::cell::Cell;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
+
+use actix::prelude::*;
+
+use crate::codec::{DecodeError, Packet, Properties};
+use crate::session::{Outcome, RequestError, Transmit};
+use crate::store::RequestToken;
+
+static LIVE_ACTORS: AtomicUsize = AtomicUsize::new(0);
+
+/// Returns the number of mqttlink actors alive in this process, over all clients.
+///
+/// Each client runs one supervisor plus three actors per connection attempt, so a
+/// connected client counts 4 and a stopped one 0. Health checks and leak tests compare
+/// it with a baseline.
+#[must_use]
+pub fn live_actor_count() -> usize {
+    LIVE_ACTORS.load(Ordering::SeqCst)
+}
+
+/// Counts an actor as alive; call from `started`.
+pub(crate) fn actor_started() {
+    LIVE_ACTORS.fetch_add(1, Ordering::SeqCst);
+}
+
+/// Counts an actor as gone; call from `stopped`.
+pub(crate) fn actor_stopped() {
+    LIVE_ACTORS.fetch_sub(1, Ordering::SeqCst);
+}
+
+/// Traffic counters of one client, shared by its actors on one thread.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub bytes_in: Cell<u64>,
+    pub bytes_out: Cell<u64>,
+    pub packets_in: Cell<u64>,
+    pub packets_out: Cell<u64>,
+    pub inflight_in: Cell<usize>,
+}
+
+impl Counters {
+    /// Adds `amount` to `counter`.
+    pub fn add(counter: &Cell<u64>, amount: u64) {
+        counter.set(counter.get().saturating_add(amount));
+    }
+}
+
+/// Returns the current instant from tokio's clock, which tests can pause and advance.
+pub(crate) fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
+}
+
+/// Socket to session: the byte stream is open.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub(crate) struct TransportConnected;
+
+/// Socket to session: packets decoded from one read, in order.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub(crate) struct Inbound(pub Vec<Packet>);
+
+/// Socket to session: the decoder rejected the stream; nothing more is read.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub(crate) struct InboundFailed(pub DecodeError);
+
+/// Session to socket: packets to write, in order.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub(crate) struct Outbound(pub Vec<Transmit>);
+
+/// Session to keep-alive: call back at this instant, replacing any earlier request.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub(crate) struct ArmTimer(pub Option<Instant>);
+
+/// Keep-alive to session: the armed instant has passed.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub(crate) struct TimerFired;
+
+/// Supervisor to session: requests were pushed into the store.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub(crate) struct RequestsQueued;
+
+/// Supervisor to session: the application asked to disconnect.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub(crate) struct StartDisconnect(pub crate::codec::Disconnect);
+
+/// Session to supervisor: what the session learned.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub(crate) enum SessionUpdate {
+    /// CONNACK accepted the connection.
+    Connected {
+        session_present: bool,
+        properties: Properties,
+    },
+    /// A queued request completed.
+    Completed {
+        token: RequestToken,
+        outcome: Result<Outcome, RequestError>,
+    },
+}
+
+/// Socket to supervisor: the packets of these QoS 0 publishes are written.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub(crate) struct Written(pub Vec<RequestToken>);

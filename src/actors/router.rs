@@ -1,0 +1,205 @@
+//! Subscription routes: which recipients get an incoming message.
+//!
+//! The supervisor owns the routes for the client's lifetime; the session actor of each
+//! connection reads them to deliver. Matching follows the topic filter rules, including
+//! shared subscriptions; a v5 subscription identifier on a message routes it exactly.
+
+use std::num::NonZeroU32;
+
+use actix::Recipient;
+
+use crate::codec::TopicFilter;
+use crate::Message;
+
+/// Identifies one route, so that a refused filter removes only its own route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct RouteId(u64);
+
+#[derive(Debug)]
+struct Route {
+    id: RouteId,
+    filter: TopicFilter,
+    recipient: Recipient<Message>,
+    subscription_identifier: Option<NonZeroU32>,
+}
+
+/// The routes of one client, plus the recipient of messages no route matches.
+#[derive(Debug, Default)]
+pub(crate) struct Router {
+    routes: Vec<Route>,
+    next_id: u64,
+    default: Option<Recipient<Message>>,
+    unmatched: u64,
+}
+
+impl Router {
+    /// Adds a route and returns its identifier.
+    pub fn add(
+        &mut self,
+        filter: TopicFilter,
+        recipient: Recipient<Message>,
+        subscription_identifier: Option<NonZeroU32>,
+    ) -> RouteId {
+        let id = RouteId(self.next_id);
+        self.next_id += 1;
+        self.routes.push(Route {
+            id,
+            filter,
+            recipient,
+            subscription_identifier,
+        });
+        id
+    }
+
+    /// Removes the routes with the given identifiers.
+    pub fn remove_ids(&mut self, ids: &[RouteId]) {
+        self.routes.retain(|route| !ids.contains(&route.id));
+    }
+
+    /// Removes every route with this filter, whatever its recipient.
+    pub fn remove_filter(&mut self, filter: &TopicFilter) {
+        self.routes.retain(|route| route.filter != *filter);
+    }
+
+    /// Sets the recipient of messages that match no route.
+    pub fn set_default(&mut self, recipient: Recipient<Message>) {
+        self.default = Some(recipient);
+    }
+
+    /// Returns the number of messages that matched no route and had no default recipient.
+    pub fn unmatched(&self) -> u64 {
+        self.unmatched
+    }
+
+    /// Returns each recipient that gets `message` once, in route order.
+    ///
+    /// A message carrying subscription identifiers goes to the routes subscribed with one
+    /// of them; otherwise, or when none of them is known, to every route whose filter
+    /// matches the topic. With no match it goes to the default recipient, if any.
+    pub fn recipients(&mut self, message: &Message) -> Vec<Recipient<Message>> {
+        let identifiers = &message.properties.subscription_identifiers;
+        let by_identifier = |route: &&Route| {
+            route
+                .subscription_identifier
+                .is_some_and(|id| identifiers.contains(&id))
+        };
+        let mut matched: Vec<&Route> = self.routes.iter().filter(by_identifier).collect();
+        if matched.is_empty() {
+            matched = self
+                .routes
+                .iter()
+                .filter(|route| route.filter.matches(&message.topic))
+                .collect();
+        }
+
+        let mut recipients: Vec<Recipient<Message>> = Vec::with_capacity(matched.len());
+        for route in matched {
+            if !recipients.contains(&route.recipient) {
+                recipients.push(route.recipient.clone());
+            }
+        }
+        if recipients.is_empty() {
+            match &self.default {
+                Some(default) => recipients.push(default.clone()),
+                None => self.unmatched += 1,
+            }
+        }
+        recipients
+    }
+}
+
+#[cfg(test)]
+#[allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+mod tests {
+    use actix::{Actor, Context, Handler};
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::codec::{Properties, QoS};
+
+    struct Sink;
+
+    impl Actor for Sink {
+        type Context = Context<Self>;
+    }
+
+    impl Handler<Message> for Sink {
+        type Result = ();
+        fn handle(&mut self, _: Message, _: &mut Context<Self>) {}
+    }
+
+    fn message(topic: &str, identifiers: &[u32]) -> Message {
+        Message {
+            topic: topic.parse().unwrap(),
+            payload: Bytes::new(),
+            qos: QoS::AtMostOnce,
+            retain: false,
+            dup: false,
+            properties: Properties {
+                subscription_identifiers: identifiers
+                    .iter()
+                    .map(|id| NonZeroU32::new(*id).unwrap())
+                    .collect(),
+                ..Properties::default()
+            },
+        }
+    }
+
+    #[actix_rt::test]
+    async fn routes_by_filter_once_per_recipient() {
+        let first = Sink.start().recipient();
+        let second = Sink.start().recipient();
+        let mut router = Router::default();
+        router.add("a/+".parse().unwrap(), first.clone(), None);
+        router.add("a/#".parse().unwrap(), first.clone(), None);
+        router.add("$share/g/a/b".parse().unwrap(), second.clone(), None);
+
+        assert_eq!(
+            router.recipients(&message("a/b", &[])),
+            [first.clone(), second]
+        );
+        assert_eq!(router.recipients(&message("a/c/d", &[])), [first]);
+        assert!(router.recipients(&message("b", &[])).is_empty());
+        assert_eq!(router.unmatched(), 1);
+    }
+
+    #[actix_rt::test]
+    async fn subscription_identifier_routes_exactly() {
+        let first = Sink.start().recipient();
+        let second = Sink.start().recipient();
+        let mut router = Router::default();
+        router.add("a/#".parse().unwrap(), first.clone(), NonZeroU32::new(1));
+        router.add("a/+".parse().unwrap(), second.clone(), NonZeroU32::new(2));
+
+        assert_eq!(router.recipients(&message("a/b", &[2])), [second]);
+        assert_eq!(
+            router.recipients(&message("a/b", &[9])).len(),
+            2,
+            "unknown id falls back to filters"
+        );
+    }
+
+    #[actix_rt::test]
+    async fn default_recipient_and_removal() {
+        let routed = Sink.start().recipient();
+        let fallback = Sink.start().recipient();
+        let mut router = Router::default();
+        let id = router.add("x".parse().unwrap(), routed.clone(), None);
+        router.add("y".parse().unwrap(), routed, None);
+        router.set_default(fallback.clone());
+
+        router.remove_ids(&[id]);
+        assert_eq!(
+            router.recipients(&message("x", &[])),
+            std::slice::from_ref(&fallback)
+        );
+        router.remove_filter(&"y".parse().unwrap());
+        assert_eq!(router.recipients(&message("y", &[])), [fallback]);
+        assert_eq!(router.unmatched(), 0);
+    }
+}

@@ -1,0 +1,269 @@
+//! The session actor: runs the sans-IO [`Session`] of one connection. It feeds the
+//! session what the socket read and the timer reported, sends the session's packets to
+//! the socket, its results to the supervisor, and delivers incoming messages to the
+//! recipients. No user code runs here: recipients run in their own actors.
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::rc::Rc;
+
+use actix::prelude::*;
+use actix::WeakAddr;
+
+use crate::codec::ClientId;
+use crate::error::DisconnectCause;
+use crate::session::{InboundAck, Session, SessionEvent};
+use crate::store::SharedStore;
+use crate::Message;
+
+use super::client::ClientActor;
+use super::group::{
+    actor_started, actor_stopped, now, ArmTimer, Counters, Inbound, InboundFailed, Outbound,
+    RequestsQueued, SessionUpdate, StartDisconnect, TimerFired, TransportConnected,
+};
+use super::keep_alive::KeepAliveActor;
+use super::link::{stop_with_link, Link};
+use super::router::Router;
+use super::socket::SocketActor;
+
+/// Most QoS 0 messages waiting for a slow recipient; more are dropped with a warning.
+/// QoS 1 and 2 messages are never dropped: the Receive Maximum bounds them.
+const MAX_QOS0_BACKLOG: usize = 1024;
+
+/// A message on its way to its recipients.
+#[derive(Debug)]
+struct Delivery {
+    message: Message,
+    recipients: Vec<Recipient<Message>>,
+    ack: Option<InboundAck>,
+}
+
+/// Drives the protocol of one connection.
+#[derive(Debug)]
+pub(crate) struct SessionActor {
+    session: Session<SharedStore>,
+    client_id: ClientId,
+    link: Link,
+    client: WeakAddr<ClientActor>,
+    socket: Addr<SocketActor>,
+    keep_alive: Addr<KeepAliveActor>,
+    router: Rc<RefCell<Router>>,
+    counters: Rc<Counters>,
+    /// Messages waiting for a recipient with a full mailbox, in arrival order.
+    backlog: VecDeque<Delivery>,
+    /// The delivery waiting for room in a recipient's mailbox, if any.
+    blocked_delivery: Option<SpawnHandle>,
+}
+
+/// The parts a session actor is built from.
+#[derive(Debug)]
+pub(crate) struct SessionParts {
+    pub session: Session<SharedStore>,
+    pub link: Link,
+    pub client: WeakAddr<ClientActor>,
+    pub socket: Addr<SocketActor>,
+    pub keep_alive: Addr<KeepAliveActor>,
+    pub router: Rc<RefCell<Router>>,
+    pub counters: Rc<Counters>,
+}
+
+impl SessionActor {
+    pub fn new(parts: SessionParts) -> Self {
+        Self {
+            client_id: parts.session.config().client_id.clone(),
+            session: parts.session,
+            link: parts.link,
+            client: parts.client,
+            socket: parts.socket,
+            keep_alive: parts.keep_alive,
+            router: parts.router,
+            counters: parts.counters,
+            backlog: VecDeque::new(),
+            blocked_delivery: None,
+        }
+    }
+
+    /// Drains the session's packets and events until it has nothing more, then arms the
+    /// timer for its next deadline. Call after every input.
+    fn drive(&mut self, ctx: &mut Context<Self>) {
+        loop {
+            self.pump_deliveries(ctx);
+
+            let transmits: Vec<_> = std::iter::from_fn(|| self.session.poll_transmit()).collect();
+            let mut progressed = !transmits.is_empty();
+            if progressed {
+                self.socket.do_send(Outbound(transmits));
+            }
+            while let Some(event) = self.session.poll_event() {
+                progressed = true;
+                self.on_event(event, ctx);
+            }
+            if !progressed {
+                break;
+            }
+        }
+        self.counters.inflight_in.set(self.session.inflight_in());
+        self.keep_alive
+            .do_send(ArmTimer(self.session.poll_timeout()));
+    }
+
+    fn on_event(&mut self, event: SessionEvent, ctx: &mut Context<Self>) {
+        match event {
+            SessionEvent::Connected {
+                session_present,
+                properties,
+            } => {
+                tracing::info!(client_id = %self.client_id, session_present, "connected");
+                self.notify_client(SessionUpdate::Connected {
+                    session_present,
+                    properties,
+                });
+            }
+            SessionEvent::Message { message, ack } => self.enqueue_delivery(message.into(), ack),
+            SessionEvent::Completed { token, outcome } => {
+                self.notify_client(SessionUpdate::Completed { token, outcome });
+            }
+            SessionEvent::Closed(reason) => {
+                tracing::info!(client_id = %self.client_id, %reason, "session closed");
+                self.link.take_down(DisconnectCause::from(reason));
+                ctx.stop();
+            }
+        }
+    }
+
+    fn notify_client(&self, update: SessionUpdate) {
+        if let Some(client) = self.client.upgrade() {
+            client.do_send(update);
+        }
+    }
+
+    fn enqueue_delivery(&mut self, message: Message, ack: Option<InboundAck>) {
+        let recipients = self.router.borrow_mut().recipients(&message);
+        if recipients.is_empty() {
+            tracing::debug!(
+                client_id = %self.client_id,
+                topic = %message.topic,
+                unmatched = self.router.borrow().unmatched(),
+                "message matched no route"
+            );
+        }
+        if ack.is_none() && self.backlog.len() >= MAX_QOS0_BACKLOG {
+            tracing::warn!(
+                client_id = %self.client_id,
+                topic = %message.topic,
+                "qos 0 message dropped, recipients too slow"
+            );
+            return;
+        }
+        self.backlog.push_back(Delivery {
+            message,
+            recipients,
+            ack,
+        });
+    }
+
+    /// Hands waiting messages to their recipients in order. A recipient with a full
+    /// mailbox blocks the messages behind it until it has room, so each recipient sees
+    /// messages in the order they arrived.
+    fn pump_deliveries(&mut self, ctx: &mut Context<Self>) {
+        while self.blocked_delivery.is_none() {
+            let Some(delivery) = self.backlog.pop_front() else {
+                return;
+            };
+            let mut full = Vec::new();
+            for recipient in delivery.recipients {
+                match recipient.try_send(delivery.message.clone()) {
+                    Ok(()) => {}
+                    Err(SendError::Full(_)) => full.push(recipient),
+                    Err(SendError::Closed(_)) => {
+                        tracing::debug!(client_id = %self.client_id, "recipient stopped, message skipped");
+                    }
+                }
+            }
+            if full.is_empty() {
+                self.acknowledge(delivery.ack);
+                continue;
+            }
+
+            let message = delivery.message;
+            let ack = delivery.ack;
+            let wait_for_room = async move {
+                for recipient in full {
+                    // An error means the recipient stopped; the others still get it.
+                    let _ = recipient.send(message.clone()).await;
+                }
+            };
+            let handle = ctx.spawn(wait_for_room.into_actor(self).map(move |(), actor, ctx| {
+                actor.blocked_delivery = None;
+                if actor.link.is_down() {
+                    return;
+                }
+                actor.acknowledge(ack);
+                actor.drive(ctx);
+            }));
+            self.blocked_delivery = Some(handle);
+        }
+    }
+
+    fn acknowledge(&mut self, ack: Option<InboundAck>) {
+        if let Some(ack) = ack {
+            self.session.handle_delivered(ack, now());
+        }
+    }
+}
+
+impl Actor for SessionActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        actor_started();
+        stop_with_link(&self.link, self, ctx);
+        self.drive(ctx);
+    }
+
+    fn stopped(&mut self, _: &mut Self::Context) {
+        actor_stopped();
+        self.link
+            .take_down(DisconnectCause::Failed(crate::ClientError::Stopped));
+    }
+}
+
+/// Implements a handler that feeds one input to the session and drives it, unless the
+/// group is already down.
+macro_rules! session_input {
+    ($message:ty, |$actor:ident, $input:pat_param| $body:expr) => {
+        impl Handler<$message> for SessionActor {
+            type Result = ();
+
+            fn handle(&mut self, $input: $message, ctx: &mut Self::Context) {
+                if self.link.is_down() {
+                    return;
+                }
+                let $actor = &mut *self;
+                $body;
+                self.drive(ctx);
+            }
+        }
+    };
+}
+
+session_input!(TransportConnected, |actor, _| actor
+    .session
+    .handle_transport_connected(now()));
+session_input!(Inbound, |actor, Inbound(packets)| {
+    let now = now();
+    for packet in packets {
+        tracing::trace!(client_id = %actor.client_id, packet_type = ?packet.packet_type(), "packet received");
+        actor.session.handle_packet(packet, now);
+    }
+});
+session_input!(InboundFailed, |actor, InboundFailed(error)| actor
+    .session
+    .handle_decode_error(error, now()));
+session_input!(TimerFired, |actor, _| actor.session.handle_timeout(now()));
+session_input!(RequestsQueued, |actor, _| actor
+    .session
+    .handle_requests_queued(now()));
+session_input!(StartDisconnect, |actor, StartDisconnect(disconnect)| actor
+    .session
+    .handle_disconnect(disconnect, now()));

@@ -1,0 +1,285 @@
+//! The socket actor: owns the byte stream of one connection. It opens the stream, reads
+//! and decodes packets for the session, and encodes the session's packets into one write
+//! buffer that is flushed with as few write calls as possible.
+
+use std::cell::RefCell;
+use std::io;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use actix::prelude::*;
+use actix::WeakAddr;
+use bytes::BytesMut;
+
+use crate::codec::{self, ClientId, Decoder, ProtocolVersion};
+use crate::error::{ClientError, ClosedBy, DisconnectCause};
+use crate::store::RequestToken;
+use crate::transport::{Endpoint, Stream, WriteBuffer};
+
+use super::client::ClientActor;
+use super::group::{
+    actor_started, actor_stopped, Counters, Inbound, InboundFailed, Outbound, TransportConnected,
+    Written,
+};
+use super::link::{stop_with_link, Link};
+use super::session::SessionActor;
+
+/// Size of each read from the stream.
+const READ_CHUNK: usize = 8 * 1024;
+
+/// What the socket needs to know about the connection.
+#[derive(Debug, Clone)]
+pub(crate) struct SocketSettings {
+    pub endpoint: Endpoint,
+    pub protocol: ProtocolVersion,
+    pub client_id: ClientId,
+    /// Largest packet accepted from the broker, in bytes.
+    pub max_packet_size: u32,
+}
+
+/// Owns the stream of one connection.
+#[derive(Debug)]
+pub(crate) struct SocketActor {
+    settings: SocketSettings,
+    link: Link,
+    session: Addr<SessionActor>,
+    client: WeakAddr<ClientActor>,
+    counters: Rc<Counters>,
+    stream: Option<Rc<Stream>>,
+    write: Rc<RefCell<WriteBuffer<RequestToken>>>,
+    flushing: Option<SpawnHandle>,
+}
+
+/// How the read loop ended.
+enum ReadEnd {
+    EndOfStream,
+    Failed(io::Error),
+    /// The decoder rejected the stream or the session is gone; the session decides.
+    Handed,
+}
+
+impl SocketActor {
+    pub fn new(
+        settings: SocketSettings,
+        link: Link,
+        session: Addr<SessionActor>,
+        client: WeakAddr<ClientActor>,
+        counters: Rc<Counters>,
+    ) -> Self {
+        Self {
+            settings,
+            link,
+            session,
+            client,
+            counters,
+            stream: None,
+            write: Rc::new(RefCell::new(WriteBuffer::default())),
+            flushing: None,
+        }
+    }
+
+    fn on_connected(&mut self, stream: Stream, ctx: &mut Context<Self>) {
+        tracing::info!(
+            client_id = %self.settings.client_id,
+            host = %self.settings.endpoint.host,
+            port = self.settings.endpoint.port,
+            "tcp connected"
+        );
+        let stream = Rc::new(stream);
+        self.stream = Some(Rc::clone(&stream));
+        self.session.do_send(TransportConnected);
+        self.spawn_reader(stream, ctx);
+        self.start_flush(ctx);
+    }
+
+    fn fail(&mut self, error: ClientError, ctx: &mut Context<Self>) {
+        self.link.take_down(DisconnectCause::Failed(error));
+        ctx.stop();
+    }
+
+    /// Reads, decodes and hands packets to the session; waits for the session to take
+    /// each batch before reading more, so a busy session slows the reads.
+    fn spawn_reader(&mut self, stream: Rc<Stream>, ctx: &mut Context<Self>) {
+        let session = self.session.clone();
+        let counters = Rc::clone(&self.counters);
+        let mut decoder = Decoder::for_client(self.settings.protocol)
+            .with_max_packet_size(self.settings.max_packet_size);
+        let read = async move {
+            let mut buf = BytesMut::with_capacity(READ_CHUNK);
+            loop {
+                if let Err(error) = stream.readable().await {
+                    return ReadEnd::Failed(error);
+                }
+                buf.reserve(READ_CHUNK);
+                match stream.try_read_buf(&mut buf) {
+                    Ok(0) => return ReadEnd::EndOfStream,
+                    Ok(count) => Counters::add(&counters.bytes_in, count as u64),
+                    Err(error) if error.kind() == io::ErrorKind::WouldBlock => continue,
+                    Err(error) => return ReadEnd::Failed(error),
+                }
+                let (packets, failure) = decode_all(&mut decoder, &mut buf);
+                Counters::add(&counters.packets_in, packets.len() as u64);
+                if !packets.is_empty() && session.send(Inbound(packets)).await.is_err() {
+                    return ReadEnd::Handed;
+                }
+                if let Some(error) = failure {
+                    session.do_send(InboundFailed(error));
+                    return ReadEnd::Handed;
+                }
+            }
+        };
+        ctx.spawn(read.into_actor(self).map(|end, actor, ctx| match end {
+            ReadEnd::EndOfStream => {
+                actor.fail(ClientError::ConnectionClosed(ClosedBy::EndOfStream), ctx);
+            }
+            ReadEnd::Failed(error) => {
+                let closed = ClosedBy::Io(Arc::new(error));
+                actor.fail(ClientError::ConnectionClosed(closed), ctx);
+            }
+            ReadEnd::Handed => {}
+        }));
+    }
+
+    /// Starts writing the buffer unless a flush runs already; a running flush picks up
+    /// packets appended while it waits, so many packets leave in one write call.
+    fn start_flush(&mut self, ctx: &mut Context<Self>) {
+        if self.flushing.is_some() || self.link.is_down() {
+            return;
+        }
+        let Some(stream) = self.stream.clone() else {
+            return;
+        };
+        let write = Rc::clone(&self.write);
+        let client = self.client.clone();
+        let counters = Rc::clone(&self.counters);
+        let flush = async move {
+            loop {
+                if write.borrow().is_empty() {
+                    return Ok(());
+                }
+                stream.writable().await?;
+                let written = write.borrow_mut().write_to(&stream);
+                match written {
+                    Ok((count, tokens)) => {
+                        Counters::add(&counters.bytes_out, count as u64);
+                        report_written(&client, tokens);
+                    }
+                    Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(error) => return Err(error),
+                }
+            }
+        };
+        let handle = ctx.spawn(flush.into_actor(self).map(|result, actor, ctx| {
+            actor.flushing = None;
+            if let Err(error) = result {
+                let closed = ClosedBy::Io(Arc::new(error));
+                actor.fail(ClientError::ConnectionClosed(closed), ctx);
+            }
+        }));
+        self.flushing = Some(handle);
+    }
+}
+
+impl Actor for SocketActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        actor_started();
+        stop_with_link(&self.link, self, ctx);
+
+        let endpoint = self.settings.endpoint.clone();
+        let connect = async move { Stream::connect(&endpoint).await };
+        ctx.spawn(
+            connect
+                .into_actor(self)
+                .map(|result, actor, ctx| match result {
+                    Ok(stream) => actor.on_connected(stream, ctx),
+                    Err(error) => {
+                        tracing::info!(
+                            client_id = %actor.settings.client_id,
+                            host = %actor.settings.endpoint.host,
+                            port = actor.settings.endpoint.port,
+                            %error,
+                            "tcp connect failed"
+                        );
+                        actor.fail(ClientError::ConnectFailed(Arc::new(error)), ctx);
+                    }
+                }),
+        );
+    }
+
+    fn stopped(&mut self, _: &mut Self::Context) {
+        // One last write without waiting, so that a DISCONNECT queued as the group went
+        // down reaches the broker when the socket has room; the stream closes on drop.
+        if let Some(stream) = &self.stream {
+            let _ = self.write.borrow_mut().write_to(stream);
+        }
+        actor_stopped();
+        self.link
+            .take_down(DisconnectCause::Failed(ClientError::Stopped));
+    }
+}
+
+impl Handler<Outbound> for SocketActor {
+    type Result = ();
+
+    /// Encodes the packets even when the group is going down, so `stopped` can still
+    /// write a final DISCONNECT.
+    fn handle(&mut self, Outbound(transmits): Outbound, ctx: &mut Self::Context) {
+        for transmit in transmits {
+            let encoded = {
+                let mut write = self.write.borrow_mut();
+                // The session checked user packets against the broker's Maximum Packet
+                // Size already; acknowledgements it builds are never larger than needed.
+                let result = codec::encode(
+                    &transmit.packet,
+                    self.settings.protocol,
+                    u32::MAX,
+                    write.buf_mut(),
+                );
+                result.map(|()| write.commit(transmit.written))
+            };
+            match encoded {
+                Ok(_) => {
+                    Counters::add(&self.counters.packets_out, 1);
+                    tracing::trace!(
+                        client_id = %self.settings.client_id,
+                        packet_type = ?transmit.packet.packet_type(),
+                        "packet encoded"
+                    );
+                }
+                Err(error) => {
+                    tracing::warn!(client_id = %self.settings.client_id, %error, "encode failed");
+                    let closed = ClosedBy::EncodeFailed(error.to_string());
+                    return self.fail(ClientError::ConnectionClosed(closed), ctx);
+                }
+            }
+        }
+        self.start_flush(ctx);
+    }
+}
+
+/// Decodes every complete packet in `buf`; returns them with the error that stopped
+/// decoding, if any.
+fn decode_all(
+    decoder: &mut Decoder,
+    buf: &mut BytesMut,
+) -> (Vec<codec::Packet>, Option<codec::DecodeError>) {
+    let mut packets = Vec::new();
+    loop {
+        match decoder.decode(buf) {
+            Ok(Some(packet)) => packets.push(packet),
+            Ok(None) => return (packets, None),
+            Err(error) => return (packets, Some(error)),
+        }
+    }
+}
+
+fn report_written(client: &WeakAddr<ClientActor>, tokens: Vec<RequestToken>) {
+    if tokens.is_empty() {
+        return;
+    }
+    if let Some(client) = client.upgrade() {
+        client.do_send(Written(tokens));
+    }
+}

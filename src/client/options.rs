@@ -1,0 +1,424 @@
+//! The options builder and the validation that turns it into a running client.
+
+use std::fmt;
+use std::num::{NonZeroU16, NonZeroU32};
+use std::time::Duration;
+
+use actix::Actor;
+use bytes::Bytes;
+
+use crate::actors::{ClientActor, ClientConfig};
+use crate::codec::{ClientId, LastWill, Properties, ProtocolVersion, DEFAULT_MAX_PACKET_SIZE};
+use crate::error::ClientError;
+use crate::session::SessionConfig;
+use crate::transport::Endpoint;
+
+use super::Client;
+
+/// Port of unencrypted MQTT.
+const DEFAULT_PORT: u16 = 1883;
+
+/// How to reach the broker and what to announce to it; [`ClientOptions::start`] starts a
+/// client with them.
+///
+/// ```no_run
+/// # #[actix_rt::main]
+/// # async fn main() -> Result<(), mqttlink::ClientError> {
+/// use std::time::Duration;
+/// use mqttlink::codec::ProtocolVersion;
+/// use mqttlink::ClientOptions;
+///
+/// let client = ClientOptions::from_url("mqtt://127.0.0.1:1883")?
+///     .client_id("my-client")
+///     .protocol(ProtocolVersion::V5)
+///     .keep_alive(Duration::from_secs(30))
+///     .start()?;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct ClientOptions {
+    host: String,
+    port: u16,
+    client_id: String,
+    protocol: ProtocolVersion,
+    keep_alive: Duration,
+    clean_start: bool,
+    session_expiry: Option<Duration>,
+    username: Option<String>,
+    password: Option<Vec<u8>>,
+    will: Option<LastWill>,
+    connect_timeout: Duration,
+    disconnect_timeout: Duration,
+    receive_maximum: u16,
+    max_inflight: u16,
+    max_pending_requests: usize,
+    max_packet_size: Option<u32>,
+    connect_properties: Properties,
+    reconnect: bool,
+}
+
+impl ClientOptions {
+    /// Creates options for the broker at `host` and `port`, with MQTT 5.0, an empty
+    /// client identifier (the broker assigns one), keep-alive 60 s and clean start.
+    pub fn new(host: impl Into<String>, port: u16) -> Self {
+        Self {
+            host: host.into(),
+            port,
+            client_id: String::new(),
+            protocol: ProtocolVersion::V5,
+            keep_alive: Duration::from_secs(60),
+            clean_start: true,
+            session_expiry: None,
+            username: None,
+            password: None,
+            will: None,
+            connect_timeout: Duration::from_secs(10),
+            disconnect_timeout: Duration::from_secs(5),
+            receive_maximum: u16::MAX,
+            max_inflight: u16::MAX,
+            max_pending_requests: 1024,
+            max_packet_size: None,
+            connect_properties: Properties::default(),
+            reconnect: false,
+        }
+    }
+
+    /// Parses an `mqtt://[user[:password]@]host[:port]` URL; the port defaults to 1883.
+    pub fn from_url(url: &str) -> Result<Self, ClientError> {
+        let parsed = url::Url::parse(url).map_err(|error| {
+            ClientError::InvalidOptions(format!("invalid URL {url:?}: {error}"))
+        })?;
+        if parsed.scheme() != "mqtt" {
+            return Err(ClientError::InvalidOptions(format!(
+                "unsupported URL scheme {:?}, expected \"mqtt\"",
+                parsed.scheme()
+            )));
+        }
+        let host = parsed
+            .host_str()
+            .filter(|host| !host.is_empty())
+            .ok_or_else(|| ClientError::InvalidOptions(format!("URL {url:?} has no host")))?;
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let mut options = Self::new(host, parsed.port().unwrap_or(DEFAULT_PORT));
+        if !parsed.username().is_empty() {
+            let password = parsed
+                .password()
+                .map(|password| password.as_bytes().to_vec());
+            options = options.credentials(parsed.username(), password);
+        }
+        Ok(options)
+    }
+
+    /// Sets the client identifier; empty asks the broker to assign one (with clean start).
+    #[must_use]
+    pub fn client_id(mut self, client_id: &str) -> Self {
+        client_id.clone_into(&mut self.client_id);
+        self
+    }
+
+    /// Sets the protocol version; MQTT 5.0 by default.
+    #[must_use]
+    pub fn protocol(mut self, protocol: ProtocolVersion) -> Self {
+        self.protocol = protocol;
+        self
+    }
+
+    /// Sets the keep-alive interval, whole seconds up to 65,535; zero turns it off.
+    #[must_use]
+    pub fn keep_alive(mut self, interval: Duration) -> Self {
+        self.keep_alive = interval;
+        self
+    }
+
+    /// Sets clean start (v5) or clean session (3.1.1); `true` by default.
+    #[must_use]
+    pub fn clean_start(mut self, clean_start: bool) -> Self {
+        self.clean_start = clean_start;
+        self
+    }
+
+    /// Sets the Session Expiry Interval (v5), whole seconds; zero (the default) ends the
+    /// session with the connection.
+    #[must_use]
+    pub fn session_expiry(mut self, expiry: Duration) -> Self {
+        self.session_expiry = Some(expiry);
+        self
+    }
+
+    /// Sets the user name and, optionally, the password. The password is never logged.
+    #[must_use]
+    pub fn credentials(mut self, username: &str, password: Option<Vec<u8>>) -> Self {
+        self.username = Some(username.to_owned());
+        self.password = password;
+        self
+    }
+
+    /// Sets the last will, published by the broker if the connection ends abnormally.
+    #[must_use]
+    pub fn last_will(mut self, will: LastWill) -> Self {
+        self.will = Some(will);
+        self
+    }
+
+    /// Sets the time from the start of a connection attempt until CONNACK must arrive,
+    /// TCP connect included; 10 s by default.
+    #[must_use]
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Sets how long [`Disconnect`](crate::Disconnect) waits for outbound QoS 1 and 2
+    /// flows before it sends DISCONNECT anyway; 5 s by default.
+    #[must_use]
+    pub fn disconnect_timeout(mut self, timeout: Duration) -> Self {
+        self.disconnect_timeout = timeout;
+        self
+    }
+
+    /// Sets the Receive Maximum sent in CONNECT (v5): most inbound QoS 1 and 2 messages
+    /// unacknowledged at once. Must not be zero; 65,535 (the default) sends no property.
+    #[must_use]
+    pub fn receive_maximum(mut self, maximum: u16) -> Self {
+        self.receive_maximum = maximum;
+        self
+    }
+
+    /// Sets the most outbound QoS 1 and 2 messages in flight at once; the broker's Receive
+    /// Maximum lowers it further. Must not be zero; 65,535 by default.
+    #[must_use]
+    pub fn max_inflight(mut self, maximum: u16) -> Self {
+        self.max_inflight = maximum;
+        self
+    }
+
+    /// Sets the most requests queued or in flight at once; beyond it `publish` waits and
+    /// `try_publish` fails with [`ClientError::QueueFull`]. 1,024 by default.
+    #[must_use]
+    pub fn max_pending_requests(mut self, maximum: usize) -> Self {
+        self.max_pending_requests = maximum;
+        self
+    }
+
+    /// Sets the largest packet accepted from the broker in bytes, announced as Maximum
+    /// Packet Size (v5). Without it the limit is 16 MiB and nothing is announced.
+    #[must_use]
+    pub fn max_packet_size(mut self, maximum: u32) -> Self {
+        self.max_packet_size = Some(maximum);
+        self
+    }
+
+    /// Sets extra CONNECT properties (v5), such as user properties; the limits set by the
+    /// other options are added to them.
+    #[must_use]
+    pub fn connect_properties(mut self, properties: Properties) -> Self {
+        self.connect_properties = properties;
+        self
+    }
+
+    /// Asks for automatic reconnect. Not implemented yet: `true` makes
+    /// [`ClientOptions::start`] fail with [`ClientError::InvalidOptions`].
+    #[must_use]
+    pub fn reconnect(mut self, reconnect: bool) -> Self {
+        self.reconnect = reconnect;
+        self
+    }
+
+    /// Validates the options and starts the client, which connects in the background.
+    ///
+    /// Must run inside a running actix `System` (`#[actix_rt::main]`,
+    /// `#[actix_rt::test]`, `#[actix_web::main]`). Fails with
+    /// [`ClientError::InvalidOptions`] naming the first invalid option, or when no
+    /// System runs. Connection errors arrive later, as [`Event::Disconnected`](crate::Event)
+    /// and as the error of pending requests.
+    pub fn start(self) -> Result<Client, ClientError> {
+        let config = self.validate()?;
+        if actix_rt::System::try_current().is_none() {
+            return Err(ClientError::InvalidOptions(
+                "start() must be called inside a running actix System".to_owned(),
+            ));
+        }
+        let actor = ClientActor::new(config);
+        let permits = actor.permits();
+        Ok(Client::new(actor.start(), permits))
+    }
+
+    fn validate(self) -> Result<ClientConfig, ClientError> {
+        let invalid = |message: String| Err(ClientError::InvalidOptions(message));
+        if self.reconnect {
+            return invalid(
+                "automatic reconnect is not implemented yet; use reconnect(false)".to_owned(),
+            );
+        }
+        let client_id: ClientId = match self.client_id.parse() {
+            Ok(id) => id,
+            Err(error) => return invalid(format!("invalid client_id: {error}")),
+        };
+        // MQTT 3.1.1 requires clean session with an empty client identifier [MQTT-3.1.3-8].
+        if client_id.is_empty() && !self.clean_start && !self.protocol.is_v5() {
+            return invalid("an empty client_id needs clean_start(true) before MQTT 5".to_owned());
+        }
+        // MQTT 3.1 limits the client identifier to 23 bytes.
+        if self.protocol == ProtocolVersion::V3_1
+            && (client_id.is_empty() || self.client_id.len() > 23)
+        {
+            return invalid("MQTT 3.1 needs a client_id of 1 to 23 bytes".to_owned());
+        }
+        // Before MQTT 5, a password needs a user name [MQTT-3.1.2-22].
+        if self.password.is_some() && self.username.is_none() && !self.protocol.is_v5() {
+            return invalid("a password needs a user name before MQTT 5".to_owned());
+        }
+        if self.keep_alive.as_secs() > u64::from(u16::MAX) {
+            return invalid(format!(
+                "keep_alive of {:?} exceeds 65535 s",
+                self.keep_alive
+            ));
+        }
+        let Some(receive_maximum) = NonZeroU16::new(self.receive_maximum) else {
+            return invalid("receive_maximum must not be 0".to_owned());
+        };
+        let Some(max_inflight) = NonZeroU16::new(self.max_inflight) else {
+            return invalid("max_inflight must not be 0".to_owned());
+        };
+        if self.max_pending_requests == 0 {
+            return invalid("max_pending_requests must not be 0".to_owned());
+        }
+        let session_expiry = match self
+            .session_expiry
+            .map(|expiry| u32::try_from(expiry.as_secs()))
+        {
+            Some(Ok(seconds)) => Some(seconds),
+            Some(Err(_)) => return invalid("session_expiry exceeds u32::MAX seconds".to_owned()),
+            None => None,
+        };
+        let max_packet_size = match self.max_packet_size.map(NonZeroU32::new) {
+            Some(None) => return invalid("max_packet_size must not be 0".to_owned()),
+            Some(Some(size)) => Some(size),
+            None => None,
+        };
+
+        let mut session = SessionConfig::new(client_id, self.protocol);
+        session.keep_alive = Duration::from_secs(self.keep_alive.as_secs());
+        session.clean_start = self.clean_start;
+        session.session_expiry = session_expiry;
+        session.username = self.username.map(Into::into);
+        session.password = self.password.map(Bytes::from);
+        session.will = self.will;
+        session.receive_maximum = receive_maximum;
+        session.max_inflight = max_inflight;
+        session.max_packet_size = max_packet_size;
+        session.connect_properties = self.connect_properties;
+        session.connect_timeout = self.connect_timeout;
+        session.disconnect_timeout = self.disconnect_timeout;
+
+        Ok(ClientConfig {
+            endpoint: Endpoint {
+                host: self.host,
+                port: self.port,
+            },
+            session,
+            max_pending_requests: self.max_pending_requests,
+            max_packet_size_in: max_packet_size.map_or(DEFAULT_MAX_PACKET_SIZE, NonZeroU32::get),
+        })
+    }
+}
+
+impl fmt::Debug for ClientOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientOptions")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("client_id", &self.client_id)
+            .field("protocol", &self.protocol)
+            .field("keep_alive", &self.keep_alive)
+            .field("clean_start", &self.clean_start)
+            .field("session_expiry", &self.session_expiry)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("will", &self.will.as_ref().map(|will| &will.topic))
+            .field("connect_timeout", &self.connect_timeout)
+            .field("disconnect_timeout", &self.disconnect_timeout)
+            .field("receive_maximum", &self.receive_maximum)
+            .field("max_inflight", &self.max_inflight)
+            .field("max_pending_requests", &self.max_pending_requests)
+            .field("max_packet_size", &self.max_packet_size)
+            .field("reconnect", &self.reconnect)
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+#[allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn url_sets_host_port_and_credentials() {
+        let options = ClientOptions::from_url("mqtt://user:secret@broker.example:1884").unwrap();
+        assert_eq!(options.host, "broker.example");
+        assert_eq!(options.port, 1884);
+        assert_eq!(options.username.as_deref(), Some("user"));
+        assert_eq!(options.password.as_deref(), Some(&b"secret"[..]));
+
+        let options = ClientOptions::from_url("mqtt://127.0.0.1").unwrap();
+        assert_eq!(options.port, 1883);
+    }
+
+    #[test]
+    fn url_with_other_scheme_rejected() {
+        assert!(matches!(
+            ClientOptions::from_url("mqtts://127.0.0.1"),
+            Err(ClientError::InvalidOptions(_))
+        ));
+        assert!(matches!(
+            ClientOptions::from_url("not a url"),
+            Err(ClientError::InvalidOptions(_))
+        ));
+    }
+
+    #[test]
+    fn debug_redacts_password() {
+        let options = ClientOptions::new("h", 1).credentials("user", Some(b"hunter2".to_vec()));
+        let printed = format!("{options:?}");
+        assert!(!printed.contains("hunter2"));
+        assert!(printed.contains("<redacted>"));
+    }
+
+    #[test]
+    fn invalid_options_rejected() {
+        let base = || ClientOptions::new("h", 1).client_id("c");
+        let cases = [
+            base().receive_maximum(0),
+            base().max_inflight(0),
+            base().keep_alive(Duration::from_secs(70_000)),
+            base().reconnect(true),
+            base()
+                .client_id("")
+                .clean_start(false)
+                .protocol(ProtocolVersion::V3_1_1),
+            base()
+                .client_id("a-client-id-longer-than-23")
+                .protocol(ProtocolVersion::V3_1),
+            ClientOptions::new("h", 1).client_id("nul\0"),
+        ];
+        for options in cases {
+            let described = format!("{options:?}");
+            assert!(
+                matches!(options.validate(), Err(ClientError::InvalidOptions(_))),
+                "accepted {described}"
+            );
+        }
+    }
+
+    #[test]
+    fn start_outside_system_fails() {
+        let result = ClientOptions::new("127.0.0.1", 1).client_id("c").start();
+        assert!(matches!(result, Err(ClientError::InvalidOptions(_))));
+    }
+}

@@ -1,0 +1,163 @@
+//! The public error of every client operation, and what ended a connection.
+
+use std::fmt;
+use std::io;
+use std::sync::Arc;
+
+use crate::codec::{ConnectReason, DisconnectReason};
+use crate::session::{CloseReason, ProtocolViolation, RejectReason, RequestError};
+
+/// Why a client operation failed.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// The options cannot describe a valid connection; the message names the option.
+    #[error("invalid options: {0}")]
+    InvalidOptions(String),
+    /// The TCP connection to the broker could not be opened.
+    #[error("failed to connect to the broker")]
+    ConnectFailed(#[source] Arc<io::Error>),
+    /// The broker answered CONNECT with a failure reason code.
+    #[error("connection refused by broker: {reason:?}")]
+    ConnectRefused {
+        /// The CONNACK reason code (3.1.1 return codes are mapped onto these names).
+        reason: ConnectReason,
+        /// The CONNACK reason string (v5), if any.
+        reason_string: Option<String>,
+    },
+    /// No CONNACK arrived within the connect timeout.
+    #[error("no CONNACK within the connect timeout")]
+    ConnectTimeout,
+    /// No PINGRESP arrived within the keep-alive interval after a PINGREQ.
+    #[error("no PINGRESP within the keep-alive interval")]
+    KeepAliveTimeout,
+    /// The broker broke a rule of MQTT; the connection was closed (after a v5 DISCONNECT
+    /// with the matching reason code).
+    #[error("protocol violation by broker")]
+    ProtocolViolation(#[source] ProtocolViolation),
+    /// The connection ended without a protocol error: the broker closed it or sent
+    /// DISCONNECT, or reading or writing failed.
+    #[error("connection closed: {0}")]
+    ConnectionClosed(ClosedBy),
+    /// The request needs a connection and the client has none.
+    #[error("not connected")]
+    NotConnected,
+    /// The client's queue of pending requests is full; try again after some complete.
+    #[error("request queue is full")]
+    QueueFull,
+    /// The packet exceeds the broker's Maximum Packet Size; nothing was sent.
+    #[error("packet of {size} bytes exceeds the broker's maximum packet size of {max} bytes")]
+    PacketTooLarge {
+        /// Encoded size in bytes.
+        size: usize,
+        /// The broker's Maximum Packet Size in bytes.
+        max: u32,
+    },
+    /// The broker answered the publish, subscribe or unsubscribe with a failure reason code.
+    #[error("rejected by broker with reason code {:#04x}", reason.code())]
+    Rejected {
+        /// The failure reason code and the packet that carried it.
+        reason: RejectReason,
+        /// The reason string (v5), if any.
+        reason_string: Option<String>,
+    },
+    /// The request cannot be sent with this protocol version or to this broker; the message
+    /// says why. Nothing was sent.
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+    /// The client stopped, by a disconnect or because every handle was dropped, before the
+    /// request completed.
+    #[error("client stopped")]
+    Stopped,
+}
+
+/// How a connection ended when no protocol rule was broken.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum ClosedBy {
+    /// The broker closed the TCP connection.
+    EndOfStream,
+    /// Reading from or writing to the connection failed.
+    Io(Arc<io::Error>),
+    /// The broker sent DISCONNECT (v5).
+    Broker {
+        /// The DISCONNECT reason code.
+        reason: DisconnectReason,
+        /// The DISCONNECT reason string, if any.
+        reason_string: Option<String>,
+    },
+    /// A packet this client built could not be encoded; this is a bug in mqttlink.
+    EncodeFailed(String),
+}
+
+impl fmt::Display for ClosedBy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::EndOfStream => f.write_str("broker closed the connection"),
+            Self::Io(error) => write!(f, "I/O error: {error}"),
+            Self::Broker { reason, .. } => write!(f, "broker sent DISCONNECT with {reason:?}"),
+            Self::EncodeFailed(error) => write!(f, "failed to encode a packet: {error}"),
+        }
+    }
+}
+
+/// Why the client disconnected, as reported by [`Event::Disconnected`](crate::Event).
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum DisconnectCause {
+    /// The application asked to disconnect, or dropped every handle of the client.
+    Requested,
+    /// The connection failed or was lost.
+    Failed(ClientError),
+}
+
+impl fmt::Display for DisconnectCause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Requested => f.write_str("disconnect requested"),
+            Self::Failed(error) => write!(f, "{error}"),
+        }
+    }
+}
+
+impl From<RequestError> for ClientError {
+    fn from(error: RequestError) -> Self {
+        match error {
+            RequestError::PacketTooLarge { size, max } => Self::PacketTooLarge { size, max },
+            RequestError::Invalid(message) => Self::InvalidRequest(message),
+            RequestError::Rejected {
+                reason,
+                reason_string,
+            } => Self::Rejected {
+                reason,
+                reason_string,
+            },
+        }
+    }
+}
+
+impl From<CloseReason> for DisconnectCause {
+    fn from(reason: CloseReason) -> Self {
+        let error = match reason {
+            CloseReason::Requested => return Self::Requested,
+            CloseReason::ConnectTimeout => ClientError::ConnectTimeout,
+            CloseReason::KeepAliveTimeout => ClientError::KeepAliveTimeout,
+            CloseReason::ConnectRefused {
+                reason,
+                reason_string,
+            } => ClientError::ConnectRefused {
+                reason,
+                reason_string,
+            },
+            CloseReason::ProtocolViolation(violation) => ClientError::ProtocolViolation(violation),
+            CloseReason::DisconnectedByBroker {
+                reason,
+                reason_string,
+            } => ClientError::ConnectionClosed(ClosedBy::Broker {
+                reason,
+                reason_string,
+            }),
+        };
+        Self::Failed(error)
+    }
+}

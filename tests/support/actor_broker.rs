@@ -1,0 +1,138 @@
+//! A scripted fake broker for the actor tests: it listens on a loopback port, and each
+//! test drives one connection packet by packet, with every wait bounded.
+
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use bytes::BytesMut;
+use mqttlink::codec::{
+    encode, ConnAck, Connect, ConnectReason, Decoder, Packet, Properties, ProtocolVersion,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// Longest wait for any single step of a script.
+pub const STEP: Duration = Duration::from_secs(5);
+
+/// A listening fake broker.
+pub struct FakeBroker {
+    listener: TcpListener,
+}
+
+impl FakeBroker {
+    /// Listens on 127.0.0.1 at a free port.
+    pub async fn bind() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind loopback");
+        Self { listener }
+    }
+
+    /// Returns the `mqtt://` URL of this broker.
+    pub fn url(&self) -> String {
+        let port = self.listener.local_addr().expect("local address").port();
+        format!("mqtt://127.0.0.1:{port}")
+    }
+
+    /// Accepts the next client connection.
+    pub async fn accept(&self) -> BrokerConnection {
+        let (stream, _) = tokio::time::timeout(STEP, self.listener.accept())
+            .await
+            .expect("client connects in time")
+            .expect("accept");
+        BrokerConnection {
+            stream,
+            decoder: Decoder::for_server(),
+            buf: BytesMut::new(),
+        }
+    }
+}
+
+/// One client connection, seen from the broker.
+pub struct BrokerConnection {
+    stream: TcpStream,
+    decoder: Decoder,
+    buf: BytesMut,
+}
+
+impl BrokerConnection {
+    /// Returns the next packet from the client, or `None` when it closed the connection.
+    pub async fn next(&mut self) -> Option<Packet> {
+        loop {
+            if let Some(packet) = self
+                .decoder
+                .decode(&mut self.buf)
+                .expect("client sends valid packets")
+            {
+                return Some(packet);
+            }
+            let read = tokio::time::timeout(STEP, self.stream.read_buf(&mut self.buf))
+                .await
+                .expect("client sends or closes in time");
+            match read {
+                Ok(0) | Err(_) => return None,
+                Ok(_) => {}
+            }
+        }
+    }
+
+    /// Returns the next packet, failing the test if the connection closed.
+    pub async fn recv(&mut self) -> Packet {
+        self.next()
+            .await
+            .expect("client sends a packet before closing")
+    }
+
+    /// Expects CONNECT and returns it.
+    pub async fn expect_connect(&mut self) -> Connect {
+        match self.recv().await {
+            Packet::Connect(connect) => *connect,
+            other => panic!("expected CONNECT, got {other:?}"),
+        }
+    }
+
+    /// Expects CONNECT, answers with a successful CONNACK, and returns the CONNECT.
+    pub async fn handshake(&mut self) -> Connect {
+        let connect = self.expect_connect().await;
+        self.connack(ConnectReason::Success, Properties::default())
+            .await;
+        connect
+    }
+
+    /// Sends CONNACK with `reason` and `properties`.
+    pub async fn connack(&mut self, reason: ConnectReason, properties: Properties) {
+        let connack = ConnAck {
+            session_present: false,
+            reason,
+            properties,
+        };
+        self.send(&Packet::ConnAck(connack)).await;
+    }
+
+    /// Sends one packet, encoded for the version of the client's CONNECT.
+    pub async fn send(&mut self, packet: &Packet) {
+        let version = self.decoder.version().unwrap_or(ProtocolVersion::V5);
+        let mut out = BytesMut::new();
+        encode(packet, version, u32::MAX, &mut out).expect("test packet encodes");
+        self.send_raw(&out).await;
+    }
+
+    /// Sends raw bytes.
+    pub async fn send_raw(&mut self, bytes: &[u8]) {
+        tokio::time::timeout(STEP, self.stream.write_all(bytes))
+            .await
+            .expect("write in time")
+            .expect("write");
+    }
+
+    /// Reads until the client closes the connection and returns the packets it sent
+    /// before closing.
+    pub async fn until_closed(&mut self) -> Vec<Packet> {
+        let mut packets = Vec::new();
+        while let Some(packet) = self.next().await {
+            packets.push(packet);
+        }
+        packets
+    }
+}
