@@ -1,0 +1,336 @@
+//! Runs the `mqtt` example binary (`examples/mqtt.rs`) against a test Mosquitto:
+//! `sub` and `pub` in separate processes, stdin input, and the error exits.
+//!
+//! Each test builds the example first with `cargo build --example mqtt` (a no-op
+//! after `cargo test`, which builds examples), so `cargo test --test examples_cli`
+//! alone also runs the current code. Every child process is killed by its PID if a
+//! test fails, and every wait is bounded by [`WAIT`].
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+#[path = "support/mosquitto.rs"]
+mod mosquitto;
+
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::net::{Ipv4Addr, TcpListener};
+use std::path::PathBuf;
+use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
+use std::sync::{mpsc, OnceLock};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use mosquitto::Mosquitto;
+
+/// Upper bound for every single wait in these tests.
+const WAIT: Duration = Duration::from_secs(20);
+const POLL_INTERVAL: Duration = Duration::from_millis(10);
+
+#[test]
+fn sub_prints_two_publishes_then_exits() {
+    let Some(broker) = Mosquitto::start() else {
+        return;
+    };
+    let mut sub = spawn_sub(
+        &broker,
+        "cli-sub",
+        &["-t", "cli/#", "-q", "1", "-C", "2", "-v"],
+    );
+    broker.wait_for_log("Sending SUBACK to cli-sub");
+
+    let first = run_pub(&broker, &["-t", "cli/one", "-m", "first", "-q", "1"], None);
+    assert!(first.status.success(), "pub exit: {first:?}");
+    let second = run_pub(
+        &broker,
+        &["-t", "cli/two", "-m", "second message", "-q", "2"],
+        None,
+    );
+    assert!(second.status.success(), "pub exit: {second:?}");
+
+    let status = sub.wait_with_timeout();
+    assert!(status.success(), "sub exit status {status}");
+    assert_eq!(
+        sub.read_stdout_to_end(),
+        "cli/one first\ncli/two second message\n"
+    );
+    assert_eq!(sub.read_stderr_to_end(), "");
+}
+
+#[test]
+fn pub_sends_each_stdin_line() {
+    let Some(broker) = Mosquitto::start() else {
+        return;
+    };
+    let mut sub = spawn_sub(&broker, "lines-sub", &["-t", "lines", "-q", "1", "-C", "3"]);
+    broker.wait_for_log("Sending SUBACK to lines-sub");
+
+    let output = run_pub(
+        &broker,
+        &["-t", "lines", "-l", "-q", "1"],
+        Some("alpha\nbeta\n\ngamma\n"),
+    );
+    assert!(output.status.success(), "pub exit: {output:?}");
+    assert_eq!(output.stderr, "");
+
+    let status = sub.wait_with_timeout();
+    assert!(status.success(), "sub exit status {status}");
+    assert_eq!(
+        sub.read_stdout_to_end(),
+        "alpha\nbeta\ngamma\n",
+        "one message per non-empty line, in order"
+    );
+}
+
+#[test]
+fn sub_flushes_each_message_at_once() {
+    let Some(broker) = Mosquitto::start() else {
+        return;
+    };
+    let mut sub = spawn_sub(&broker, "flush-sub", &["-t", "flush", "-v"]);
+    broker.wait_for_log("Sending SUBACK to flush-sub");
+    let lines = sub.stdout_lines();
+
+    // Without -C the subscriber keeps running, so each line must reach the pipe
+    // while the process is alive.
+    for payload in ["one", "two"] {
+        let output = run_pub(&broker, &["-t", "flush", "-m", payload], None);
+        assert!(output.status.success(), "pub exit: {output:?}");
+        let line = lines
+            .recv_timeout(WAIT)
+            .unwrap_or_else(|_| panic!("no output line for {payload} within {WAIT:?}"));
+        assert_eq!(line, format!("flush {payload}"));
+    }
+    assert!(sub.is_running(), "sub without -C keeps running");
+}
+
+#[test]
+fn pub_connection_refused_fails() {
+    // A port that was free a moment ago and has no listener now.
+    let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let args = [
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &port.to_string(),
+        "-t",
+        "refused",
+        "-m",
+        "x",
+        "-W",
+        "5",
+    ];
+    let output = run_mqtt("pub", &args, None);
+
+    assert!(!output.status.success(), "pub exit: {output:?}");
+    assert_eq!(output.stdout, "");
+    assert_one_error_line(&output.stderr);
+}
+
+#[test]
+fn pub_invalid_topic_fails_before_connecting() {
+    // A listener that would accept the client if it tried to connect.
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+    let port = listener.local_addr().unwrap().port().to_string();
+    let args = ["-h", "127.0.0.1", "-p", &port, "-t", "bad/#", "-m", "x"];
+    let output = run_mqtt("pub", &args, None);
+
+    assert_eq!(output.status.code(), Some(2), "pub exit: {output:?}");
+    assert_one_error_line(&output.stderr);
+    assert!(output.stderr.contains("bad/#"), "stderr: {}", output.stderr);
+    listener.set_nonblocking(true).unwrap();
+    assert!(
+        listener.accept().is_err(),
+        "pub connected although its topic is invalid"
+    );
+}
+
+#[test]
+fn sub_invalid_filter_fails() {
+    let output = run_mqtt("sub", &["-t", "a/#/b"], None);
+
+    assert_eq!(output.status.code(), Some(2), "sub exit: {output:?}");
+    assert_one_error_line(&output.stderr);
+}
+
+#[test]
+fn sub_timeout_before_count_fails() {
+    let Some(broker) = Mosquitto::start() else {
+        return;
+    };
+    let mut sub = spawn_sub(&broker, "quiet-sub", &["-t", "quiet", "-C", "1", "-W", "1"]);
+
+    let status = sub.wait_with_timeout();
+    assert!(!status.success(), "sub exit status {status}");
+    assert_one_error_line(&sub.read_stderr_to_end());
+}
+
+// ---------------------------------------------------------------------------
+// Helpers
+
+fn assert_one_error_line(stderr: &str) {
+    assert_eq!(stderr.lines().count(), 1, "stderr: {stderr:?}");
+    assert!(stderr.starts_with("mqtt: "), "stderr: {stderr:?}");
+}
+
+/// Output of a finished `mqtt` process.
+#[derive(Debug)]
+struct Output {
+    status: ExitStatus,
+    stdout: String,
+    stderr: String,
+}
+
+fn run_pub(broker: &Mosquitto, args: &[&str], stdin: Option<&str>) -> Output {
+    let port = broker.port().to_string();
+    let mut all_args = vec!["-h", "127.0.0.1", "-p", &port, "-W", "10"];
+    all_args.extend_from_slice(args);
+    run_mqtt("pub", &all_args, stdin)
+}
+
+/// Runs `mqtt SUBCOMMAND ARGS...` to completion, killing it after [`WAIT`].
+fn run_mqtt(subcommand: &str, args: &[&str], stdin: Option<&str>) -> Output {
+    let mut child = spawn_mqtt(subcommand, args);
+    if let Some(input) = stdin {
+        let mut pipe = child.child.stdin.take().unwrap();
+        pipe.write_all(input.as_bytes()).unwrap();
+    }
+    // Dropping the pipe closes stdin, which ends `-l` and `-s` input.
+    drop(child.child.stdin.take());
+
+    let status = child.wait_with_timeout();
+    Output {
+        status,
+        stdout: child.read_stdout_to_end(),
+        stderr: child.read_stderr_to_end(),
+    }
+}
+
+fn spawn_sub(broker: &Mosquitto, client_id: &str, args: &[&str]) -> ChildGuard {
+    let port = broker.port().to_string();
+    let mut all_args = vec!["-h", "127.0.0.1", "-p", &port, "-i", client_id];
+    all_args.extend_from_slice(args);
+    spawn_mqtt("sub", &all_args)
+}
+
+fn spawn_mqtt(subcommand: &str, args: &[&str]) -> ChildGuard {
+    let child = Command::new(mqtt_binary())
+        .arg(subcommand)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn the mqtt example");
+    ChildGuard { child }
+}
+
+/// Builds the `mqtt` example once per test process and returns its path.
+fn mqtt_binary() -> PathBuf {
+    static BINARY: OnceLock<PathBuf> = OnceLock::new();
+    BINARY
+        .get_or_init(|| {
+            // This test runs from target/PROFILE/deps; examples go to target/PROFILE/examples.
+            let deps_dir = std::env::current_exe()
+                .unwrap()
+                .parent()
+                .unwrap()
+                .to_owned();
+            let profile_dir = deps_dir.parent().unwrap();
+            let mut build = Command::new(env!("CARGO"));
+            build
+                .args(["build", "--quiet", "--example", "mqtt"])
+                .current_dir(env!("CARGO_MANIFEST_DIR"));
+            if profile_dir
+                .file_name()
+                .is_some_and(|name| name == "release")
+            {
+                build.arg("--release");
+            }
+            let status = build.status().expect("run cargo build --example mqtt");
+            assert!(status.success(), "cargo build --example mqtt failed");
+
+            let binary = profile_dir.join("examples").join("mqtt");
+            assert!(binary.is_file(), "{} not found", binary.display());
+            binary
+        })
+        .clone()
+}
+
+/// A child process that is killed and reaped by its PID when dropped.
+struct ChildGuard {
+    child: Child,
+}
+
+impl ChildGuard {
+    /// Waits for the process to exit, killing it and failing the test after [`WAIT`].
+    fn wait_with_timeout(&mut self) -> ExitStatus {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() >= deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                panic!(
+                    "mqtt (pid {}) did not exit within {WAIT:?}; stderr: {}",
+                    self.child.id(),
+                    self.read_stderr_to_end()
+                );
+            }
+            thread::sleep(POLL_INTERVAL);
+        }
+    }
+
+    fn is_running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    /// Reads stdout to its end; call after the process exited.
+    fn read_stdout_to_end(&mut self) -> String {
+        let mut text = String::new();
+        if let Some(mut stdout) = self.child.stdout.take() {
+            stdout.read_to_string(&mut text).unwrap();
+        }
+        text
+    }
+
+    /// Reads stderr to its end; call after the process exited.
+    fn read_stderr_to_end(&mut self) -> String {
+        let mut text = String::new();
+        if let Some(mut stderr) = self.child.stderr.take() {
+            stderr.read_to_string(&mut text).unwrap();
+        }
+        text
+    }
+
+    /// Passes each stdout line to the returned channel as soon as it is written.
+    fn stdout_lines(&mut self) -> mpsc::Receiver<String> {
+        let stdout: ChildStdout = self.child.stdout.take().unwrap();
+        let (lines_tx, lines_rx) = mpsc::channel();
+        // The thread ends when the process closes stdout, at the latest on drop.
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { return };
+                if lines_tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        lines_rx
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
