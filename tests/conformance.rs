@@ -1,8 +1,11 @@
 //! Runs the Mosquitto client-library conformance sequences against mqttlink.
 //!
 //! The sequences live outside the repository, in `../shared/conformance/mosquitto`
-//! beside the checkout. Each one is played by a scripted fake broker on a loopback
-//! port against a real mqttlink client. See `docs/conformance.md`.
+//! beside the checkout. A scripted fake broker plays each one on a loopback port
+//! against a real mqttlink client; `docs/conformance.md` describes the run and lists
+//! the deliberate differences. Set `MQTTLINK_CONFORMANCE` to fail when the sequences
+//! are absent, and `MQTTLINK_CONFORMANCE_FILTER` to run only the sequences whose
+//! `file / group / name` contains that text.
 
 #![allow(
     clippy::unwrap_used,
@@ -11,6 +14,8 @@
     clippy::indexing_slicing
 )]
 
+#[path = "support/conformance/commands.rs"]
+mod commands;
 #[path = "support/conformance/notation.rs"]
 mod notation;
 #[path = "support/conformance/player.rs"]
@@ -19,11 +24,122 @@ mod player;
 mod sequences;
 
 use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
 
-/// Directory of the Mosquitto sequence files, beside the repository.
-fn sequence_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/conformance/mosquitto")
-}
+use tokio::io::AsyncWriteExt;
+use tokio::process::{Child, ChildStdin, Command as Process};
+
+use commands::{Command, DriverLine};
+use player::Player;
+use sequences::Sequence;
+
+/// Why a PUBLISH with a property that PUBLISH may not carry gets DISCONNECT 0x81 where
+/// the sequences expect 0x82.
+const PROPERTY_NOT_FOR_PUBLISH: &str = "MQTT 5.0 section 2.2.2.2: a packet that contains an \
+     Identifier which is not valid for its packet type is a Malformed Packet, answered with \
+     Reason Code 0x81 (Malformed Packet)";
+
+/// Sequences where mqttlink behaves differently on purpose, each with the words of the
+/// specification that allow it. Kept in step with `docs/conformance.md`.
+const DELIBERATE_DIFFERENCES: &[(&str, &str)] = &[
+    (
+        "PUBLISH.json / v5.0 PUBLISH / 36 QoS 3 (with mid) [MQTT-3.3.1-4]",
+        "MQTT 5.0 section 3.3.1.2: a PUBLISH with both QoS bits set to 1 is a Malformed \
+         Packet, answered with DISCONNECT Reason Code 0x81 (Malformed Packet)",
+    ),
+    (
+        "PUBLISH.json / v5.0 PUBLISH ALLOWED PROPERTIES / 2*subscription-identifier=1 \
+         (variable byte integer)",
+        "MQTT 5.0 section 3.3.2.3.8: multiple Subscription Identifiers will be included if the \
+         publication is the result of a match to more than one subscription, so a PUBLISH \
+         from the Server may carry more than one and the client acknowledges it",
+    ),
+    (
+        "PUBLISH.json / v5.0 PUBLISH DISALLOWED PROPERTIES / assigned-client-identifier (UTF-8 string)",
+        PROPERTY_NOT_FOR_PUBLISH,
+    ),
+    (
+        "PUBLISH.json / v5.0 PUBLISH DISALLOWED PROPERTIES / authentication-data (binary data)",
+        PROPERTY_NOT_FOR_PUBLISH,
+    ),
+    (
+        "PUBLISH.json / v5.0 PUBLISH DISALLOWED PROPERTIES / authentication-method (UTF-8 string)",
+        PROPERTY_NOT_FOR_PUBLISH,
+    ),
+    (
+        "PUBLISH.json / v5.0 PUBLISH DISALLOWED PROPERTIES / maximum-packet-size (four byte integer)",
+        PROPERTY_NOT_FOR_PUBLISH,
+    ),
+    (
+        "PUBLISH.json / v5.0 PUBLISH DISALLOWED PROPERTIES / maximum-qos (byte)",
+        PROPERTY_NOT_FOR_PUBLISH,
+    ),
+    (
+        "PUBLISH.json / v5.0 PUBLISH DISALLOWED PROPERTIES / reason-string property",
+        PROPERTY_NOT_FOR_PUBLISH,
+    ),
+    (
+        "PUBLISH.json / v5.0 PUBLISH DISALLOWED PROPERTIES / receive-maximum (two byte integer)",
+        PROPERTY_NOT_FOR_PUBLISH,
+    ),
+    (
+        "PUBLISH.json / v5.0 PUBLISH DISALLOWED PROPERTIES / request-problem-information (byte)",
+        PROPERTY_NOT_FOR_PUBLISH,
+    ),
+    (
+        "PUBLISH.json / v5.0 PUBLISH DISALLOWED PROPERTIES / response-information (UTF-8 string)",
+        PROPERTY_NOT_FOR_PUBLISH,
+    ),
+    (
+        "PUBLISH.json / v5.0 PUBLISH DISALLOWED PROPERTIES / retain-available (byte)",
+        PROPERTY_NOT_FOR_PUBLISH,
+    ),
+    (
+        "PUBLISH.json / v5.0 PUBLISH DISALLOWED PROPERTIES / server-keep-alive (two byte integer)",
+        PROPERTY_NOT_FOR_PUBLISH,
+    ),
+    (
+        "PUBLISH.json / v5.0 PUBLISH DISALLOWED PROPERTIES / server-reference (UTF-8 string)",
+        PROPERTY_NOT_FOR_PUBLISH,
+    ),
+    (
+        "PUBLISH.json / v5.0 PUBLISH DISALLOWED PROPERTIES / session-expiry-interval (four byte integer)",
+        PROPERTY_NOT_FOR_PUBLISH,
+    ),
+    (
+        "PUBLISH.json / v5.0 PUBLISH DISALLOWED PROPERTIES / shared-subscription-available (byte)",
+        PROPERTY_NOT_FOR_PUBLISH,
+    ),
+    (
+        "PUBLISH.json / v5.0 PUBLISH DISALLOWED PROPERTIES / subscription-identifier-available (byte)",
+        PROPERTY_NOT_FOR_PUBLISH,
+    ),
+    (
+        "PUBLISH.json / v5.0 PUBLISH DISALLOWED PROPERTIES / topic-alias-maximum (two byte integer)",
+        PROPERTY_NOT_FOR_PUBLISH,
+    ),
+    (
+        "PUBLISH.json / v5.0 PUBLISH DISALLOWED PROPERTIES / wildcard-subscription-available (byte)",
+        PROPERTY_NOT_FOR_PUBLISH,
+    ),
+    (
+        "PUBLISH.json / v5.0 PUBLISH DISALLOWED PROPERTIES / will-delay-interval (four byte integer)",
+        PROPERTY_NOT_FOR_PUBLISH,
+    ),
+];
+
+/// Number of sequences played at the same time by the in-process run.
+const BATCH_SIZE: usize = 8;
+
+/// The driver run plays every this many-th sequence.
+const DRIVER_SUBSET_STEP: usize = 40;
+
+/// Maximum wait for the client's own report after a failed sequence.
+const CLIENT_REPORT_WAIT: Duration = Duration::from_secs(2);
+
+/// Maximum wait for the driver process to exit after its stdin is closed.
+const DRIVER_EXIT_WAIT: Duration = Duration::from_secs(5);
 
 #[test]
 fn sequence_files_load() {
@@ -34,4 +150,280 @@ fn sequence_files_load() {
     }
     let sequences = sequences::load_dir(&dir).unwrap();
     assert_eq!(sequences.len(), 635);
+}
+
+#[test]
+fn mosquitto_sequences_pass_in_process() {
+    let Some(sequences) = selected_sequences() else {
+        return;
+    };
+
+    let system = actix_rt::System::new();
+    let outcomes = system.block_on(run_in_batches(&sequences));
+    check_outcomes(&sequences, &outcomes);
+}
+
+#[test]
+fn mosquitto_sequences_pass_through_driver() {
+    let Some(sequences) = selected_sequences() else {
+        return;
+    };
+    let Some(binary) = driver_binary() else {
+        return;
+    };
+    let subset: Vec<Sequence> = sequences
+        .into_iter()
+        .filter(|sequence| deliberate_difference(sequence).is_none())
+        .step_by(DRIVER_SUBSET_STEP)
+        .collect();
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (outcomes, exit) = runtime.block_on(async {
+        let mut driver = Driver::spawn(&binary);
+        let mut outcomes = Vec::with_capacity(subset.len());
+        for sequence in &subset {
+            outcomes.push(run_through_driver(&mut driver, sequence).await);
+        }
+        (outcomes, driver.finish().await)
+    });
+
+    check_outcomes(&subset, &outcomes);
+    assert_eq!(exit, Ok(()));
+}
+
+/// Directory of the Mosquitto sequence files, beside the repository.
+fn sequence_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/conformance/mosquitto")
+}
+
+/// Loads the sequences selected by `MQTTLINK_CONFORMANCE_FILTER`, or returns `None`
+/// when the sequence files are absent and `MQTTLINK_CONFORMANCE` is unset.
+fn selected_sequences() -> Option<Vec<Sequence>> {
+    let dir = sequence_dir();
+    if !dir.is_dir() {
+        println!("conformance sequences absent: {}", dir.display());
+        assert!(
+            std::env::var_os("MQTTLINK_CONFORMANCE").is_none(),
+            "MQTTLINK_CONFORMANCE is set but the sequences are absent from {}",
+            dir.display()
+        );
+        return None;
+    }
+
+    let mut sequences = sequences::load_dir(&dir).unwrap_or_else(|error| panic!("{error}"));
+    if let Ok(filter) = std::env::var("MQTTLINK_CONFORMANCE_FILTER") {
+        sequences.retain(|sequence| sequence.full_name().contains(&filter));
+        println!(
+            "MQTTLINK_CONFORMANCE_FILTER=`{filter}` selects {} sequences",
+            sequences.len()
+        );
+    }
+    Some(sequences)
+}
+
+/// Plays all sequences, [`BATCH_SIZE`] at a time, and returns their outcomes in order.
+async fn run_in_batches(sequences: &[Sequence]) -> Vec<Result<(), String>> {
+    let mut outcomes = Vec::with_capacity(sequences.len());
+    for batch in sequences.chunks(BATCH_SIZE) {
+        let tasks: Vec<_> = batch
+            .iter()
+            .cloned()
+            .map(|sequence| actix_rt::spawn(run_in_process(sequence)))
+            .collect();
+        for task in tasks {
+            let outcome = task
+                .await
+                .unwrap_or_else(|error| Err(format!("the run task failed: {error}")));
+            outcomes.push(outcome);
+        }
+    }
+    outcomes
+}
+
+/// Plays one sequence against a client started in this process.
+async fn run_in_process(sequence: Sequence) -> Result<(), String> {
+    let command = parse_command(&sequence)?;
+    let version = commands::protocol_version(sequence.version)?;
+    let player = Player::bind()
+        .await
+        .map_err(|error| format!("binding the fake broker failed: {error}"))?;
+    let port = player
+        .port()
+        .map_err(|error| format!("reading the fake broker's port failed: {error}"))?;
+
+    let started = commands::start_client(port, version, sequence.clean_start)?;
+    let mut client_task = actix_rt::spawn(commands::run_client(started, command));
+    let result = player.play(&sequence).await;
+
+    // What the client reported explains a failed script. The player has closed the
+    // connection by now, so the client ends soon; the wait is bounded all the same.
+    if result.is_ok() {
+        client_task.abort();
+        return Ok(());
+    }
+    let client_note = match tokio::time::timeout(CLIENT_REPORT_WAIT, &mut client_task).await {
+        Ok(Ok(report)) => format!(" (client: {report})"),
+        _ => String::new(),
+    };
+    client_task.abort();
+    result.map_err(|error| format!("{error}{client_note}"))
+}
+
+/// Plays one sequence against a client that the driver process starts.
+async fn run_through_driver(driver: &mut Driver, sequence: &Sequence) -> Result<(), String> {
+    let player = Player::bind()
+        .await
+        .map_err(|error| format!("binding the fake broker failed: {error}"))?;
+    let line = DriverLine {
+        port: player
+            .port()
+            .map_err(|error| format!("reading the fake broker's port failed: {error}"))?,
+        version: commands::protocol_version(sequence.version)?,
+        clean_start: sequence.clean_start,
+        command: parse_command(sequence)?,
+    };
+    driver.request(&line).await?;
+    player.play(sequence).await
+}
+
+fn parse_command(sequence: &Sequence) -> Result<Option<Command>, String> {
+    sequence.command.as_deref().map(str::parse).transpose()
+}
+
+fn deliberate_difference(sequence: &Sequence) -> Option<&'static str> {
+    let name = sequence.full_name();
+    DELIBERATE_DIFFERENCES
+        .iter()
+        .find(|(listed, _)| *listed == name)
+        .map(|(_, reason)| *reason)
+}
+
+/// Prints the summary and fails on a failure that is not a deliberate difference, or
+/// on a listed difference that passes.
+fn check_outcomes(sequences: &[Sequence], outcomes: &[Result<(), String>]) {
+    let mut failures = Vec::new();
+    let mut unexpected = 0;
+    let mut stale = Vec::new();
+    for (sequence, outcome) in sequences.iter().zip(outcomes) {
+        let difference = deliberate_difference(sequence);
+        match (outcome, difference) {
+            (Err(error), Some(_)) => {
+                failures.push(format!(
+                    "{}: {error} (deliberate difference)",
+                    sequence.full_name()
+                ));
+            }
+            (Err(error), None) => {
+                unexpected += 1;
+                failures.push(format!("{}: {error}", sequence.full_name()));
+            }
+            (Ok(()), Some(_)) => stale.push(sequence.full_name()),
+            (Ok(()), None) => {}
+        }
+    }
+
+    let passed = outcomes.len() - failures.len();
+    println!("{passed} passed, {} failed", failures.len());
+    for failure in &failures {
+        println!("FAILED {failure}");
+    }
+    for name in &stale {
+        println!("PASSED although listed as a deliberate difference: {name}");
+    }
+
+    assert_eq!(unexpected, 0, "{unexpected} sequences failed, listed above");
+    assert!(
+        stale.is_empty(),
+        "remove the passing sequences listed above from DELIBERATE_DIFFERENCES and docs/conformance.md"
+    );
+}
+
+/// Returns the path of the built `conformance_driver` example, or `None` when it is
+/// missing and `MQTTLINK_CONFORMANCE` is unset.
+fn driver_binary() -> Option<PathBuf> {
+    // Integration tests run from target/<profile>/deps; examples are built into
+    // target/<profile>/examples by `cargo test`.
+    let test_binary = std::env::current_exe().unwrap();
+    let profile_dir = test_binary.parent().and_then(Path::parent).unwrap();
+    let binary = profile_dir.join("examples").join(format!(
+        "conformance_driver{}",
+        std::env::consts::EXE_SUFFIX
+    ));
+    if binary.is_file() {
+        return Some(binary);
+    }
+
+    println!(
+        "conformance driver not built at {}: run `cargo build --example conformance_driver`",
+        binary.display()
+    );
+    assert!(
+        std::env::var_os("MQTTLINK_CONFORMANCE").is_none(),
+        "MQTTLINK_CONFORMANCE is set but the conformance driver is not built"
+    );
+    None
+}
+
+/// The driver process, killed by its PID when dropped.
+struct Driver {
+    child: Child,
+    stdin: Option<ChildStdin>,
+}
+
+impl Driver {
+    fn spawn(binary: &Path) -> Self {
+        let mut child = Process::new(binary)
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "error".to_owned()),
+            )
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|error| panic!("starting {} failed: {error}", binary.display()));
+        let stdin = child.stdin.take();
+        Self { child, stdin }
+    }
+
+    async fn request(&mut self, line: &DriverLine) -> Result<(), String> {
+        let stdin = self.stdin.as_mut().ok_or("the driver's stdin is closed")?;
+        let text = format!("{line}\n");
+        let written = async {
+            stdin.write_all(text.as_bytes()).await?;
+            stdin.flush().await
+        };
+        written
+            .await
+            .map_err(|error| format!("writing `{line}` to the driver failed: {error}"))
+    }
+
+    /// Closes the driver's stdin, which ends it, and waits at most [`DRIVER_EXIT_WAIT`]
+    /// for a successful exit.
+    async fn finish(&mut self) -> Result<(), String> {
+        drop(self.stdin.take());
+        let status = tokio::time::timeout(DRIVER_EXIT_WAIT, self.child.wait())
+            .await
+            .map_err(|_| {
+                format!("the driver did not exit within {DRIVER_EXIT_WAIT:?} after stdin closed")
+            })?
+            .map_err(|error| format!("waiting for the driver failed: {error}"))?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(format!("the driver exited with {status}"))
+        }
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        // Kill by PID when the driver is still running, for example after a failure.
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.start_kill();
+        }
+    }
 }

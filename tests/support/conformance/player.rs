@@ -74,7 +74,7 @@ impl Player {
         if sequence.connect {
             connection.expect("CONNECT", &[connect]).await?;
         }
-        if sequence.connack {
+        if sequence.connect && sequence.connack {
             connection
                 .send("CONNACK", &default_connack(sequence.version))
                 .await?;
@@ -230,6 +230,17 @@ impl Connection {
             .map_err(|error| format!("{label}: expected `{expected}`, but {error}"))?;
         match incoming {
             Incoming::Packet(bytes) if forms.contains(&bytes) => Ok(()),
+            Incoming::Packet(bytes) => {
+                let note = forms
+                    .iter()
+                    .find_map(|form| equivalent_encoding(form, &bytes))
+                    .map(|how| format!(" (the same packet encoded differently: {how})"))
+                    .unwrap_or_default();
+                Err(format!(
+                    "{label}: expected `{expected}`, received `{}`{note}",
+                    to_hex(&bytes)
+                ))
+            }
             other => Err(format!(
                 "{label}: expected `{expected}`, {}",
                 other.describe()
@@ -425,14 +436,8 @@ fn property_ids(section: &[u8]) -> Option<Vec<u8>> {
     if rest.len() != usize::try_from(length).ok()? {
         return None;
     }
-    let mut ids = Vec::new();
-    let mut offset = 0;
-    while offset < rest.len() {
-        let id = *rest.get(offset)?;
-        offset += 1 + property_value_len(id, rest.get(offset + 1..)?)?;
-        ids.push(id);
-    }
-    (offset == rest.len()).then_some(ids)
+    let entries = property_entries(rest)?;
+    entries.iter().map(|entry| entry.first().copied()).collect()
 }
 
 /// Returns the length of the value of property `id` at the start of `value`.
@@ -459,39 +464,90 @@ fn property_value_len(id: u8, value: &[u8]) -> Option<usize> {
 /// Returns a v5 PUBLISH without its Topic Alias property, or `None` when `publish`
 /// is not a well-formed v5 PUBLISH with that property.
 fn publish_without_topic_alias(publish: &[u8]) -> Option<Vec<u8>> {
+    let parts = split_v5_publish(publish)?;
+    let properties = property_entries(parts.properties)?;
+    let kept: Vec<&[u8]> = properties
+        .iter()
+        .copied()
+        .filter(|property| property.first() != Some(&PROPERTY_TOPIC_ALIAS))
+        .collect();
+    if kept.len() == properties.len() {
+        return None;
+    }
+
+    let kept = kept.concat();
+    let mut body = parts.head.to_vec();
+    push_varint(kept.len() as u64, &mut body);
+    body.extend_from_slice(&kept);
+    body.extend_from_slice(parts.payload);
+    Some(packet(parts.first, &body))
+}
+
+/// Names the way in which `received` is the packet `expected` in another encoding
+/// that the specification also allows, for failure messages. Such a packet still
+/// fails its step: the sequences fix the encoding.
+fn equivalent_encoding(expected: &[u8], received: &[u8]) -> Option<&'static str> {
+    // A DISCONNECT whose Remaining Length is below 2 has a Property Length of 0.
+    if let ([0xe0, 0x01, code], [0xe0, 0x02, received_code, 0x00]) = (expected, received) {
+        if code == received_code {
+            return Some("DISCONNECT with an explicit zero property length");
+        }
+    }
+
+    let expected_parts = split_v5_publish(expected)?;
+    let received_parts = split_v5_publish(received)?;
+    if expected_parts.first != received_parts.first
+        || expected_parts.head != received_parts.head
+        || expected_parts.payload != received_parts.payload
+    {
+        return None;
+    }
+    let mut expected_properties = property_entries(expected_parts.properties)?;
+    let mut received_properties = property_entries(received_parts.properties)?;
+    expected_properties.sort_unstable();
+    received_properties.sort_unstable();
+    (expected_properties == received_properties).then_some("PUBLISH properties in another order")
+}
+
+/// The parts of a v5 PUBLISH around its property list.
+struct PublishParts<'a> {
+    first: u8,
+    /// Topic name and packet identifier.
+    head: &'a [u8],
+    /// The property list without its length.
+    properties: &'a [u8],
+    payload: &'a [u8],
+}
+
+fn split_v5_publish(publish: &[u8]) -> Option<PublishParts<'_>> {
     let (first, body) = split_packet(publish)?;
     if first & 0xf0 != 0x30 {
         return None;
     }
     let topic_len = usize::from(u16::from_be_bytes(*body.first_chunk::<2>()?));
     let id_len = if first & 0x06 == 0 { 0 } else { 2 };
-    let properties_at = 2 + topic_len + id_len;
-    let (head, section) = body.split_at_checked(properties_at)?;
-
+    let (head, section) = body.split_at_checked(2 + topic_len + id_len)?;
     let (length, rest) = split_varint(section)?;
     let (properties, payload) = rest.split_at_checked(usize::try_from(length).ok()?)?;
-    let mut kept = Vec::new();
-    let mut removed = false;
+    Some(PublishParts {
+        first,
+        head,
+        properties,
+        payload,
+    })
+}
+
+/// Splits a property list (without its length) into one slice per property.
+fn property_entries(properties: &[u8]) -> Option<Vec<&[u8]>> {
+    let mut entries = Vec::new();
     let mut offset = 0;
     while offset < properties.len() {
         let id = *properties.get(offset)?;
         let end = offset + 1 + property_value_len(id, properties.get(offset + 1..)?)?;
-        if id == PROPERTY_TOPIC_ALIAS {
-            removed = true;
-        } else {
-            kept.extend_from_slice(properties.get(offset..end)?);
-        }
+        entries.push(properties.get(offset..end)?);
         offset = end;
     }
-    if !removed {
-        return None;
-    }
-
-    let mut new_body = head.to_vec();
-    push_varint(kept.len() as u64, &mut new_body);
-    new_body.extend_from_slice(&kept);
-    new_body.extend_from_slice(payload);
-    Some(packet(first, &new_body))
+    Some(entries)
 }
 
 #[cfg(test)]
@@ -633,6 +689,29 @@ mod tests {
         assert_eq!(accepted_forms(5, &no_alias), [no_alias]);
         let disconnect = bytes("E0 r1 81");
         assert_eq!(accepted_forms(5, &disconnect), [disconnect]);
+    }
+
+    #[test]
+    fn equivalent_encodings_named() {
+        assert_eq!(
+            equivalent_encoding(&bytes("E0 01 81"), &bytes("E0 02 81 00")),
+            Some("DISCONNECT with an explicit zero property length")
+        );
+        assert_eq!(
+            equivalent_encoding(&bytes("E0 01 81"), &bytes("E0 02 82 00")),
+            None
+        );
+
+        let expected = bytes("32 r13 s1 't' m1 v6 01 i1 03 s1 'p' 'x'");
+        let reordered = bytes("32 r13 s1 't' m1 v6 03 s1 'p' 01 i1 'x'");
+        assert_eq!(
+            equivalent_encoding(&expected, &reordered),
+            Some("PUBLISH properties in another order")
+        );
+        let other_payload = bytes("32 r13 s1 't' m1 v6 03 s1 'p' 01 i1 'y'");
+        assert_eq!(equivalent_encoding(&expected, &other_payload), None);
+        let other_value = bytes("32 r13 s1 't' m1 v6 03 s1 'q' 01 i1 'x'");
+        assert_eq!(equivalent_encoding(&expected, &other_value), None);
     }
 
     #[tokio::test]
