@@ -12,6 +12,7 @@
 
 use std::io;
 use std::net::Ipv4Addr;
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -166,7 +167,7 @@ where
             received = &mut shutdown => break received.unwrap_or(STOP_GRACE),
             accepted = listener.accept() => {
                 // Accept errors such as a client resetting before accept are not the
-                // broker's concern; the attempt fails on the client side.
+                // broker's concern, because the attempt fails on the client side.
                 let Ok((stream, _)) = accepted else { continue };
                 let connection_script = script(report.accepted);
                 report.accepted += 1;
@@ -300,9 +301,19 @@ async fn drain_until_closed(stream: &mut TcpStream) {
     }
 }
 
-/// Serialises tests that measure process-wide counts (open file descriptors, live
-/// actors): tests in one binary run on parallel threads by default.
-pub static PROCESS_COUNTS_LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+/// Serialises the tests of one binary that open sockets or measure process-wide counts
+/// (open file descriptors, live actors, heap allocations), because the test harness
+/// runs tests on parallel threads. A test must take it before it builds its runtime,
+/// since a runtime owns file descriptors of its own.
+static PROCESS_COUNTS_LOCK: Mutex<()> = Mutex::new(());
+
+/// Takes `PROCESS_COUNTS_LOCK` for the rest of the calling test. A test that panicked
+/// while holding it leaves nothing shared behind, so a poisoned lock is taken as it is.
+pub fn lock_process_counts() -> MutexGuard<'static, ()> {
+    PROCESS_COUNTS_LOCK
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+}
 
 #[cfg(test)]
 mod tests {
@@ -313,9 +324,8 @@ mod tests {
         clippy::indexing_slicing
     )]
 
+    use std::future::Future;
     use std::net::SocketAddr;
-
-    use tokio::sync::MutexGuard;
 
     use super::*;
 
@@ -324,9 +334,15 @@ mod tests {
         0x10, 0x0D, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x04, 0x02, 0x00, 0x00, 0x00, 0x01, b't',
     ];
 
-    /// Takes the process-wide lock, because every test here opens sockets.
-    async fn lock_counts() -> MutexGuard<'static, ()> {
-        PROCESS_COUNTS_LOCK.lock().await
+    /// Runs `test` on a new current-thread runtime while holding the process-wide lock,
+    /// because every test here opens sockets.
+    fn run_exclusive(test: impl Future<Output = ()>) {
+        let _counts = lock_process_counts();
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(test);
     }
 
     async fn connect(broker: &FaultBroker) -> TcpStream {
@@ -357,143 +373,151 @@ mod tests {
         received
     }
 
-    #[tokio::test]
-    async fn closed_port_refuses_connections() {
-        let _counts = lock_counts().await;
-        let port = closed_port().unwrap();
+    #[test]
+    fn closed_port_refuses_connections() {
+        run_exclusive(async {
+            let port = closed_port().unwrap();
 
-        let result = TcpStream::connect(SocketAddr::from((Ipv4Addr::LOCALHOST, port))).await;
+            let result = TcpStream::connect(SocketAddr::from((Ipv4Addr::LOCALHOST, port))).await;
 
-        let error = result.expect_err("connect to a closed port succeeded");
-        assert_eq!(error.kind(), io::ErrorKind::ConnectionRefused);
+            let error = result.expect_err("connect to a closed port succeeded");
+            assert_eq!(error.kind(), io::ErrorKind::ConnectionRefused);
+        });
     }
 
-    #[tokio::test]
-    async fn close_at_once_sends_nothing() {
-        let _counts = lock_counts().await;
-        let broker = FaultBroker::start(|_| Script::CloseAtOnce).await.unwrap();
-        let mut stream = connect(&broker).await;
+    #[test]
+    fn close_at_once_sends_nothing() {
+        run_exclusive(async {
+            let broker = FaultBroker::start(|_| Script::CloseAtOnce).await.unwrap();
+            let mut stream = connect(&broker).await;
 
-        let received = read_to_close(&mut stream).await;
-        drop(stream);
-        let report = broker.stop().await;
+            let received = read_to_close(&mut stream).await;
+            drop(stream);
+            let report = broker.stop().await;
 
-        assert!(received.is_empty(), "received {received:?}");
-        assert_eq!(report.accepted, 1);
-        assert_eq!(report.connects_read, 0);
-        assert_eq!(report.lingering, 0);
+            assert!(received.is_empty(), "received {received:?}");
+            assert_eq!(report.accepted, 1);
+            assert_eq!(report.connects_read, 0);
+            assert_eq!(report.lingering, 0);
+        });
     }
 
-    #[tokio::test]
-    async fn reply_follows_connect() {
-        let _counts = lock_counts().await;
-        let broker = FaultBroker::start(|_| Script::reply(connack_v3(5)))
-            .await
-            .unwrap();
+    #[test]
+    fn reply_follows_connect() {
+        run_exclusive(async {
+            let broker = FaultBroker::start(|_| Script::reply(connack_v3(5)))
+                .await
+                .unwrap();
 
-        let (stream, reply) = exchange_connect(&broker, 4).await;
-        drop(stream);
-        let report = broker.stop().await;
+            let (stream, reply) = exchange_connect(&broker, 4).await;
+            drop(stream);
+            let report = broker.stop().await;
 
-        assert_eq!(reply, [0x20, 0x02, 0x00, 0x05]);
-        assert_eq!(report.accepted, 1);
-        assert_eq!(report.connects_read, 1);
-        assert_eq!(report.replies_written, 1);
-        assert_eq!(report.lingering, 0);
+            assert_eq!(reply, [0x20, 0x02, 0x00, 0x05]);
+            assert_eq!(report.accepted, 1);
+            assert_eq!(report.connects_read, 1);
+            assert_eq!(report.replies_written, 1);
+            assert_eq!(report.lingering, 0);
+        });
     }
 
-    #[tokio::test]
-    async fn delayed_reply_still_arrives() {
-        let _counts = lock_counts().await;
-        let script = Script::Reply {
-            yields: 3,
-            sleep: Duration::from_millis(1),
-            bytes: connack_v5(0x87),
-        };
-        let broker = FaultBroker::start(move |_| script.clone()).await.unwrap();
+    #[test]
+    fn delayed_reply_still_arrives() {
+        run_exclusive(async {
+            let script = Script::Reply {
+                yields: 3,
+                sleep: Duration::from_millis(1),
+                bytes: connack_v5(0x87),
+            };
+            let broker = FaultBroker::start(move |_| script.clone()).await.unwrap();
 
-        let (stream, reply) = exchange_connect(&broker, 5).await;
-        drop(stream);
-        let report = broker.stop().await;
+            let (stream, reply) = exchange_connect(&broker, 5).await;
+            drop(stream);
+            let report = broker.stop().await;
 
-        assert_eq!(reply, [0x20, 0x03, 0x00, 0x87, 0x00]);
-        assert_eq!(report.replies_written, 1);
-        assert_eq!(report.lingering, 0);
+            assert_eq!(reply, [0x20, 0x03, 0x00, 0x87, 0x00]);
+            assert_eq!(report.replies_written, 1);
+            assert_eq!(report.lingering, 0);
+        });
     }
 
-    #[tokio::test]
-    async fn silent_reads_connect_and_never_writes() {
-        let _counts = lock_counts().await;
-        let broker = FaultBroker::start(|_| Script::Silent).await.unwrap();
-        let mut stream = connect(&broker).await;
+    #[test]
+    fn silent_reads_connect_and_never_writes() {
+        run_exclusive(async {
+            let broker = FaultBroker::start(|_| Script::Silent).await.unwrap();
+            let mut stream = connect(&broker).await;
 
-        stream.write_all(&CONNECT).await.unwrap();
-        stream.shutdown().await.unwrap();
-        let received = read_to_close(&mut stream).await;
-        drop(stream);
-        let report = broker.stop().await;
+            stream.write_all(&CONNECT).await.unwrap();
+            stream.shutdown().await.unwrap();
+            let received = read_to_close(&mut stream).await;
+            drop(stream);
+            let report = broker.stop().await;
 
-        assert!(received.is_empty(), "received {received:?}");
-        assert_eq!(report.connects_read, 1);
-        assert_eq!(report.replies_written, 0);
-        assert_eq!(report.lingering, 0);
+            assert!(received.is_empty(), "received {received:?}");
+            assert_eq!(report.connects_read, 1);
+            assert_eq!(report.replies_written, 0);
+            assert_eq!(report.lingering, 0);
+        });
     }
 
-    #[tokio::test]
-    async fn script_receives_connection_index() {
-        let _counts = lock_counts().await;
-        let broker = FaultBroker::start(|index| Script::reply(connack_v3(index as u8)))
-            .await
-            .unwrap();
+    #[test]
+    fn script_receives_connection_index() {
+        run_exclusive(async {
+            let broker = FaultBroker::start(|index| Script::reply(connack_v3(index as u8)))
+                .await
+                .unwrap();
 
-        let mut replies = Vec::new();
-        for _ in 0..3 {
-            let (_stream, reply) = exchange_connect(&broker, 4).await;
-            replies.push(reply[3]);
-        }
-        let report = broker.stop().await;
+            let mut replies = Vec::new();
+            for _ in 0..3 {
+                let (_stream, reply) = exchange_connect(&broker, 4).await;
+                replies.push(reply[3]);
+            }
+            let report = broker.stop().await;
 
-        assert_eq!(replies, [0, 1, 2]);
-        assert_eq!(report.accepted, 3);
+            assert_eq!(replies, [0, 1, 2]);
+            assert_eq!(report.accepted, 3);
+        });
     }
 
-    #[tokio::test]
-    async fn stop_counts_connections_left_open() {
-        let _counts = lock_counts().await;
-        let broker = FaultBroker::start(|_| Script::reply(connack_v3(0)))
-            .await
-            .unwrap();
-        // Once the reply is here, the broker is reading until the client closes.
-        let (mut stream, _reply) = exchange_connect(&broker, 4).await;
+    #[test]
+    fn stop_counts_connections_left_open() {
+        run_exclusive(async {
+            let broker = FaultBroker::start(|_| Script::reply(connack_v3(0)))
+                .await
+                .unwrap();
+            // Once the reply is here, the broker is reading until the client closes.
+            let (mut stream, _reply) = exchange_connect(&broker, 4).await;
 
-        // The client keeps its end open, so the broker must give up after the grace time.
-        let report = broker.stop_within(Duration::from_millis(50)).await;
-        let received = read_to_close(&mut stream).await;
+            // The client keeps its end open, so the broker must give up after the grace time.
+            let report = broker.stop_within(Duration::from_millis(50)).await;
+            let received = read_to_close(&mut stream).await;
 
-        assert_eq!(report.lingering, 1);
-        assert!(received.is_empty(), "received {received:?}");
+            assert_eq!(report.lingering, 1);
+            assert!(received.is_empty(), "received {received:?}");
+        });
     }
 
-    #[tokio::test]
-    async fn stopped_broker_leaves_no_task_or_socket() {
-        let _counts = lock_counts().await;
-        let tasks = || {
-            tokio::runtime::Handle::current()
-                .metrics()
-                .num_alive_tasks()
-        };
-        let fds = || std::fs::read_dir("/proc/self/fd").unwrap().count();
-        let (tasks_before, fds_before) = (tasks(), fds());
+    #[test]
+    fn stopped_broker_leaves_no_task_or_socket() {
+        run_exclusive(async {
+            let tasks = || {
+                tokio::runtime::Handle::current()
+                    .metrics()
+                    .num_alive_tasks()
+            };
+            let fds = || std::fs::read_dir("/proc/self/fd").unwrap().count();
+            let (tasks_before, fds_before) = (tasks(), fds());
 
-        let broker = FaultBroker::start(|_| Script::Silent).await.unwrap();
-        let mut stream = connect(&broker).await;
-        stream.write_all(&CONNECT).await.unwrap();
-        let tasks_running = tasks();
-        drop(stream);
-        broker.stop().await;
+            let broker = FaultBroker::start(|_| Script::Silent).await.unwrap();
+            let mut stream = connect(&broker).await;
+            stream.write_all(&CONNECT).await.unwrap();
+            let tasks_running = tasks();
+            drop(stream);
+            broker.stop().await;
 
-        assert!(tasks_running > tasks_before, "broker tasks are not counted");
-        assert_eq!(tasks(), tasks_before);
-        assert_eq!(fds(), fds_before);
+            assert!(tasks_running > tasks_before, "broker tasks are not counted");
+            assert_eq!(tasks(), tasks_before);
+            assert_eq!(fds(), fds_before);
+        });
     }
 }
