@@ -1,9 +1,9 @@
 //! Runs the `mqtt` example binary (`examples/mqtt.rs`) against a test Mosquitto:
 //! `sub` and `pub` in separate processes, stdin input, and the error exits.
 //!
-//! Each test builds the example first with `cargo build --example mqtt` (a no-op
-//! after `cargo test`, which builds examples), so `cargo test --test examples_cli`
-//! alone also runs the current code. Every child process is killed by its PID if a
+//! `cargo test` builds the example before it runs the tests. When the binary is
+//! missing or older than its sources, as after `cargo test --test examples_cli`
+//! alone, the tests build it with `cargo build --example mqtt` first. Every child process is killed by its PID if a
 //! test fails, and every wait is bounded by [`WAIT`].
 #![allow(
     clippy::unwrap_used,
@@ -15,9 +15,10 @@
 #[path = "support/mosquitto.rs"]
 mod mosquitto;
 
+use std::fs;
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::net::{Ipv4Addr, TcpListener};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
 use std::sync::{mpsc, OnceLock};
 use std::thread;
@@ -231,7 +232,8 @@ fn spawn_mqtt(subcommand: &str, args: &[&str]) -> ChildGuard {
     ChildGuard { child }
 }
 
-/// Builds the `mqtt` example once per test process and returns its path.
+/// Returns the path of the `mqtt` example, building it first when it is missing or
+/// older than its sources.
 fn mqtt_binary() -> PathBuf {
     static BINARY: OnceLock<PathBuf> = OnceLock::new();
     BINARY
@@ -243,24 +245,61 @@ fn mqtt_binary() -> PathBuf {
                 .unwrap()
                 .to_owned();
             let profile_dir = deps_dir.parent().unwrap();
-            let mut build = Command::new(env!("CARGO"));
-            build
-                .args(["build", "--quiet", "--example", "mqtt"])
-                .current_dir(env!("CARGO_MANIFEST_DIR"));
-            if profile_dir
-                .file_name()
-                .is_some_and(|name| name == "release")
-            {
-                build.arg("--release");
-            }
-            let status = build.status().expect("run cargo build --example mqtt");
-            assert!(status.success(), "cargo build --example mqtt failed");
-
             let binary = profile_dir.join("examples").join("mqtt");
+            if !is_newer_than_sources(&binary) {
+                build_example(profile_dir);
+            }
             assert!(binary.is_file(), "{} not found", binary.display());
             binary
         })
         .clone()
+}
+
+/// Runs `cargo build --example mqtt` in the profile of this test.
+fn build_example(profile_dir: &Path) {
+    let mut build = Command::new(env!("CARGO"));
+    build
+        .args(["build", "--quiet", "--example", "mqtt"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"));
+    if profile_dir
+        .file_name()
+        .is_some_and(|name| name == "release")
+    {
+        build.arg("--release");
+    }
+    let status = build.status().expect("run cargo build --example mqtt");
+    assert!(status.success(), "cargo build --example mqtt failed");
+}
+
+/// Checks whether `binary` exists and was modified after every file of the crate's
+/// `src/`, `examples/mqtt.rs` and `Cargo.toml`.
+fn is_newer_than_sources(binary: &Path) -> bool {
+    let Ok(built) = fs::metadata(binary).and_then(|metadata| metadata.modified()) else {
+        return false;
+    };
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut pending = vec![
+        root.join("src"),
+        root.join("examples").join("mqtt.rs"),
+        root.join("Cargo.toml"),
+    ];
+    while let Some(path) = pending.pop() {
+        let Ok(metadata) = fs::metadata(&path) else {
+            return false;
+        };
+        if metadata.is_dir() {
+            let Ok(entries) = fs::read_dir(&path) else {
+                return false;
+            };
+            pending.extend(entries.filter_map(Result::ok).map(|entry| entry.path()));
+        } else if metadata
+            .modified()
+            .map_or(true, |modified| modified > built)
+        {
+            return false;
+        }
+    }
+    true
 }
 
 /// A child process that is killed and reaped by its PID when dropped.
