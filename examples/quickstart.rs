@@ -30,7 +30,15 @@ async fn main() -> ExitCode {
     match run().await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("quickstart failed: {error}");
+            // One line with the error and its causes, such as the I/O error behind a
+            // failed connection.
+            let mut message = error.to_string();
+            let mut source = error.source();
+            while let Some(cause) = source {
+                message = format!("{message}: {cause}");
+                source = cause.source();
+            }
+            eprintln!("quickstart failed: {message}");
             ExitCode::FAILURE
         }
     }
