@@ -82,6 +82,7 @@ impl Decoder {
     /// consumed then, and `buf` may be grown to fit the rest of the packet. On
     /// `Ok(Some(packet))` the packet's bytes are split off the front of `buf`, and the
     /// packet's payloads and strings share that memory instead of copying it.
+    #[inline]
     pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Packet>, DecodeError> {
         let Some(&first_byte) = buf.first() else {
             return Ok(None);
@@ -108,11 +109,20 @@ impl Decoder {
         let mut frame = buf.split_to(size);
         frame.advance(1 + length_len);
         let reader = Reader::new(frame.freeze(), packet_type);
-        let packet = self.decode_body(reader, first_byte & 0x0F)?;
-        if let Packet::Connect(connect) = &packet {
-            self.version = Some(connect.protocol);
+        let flags = first_byte & 0x0F;
+        match (packet_type, self.version) {
+            (PacketType::Connect, _) => {
+                let connect = decode_connect(reader)?;
+                self.version = Some(connect.protocol);
+                Ok(Some(Packet::Connect(Box::new(connect))))
+            }
+            // The hot path returns straight into the caller's slot: the packet is large,
+            // and each move of it costs more than parsing a small PUBLISH.
+            (PacketType::Publish, Some(version)) => decode_publish(reader, flags, version),
+            (_, Some(version)) => Ok(Some(self.decode_body(reader, version)?)),
+            // `check_direction` lets only CONNECT through without a version.
+            (_, None) => Err(Violation::FirstPacketNotConnect { packet_type }.into()),
         }
-        Ok(Some(packet))
     }
 
     /// Checks the packet type and flags in the first byte of the fixed header.
@@ -161,19 +171,13 @@ impl Decoder {
         Ok(())
     }
 
-    fn decode_body(&self, reader: Reader, flags: u8) -> Result<Packet, Violation> {
+    fn decode_body(&self, reader: Reader, version: ProtocolVersion) -> Result<Packet, Violation> {
         let packet_type = reader.packet_type();
-        if packet_type == PacketType::Connect {
-            return Ok(Packet::Connect(Box::new(decode_connect(reader)?)));
-        }
-        // `check_direction` let only CONNECT through without a version.
-        let version = self
-            .version
-            .ok_or(Violation::FirstPacketNotConnect { packet_type })?;
         let packet = match packet_type {
-            PacketType::Connect => return Err(Violation::FirstPacketNotConnect { packet_type }),
+            PacketType::Connect | PacketType::Publish => {
+                return Err(Violation::UnexpectedPacketType { packet_type })
+            }
             PacketType::ConnAck => Packet::ConnAck(decode_connack(reader, version)?),
-            PacketType::Publish => Packet::Publish(decode_publish(reader, flags, version)?),
             PacketType::PubAck => Packet::PubAck(decode_acknowledgement(reader, version)?),
             PacketType::PubRec => Packet::PubRec(decode_acknowledgement(reader, version)?),
             PacketType::PubRel => Packet::PubRel(decode_acknowledgement(reader, version)?),

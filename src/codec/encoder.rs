@@ -59,11 +59,25 @@ pub fn encode(
     max_packet_size: u32,
     dst: &mut BytesMut,
 ) -> Result<(), EncodeError> {
-    let body = body(packet);
+    let first_byte = first_byte(packet);
+    match packet {
+        // PUBLISH gets its own statically dispatched copy, which the compiler inlines.
+        Packet::Publish(publish) => encode_body(publish, first_byte, version, max_packet_size, dst),
+        _ => encode_body(body(packet), first_byte, version, max_packet_size, dst),
+    }
+}
+
+fn encode_body<B: WireBody + ?Sized>(
+    body: &B,
+    first_byte: u8,
+    version: ProtocolVersion,
+    max_packet_size: u32,
+    dst: &mut BytesMut,
+) -> Result<(), EncodeError> {
     let sizes = body.measure(version)?;
     let total = checked_total(sizes.remaining, max_packet_size)?;
     dst.reserve(total);
-    dst.put_u8(first_byte(packet));
+    dst.put_u8(first_byte);
     put_variable_byte_integer(dst, sizes.remaining as u32);
     body.put(version, &sizes, dst);
     Ok(())
@@ -134,10 +148,12 @@ impl WireBody for EmptyBody {
 macro_rules! impl_wire_body {
     ($($packet:ty => $measure:path, $put:path;)+) => {$(
         impl WireBody for $packet {
+            #[inline]
             fn measure(&self, version: ProtocolVersion) -> Result<Sizes, EncodeError> {
                 $measure(self, version)
             }
 
+            #[inline]
             fn put(&self, version: ProtocolVersion, sizes: &Sizes, dst: &mut BytesMut) {
                 $put(self, version, sizes, dst);
             }

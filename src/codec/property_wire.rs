@@ -117,10 +117,22 @@ pub(crate) fn read_properties(
     reader: &mut Reader,
     context: PropertyContext,
 ) -> Result<Properties, Violation> {
-    let len = reader.variable_byte_integer()? as usize;
     let mut properties = Properties::default();
+    read_properties_into(reader, context, &mut properties)?;
+    Ok(properties)
+}
+
+/// Reads a property length and the property list after it into `properties`, which
+/// starts empty. Filling a field in place spares the hot path a copy of the large
+/// struct.
+pub(crate) fn read_properties_into(
+    reader: &mut Reader,
+    context: PropertyContext,
+    properties: &mut Properties,
+) -> Result<(), Violation> {
+    let len = reader.variable_byte_integer()? as usize;
     if len == 0 {
-        return Ok(properties);
+        return Ok(());
     }
     let mut list = reader.sub_reader(len)?;
     let mut seen: u64 = 0;
@@ -141,9 +153,9 @@ pub(crate) fn read_properties(
             return Err(Violation::DuplicateProperty(id));
         }
         seen |= bit;
-        read_value(&mut list, id, &mut properties)?;
+        read_value(&mut list, id, properties)?;
     }
-    Ok(properties)
+    Ok(())
 }
 
 /// Reads the value of property `id` into its field of `properties`.
@@ -388,6 +400,9 @@ pub(crate) fn properties_len(
     context: PropertyContext,
     packet_type: PacketType,
 ) -> Result<usize, EncodeError> {
+    if !has_properties(properties) {
+        return Ok(0);
+    }
     let mut len = 0;
     let mut subscription_identifiers = 0;
     for_each_property(properties, |id, value| {
@@ -443,6 +458,7 @@ fn check_string(text: &str) -> Result<(), &'static str> {
 /// Checks `properties` for a packet of `version` and returns the length of the
 /// property list: in MQTT 5.0 as [`properties_len`] does, before 5.0 0, after checking
 /// that no property is set because those versions have no way to carry one.
+#[inline]
 pub(crate) fn measure_properties(
     properties: &Properties,
     version: ProtocolVersion,
@@ -471,9 +487,66 @@ pub(crate) fn section_len(len: usize, version: ProtocolVersion) -> usize {
     }
 }
 
-/// Returns `true` when any property is set; cheaper than comparing with the default.
+/// Returns `true` when any property is set. Faster than comparing with the default
+/// or walking the properties, which matters on the PUBLISH hot path; the exhaustive
+/// pattern makes a new field a compile error here.
+#[inline]
 pub(crate) fn has_properties(properties: &Properties) -> bool {
-    for_each_property(properties, |_, _| Err(EncodeError::InvalidPacket(""))).is_err()
+    let Properties {
+        payload_format_indicator,
+        message_expiry_interval,
+        content_type,
+        response_topic,
+        correlation_data,
+        subscription_identifiers,
+        session_expiry_interval,
+        assigned_client_identifier,
+        server_keep_alive,
+        authentication_method,
+        authentication_data,
+        request_problem_information,
+        will_delay_interval,
+        request_response_information,
+        response_information,
+        server_reference,
+        reason_string,
+        receive_maximum,
+        topic_alias_maximum,
+        topic_alias,
+        maximum_qos,
+        retain_available,
+        user_properties,
+        maximum_packet_size,
+        wildcard_subscription_available,
+        subscription_identifier_available,
+        shared_subscription_available,
+    } = properties;
+    let integers = payload_format_indicator.is_some()
+        | message_expiry_interval.is_some()
+        | session_expiry_interval.is_some()
+        | server_keep_alive.is_some()
+        | request_problem_information.is_some()
+        | will_delay_interval.is_some()
+        | request_response_information.is_some()
+        | receive_maximum.is_some()
+        | topic_alias_maximum.is_some()
+        | topic_alias.is_some()
+        | maximum_qos.is_some()
+        | retain_available.is_some()
+        | maximum_packet_size.is_some()
+        | wildcard_subscription_available.is_some()
+        | subscription_identifier_available.is_some()
+        | shared_subscription_available.is_some();
+    let data = content_type.is_some()
+        | response_topic.is_some()
+        | correlation_data.is_some()
+        | assigned_client_identifier.is_some()
+        | authentication_method.is_some()
+        | authentication_data.is_some()
+        | response_information.is_some()
+        | server_reference.is_some()
+        | reason_string.is_some();
+    integers | data | !subscription_identifiers.is_empty() | !user_properties.is_empty()
 }
 
 /// Appends the property length `len`, as returned by [`properties_len`], and the

@@ -7,23 +7,25 @@
 use bytes::{BufMut, BytesMut};
 
 use super::encoder::Sizes;
-use super::error::{EncodeError, Violation};
-use super::packet::{Delivery, PacketType, PubAck, PubComp, PubRec, PubRel, Publish};
+use super::error::{DecodeError, EncodeError, Violation};
+use super::packet::{Delivery, Packet, PacketType, PubAck, PubComp, PubRec, PubRel, Publish};
 use super::properties::Properties;
 use super::property_wire::{
-    measure_properties, put_properties, read_properties, section_len, PropertyContext,
+    measure_properties, put_properties, read_properties_into, section_len, PropertyContext,
 };
 use super::topic::TopicName;
 use super::types::{PacketId, ProtocolVersion};
 use super::wire::{put_prefixed, value_violation, Reader};
 
 /// Decodes a PUBLISH body; `flags` are the low four bits of the fixed header, already
-/// checked for QoS 3.
+/// checked for QoS 3. Returns the decoder's result type so the packet is built where
+/// the caller receives it.
+#[inline]
 pub(crate) fn decode_publish(
     mut reader: Reader,
     flags: u8,
     version: ProtocolVersion,
-) -> Result<Publish, Violation> {
+) -> Result<Option<Packet>, DecodeError> {
     let qos_bits = (flags >> 1) & 0b11;
     let topic = reader.utf8()?;
     let delivery = match qos_bits {
@@ -31,39 +33,38 @@ pub(crate) fn decode_publish(
         1 => Delivery::AtLeastOnce(reader.packet_id()?),
         _ => Delivery::ExactlyOnce(reader.packet_id()?),
     };
-    let properties = if version.is_v5() {
-        read_properties(&mut reader, PropertyContext::Publish)?
-    } else {
-        Properties::default()
-    };
+    let mut properties = Properties::default();
+    if version.is_v5() {
+        read_properties_into(&mut reader, PropertyContext::Publish, &mut properties)?;
+    }
 
     // An empty topic name stands for the one a Topic Alias maps to (MQTT 5.0 section
-    // 3.3.2.3.4); without an alias, or before 5.0, the topic is missing.
+    // 3.3.2.3.4). Without an alias, or before 5.0, the topic is missing.
     let topic = if topic.is_empty() {
         if properties.topic_alias.is_none() {
-            return Err(Violation::MissingTopic);
+            return Err(Violation::MissingTopic.into());
         }
         None
     } else {
-        Some(
-            TopicName::try_from(topic)
-                .map_err(|error| value_violation(error, Violation::InvalidTopic))?,
-        )
+        let topic = TopicName::try_from(topic)
+            .map_err(|error| value_violation(error, Violation::InvalidTopic))?;
+        Some(topic)
     };
 
     // DUP must be 0 on QoS 0 [MQTT-3.3.1-2], but clients such as Mosquitto's accept
     // such a packet, so the flag is dropped instead of closing the connection.
     let dup = flags & 0b1000 != 0 && qos_bits != 0;
-    Ok(Publish {
+    Ok(Some(Packet::Publish(Publish {
         dup,
         delivery,
         retain: flags & 1 != 0,
         topic,
         properties,
         payload: reader.take_rest(),
-    })
+    })))
 }
 
+#[inline]
 pub(crate) fn measure_publish(
     publish: &Publish,
     version: ProtocolVersion,
@@ -103,6 +104,7 @@ pub(crate) fn measure_publish(
     ))
 }
 
+#[inline]
 pub(crate) fn put_publish(
     publish: &Publish,
     version: ProtocolVersion,
@@ -181,7 +183,11 @@ pub(crate) fn decode_acknowledgement<A: Acknowledgement>(
     if version.is_v5() && !reader.is_empty() {
         code = reader.u8()?;
         if !reader.is_empty() {
-            properties = read_properties(&mut reader, PropertyContext::Acknowledgement)?;
+            read_properties_into(
+                &mut reader,
+                PropertyContext::Acknowledgement,
+                &mut properties,
+            )?;
         }
     }
     reader.finish()?;

@@ -45,7 +45,13 @@ impl TryFrom<ByteString> for TopicName {
         if value.is_empty() {
             return Err(InvalidValue::EmptyTopic);
         }
-        if value.contains(['+', '#']) {
+        // A byte scan: `+` and `#` are ASCII, so they never occur inside a multibyte
+        // character. Without early exit it is much faster than a `char` pattern.
+        #[allow(clippy::needless_bitwise_bool)] // Bitwise on purpose, see above.
+        let wildcard = value
+            .bytes()
+            .fold(false, |found, byte| found | (byte == b'+') | (byte == b'#'));
+        if wildcard {
             return Err(InvalidValue::WildcardInTopicName(value.to_string()));
         }
         Ok(Self(value))

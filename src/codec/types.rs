@@ -307,7 +307,12 @@ pub(crate) fn check_mqtt_string(value: &str) -> Result<(), InvalidValue> {
 /// Unicode noncharacter (U+FDD0 to U+FDEF, and U+xFFFE and U+xFFFF in every plane).
 pub(crate) fn disallowed_character(value: &str) -> Option<char> {
     // Printable ASCII is by far the common case and needs no per-character decoding.
-    if value.bytes().all(|byte| (0x20..0x7F).contains(&byte)) {
+    // A fold without early exit lets the compiler check many bytes at once.
+    #[allow(clippy::needless_bitwise_bool)] // Bitwise on purpose, see above.
+    let printable = value
+        .bytes()
+        .fold(true, |all, byte| all & (0x20..0x7F).contains(&byte));
+    if printable {
         return None;
     }
     value.chars().find(|&character| {
