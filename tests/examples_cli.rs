@@ -1,5 +1,6 @@
 //! Runs the `mqtt` example binary (`examples/mqtt.rs`) against a test Mosquitto:
-//! `sub` and `pub` in separate processes, stdin input, and the error exits.
+//! `sub` and `pub` in separate processes, stdin input, the last will, and the error
+//! exits. Also runs the quickstart, with its embedded broker and with `MQTT_URL`.
 //!
 //! `cargo test` builds the example before it runs the tests. When the binary is
 //! missing or older than its sources, as after `cargo test --test examples_cli`
@@ -20,7 +21,7 @@ use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::net::{Ipv4Addr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
-use std::sync::{mpsc, OnceLock};
+use std::sync::{mpsc, Mutex, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -109,12 +110,7 @@ fn sub_flushes_each_message_at_once() {
 
 #[test]
 fn pub_connection_refused_fails() {
-    // A port that was free a moment ago and has no listener now.
-    let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let args = [
         "-h",
         "127.0.0.1",
@@ -172,6 +168,92 @@ fn sub_timeout_before_count_fails() {
     assert_one_error_line(&sub.read_stderr_to_end());
 }
 
+#[test]
+fn sub_will_published_when_killed() {
+    let Some(broker) = Mosquitto::start() else {
+        return;
+    };
+    let will_args = [
+        "-t",
+        "unused",
+        "--will-topic",
+        "cli/will",
+        "--will-payload",
+        "gone",
+        "--will-qos",
+        "1",
+    ];
+    let mut doomed = spawn_sub(&broker, "doomed-sub", &will_args);
+    broker.wait_for_log("Sending SUBACK to doomed-sub");
+    let mut watcher = spawn_sub(
+        &broker,
+        "will-watcher",
+        &["-t", "cli/will", "-q", "1", "-C", "1", "-v"],
+    );
+    broker.wait_for_log("Sending SUBACK to will-watcher");
+
+    // SIGKILL: the process cannot send DISCONNECT, so the broker publishes the will.
+    doomed.child.kill().unwrap();
+    let status = watcher.wait_with_timeout();
+    assert!(status.success(), "watcher exit status {status}");
+    assert_eq!(watcher.read_stdout_to_end(), "cli/will gone\n");
+}
+
+// ---------------------------------------------------------------------------
+// The quickstart example
+
+#[test]
+fn quickstart_runs_with_embedded_broker() {
+    let mut quickstart = spawn_quickstart(None);
+
+    let status = quickstart.wait_with_timeout();
+    let stdout = quickstart.read_stdout_to_end();
+    assert!(
+        status.success(),
+        "quickstart exit status {status}, stdout:\n{stdout}"
+    );
+    for qos in 0..3 {
+        let line = format!("received mqttlink/quickstart/qos{qos}: hello at QoS {qos}");
+        assert!(
+            stdout.lines().any(|printed| printed == line),
+            "{line:?} missing in:\n{stdout}"
+        );
+    }
+    assert_eq!(quickstart.read_stderr_to_end(), "");
+}
+
+#[test]
+fn quickstart_uses_mqtt_url() {
+    let Some(broker) = Mosquitto::start() else {
+        return;
+    };
+    let mut quickstart = spawn_quickstart(Some(&broker.url()));
+
+    let status = quickstart.wait_with_timeout();
+    let stdout = quickstart.read_stdout_to_end();
+    assert!(
+        status.success(),
+        "quickstart exit status {status}, stdout:\n{stdout}"
+    );
+    assert!(!stdout.contains("embedded broker"), "stdout:\n{stdout}");
+    broker.wait_for_log("as mqttlink-quickstart");
+}
+
+#[test]
+fn quickstart_connection_refused_fails() {
+    let port = free_port();
+    let mut quickstart = spawn_quickstart(Some(&format!("mqtt://127.0.0.1:{port}")));
+
+    let status = quickstart.wait_with_timeout();
+    assert!(!status.success(), "quickstart exit status {status}");
+    let stderr = quickstart.read_stderr_to_end();
+    assert_eq!(stderr.lines().count(), 1, "stderr: {stderr:?}");
+    assert!(
+        stderr.starts_with("quickstart failed: "),
+        "stderr: {stderr:?}"
+    );
+}
+
 // ---------------------------------------------------------------------------
 // Helpers
 
@@ -180,7 +262,7 @@ fn assert_one_error_line(stderr: &str) {
     assert!(stderr.starts_with("mqtt: "), "stderr: {stderr:?}");
 }
 
-/// Output of a finished `mqtt` process.
+/// Output of a finished example process.
 #[derive(Debug)]
 struct Output {
     status: ExitStatus,
@@ -221,66 +303,92 @@ fn spawn_sub(broker: &Mosquitto, client_id: &str, args: &[&str]) -> ChildGuard {
 }
 
 fn spawn_mqtt(subcommand: &str, args: &[&str]) -> ChildGuard {
-    let child = Command::new(mqtt_binary())
-        .arg(subcommand)
-        .args(args)
+    let mut command = Command::new(example_binary("mqtt"));
+    command.arg(subcommand).args(args);
+    spawn_piped(command)
+}
+
+/// Starts the quickstart with `MQTT_URL` set to `url`, or unset for its embedded broker.
+fn spawn_quickstart(url: Option<&str>) -> ChildGuard {
+    let mut command = Command::new(example_binary("quickstart"));
+    match url {
+        Some(url) => command.env("MQTT_URL", url),
+        None => command.env_remove("MQTT_URL"),
+    };
+    spawn_piped(command)
+}
+
+fn spawn_piped(mut command: Command) -> ChildGuard {
+    let child = command
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("spawn the mqtt example");
+        .expect("spawn the example");
     ChildGuard { child }
 }
 
-/// Returns the path of the `mqtt` example, building it first when it is missing or
-/// older than its sources.
-fn mqtt_binary() -> PathBuf {
-    static BINARY: OnceLock<PathBuf> = OnceLock::new();
-    BINARY
-        .get_or_init(|| {
-            // This test runs from target/PROFILE/deps; examples go to target/PROFILE/examples.
-            let deps_dir = std::env::current_exe()
-                .unwrap()
-                .parent()
-                .unwrap()
-                .to_owned();
-            let profile_dir = deps_dir.parent().unwrap();
-            let binary = profile_dir.join("examples").join("mqtt");
-            if !is_newer_than_sources(&binary) {
-                build_example(profile_dir);
-            }
-            assert!(binary.is_file(), "{} not found", binary.display());
-            binary
-        })
-        .clone()
+/// Returns a loopback port that was free a moment ago and has no listener now.
+fn free_port() -> u16 {
+    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
-/// Runs `cargo build --example mqtt` in the profile of this test.
-fn build_example(profile_dir: &Path) {
+/// Returns the path of an example binary, building it first when it is missing or
+/// older than its sources.
+fn example_binary(name: &'static str) -> PathBuf {
+    static CHECKED: Mutex<Vec<&str>> = Mutex::new(Vec::new());
+
+    // This test runs from target/PROFILE/deps; examples go to target/PROFILE/examples.
+    let deps_dir = std::env::current_exe()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .to_owned();
+    let profile_dir = deps_dir.parent().unwrap();
+    let binary = profile_dir.join("examples").join(name);
+
+    // Tests run in parallel; the lock keeps them from building the same example twice.
+    let mut checked = CHECKED.lock().unwrap_or_else(PoisonError::into_inner);
+    if !checked.contains(&name) {
+        if !is_newer_than_sources(&binary, name) {
+            build_example(profile_dir, name);
+        }
+        checked.push(name);
+    }
+    assert!(binary.is_file(), "{} not found", binary.display());
+    binary
+}
+
+/// Runs `cargo build --example NAME` in the profile of this test.
+fn build_example(profile_dir: &Path, name: &str) {
     let mut build = Command::new(env!("CARGO"));
     build
-        .args(["build", "--quiet", "--example", "mqtt"])
+        .args(["build", "--quiet", "--example", name])
         .current_dir(env!("CARGO_MANIFEST_DIR"));
     if profile_dir
         .file_name()
-        .is_some_and(|name| name == "release")
+        .is_some_and(|profile| profile == "release")
     {
         build.arg("--release");
     }
-    let status = build.status().expect("run cargo build --example mqtt");
-    assert!(status.success(), "cargo build --example mqtt failed");
+    let status = build.status().expect("run cargo build --example");
+    assert!(status.success(), "cargo build --example {name} failed");
 }
 
 /// Checks whether `binary` exists and was modified after every file of the crate's
-/// `src/`, `examples/mqtt.rs` and `Cargo.toml`.
-fn is_newer_than_sources(binary: &Path) -> bool {
+/// `src/`, `examples/NAME.rs` and `Cargo.toml`.
+fn is_newer_than_sources(binary: &Path, name: &str) -> bool {
     let Ok(built) = fs::metadata(binary).and_then(|metadata| metadata.modified()) else {
         return false;
     };
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut pending = vec![
         root.join("src"),
-        root.join("examples").join("mqtt.rs"),
+        root.join("examples").join(format!("{name}.rs")),
         root.join("Cargo.toml"),
     ];
     while let Some(path) = pending.pop() {
