@@ -1,5 +1,5 @@
 //! Interop tests: mqttlink clients against a real Mosquitto broker started by each
-//! test, in MQTT 3.1.1 and 5.0.
+//! test, in MQTT 3.1.1 and 5.0 (and 3.1 for the QoS matrix).
 //!
 //! The tests skip (with a printed line) when mosquitto is not installed, unless
 //! `MQTTLINK_REQUIRE_MOSQUITTO` is set; see `support/mosquitto.rs`. Every wait is
@@ -66,6 +66,11 @@ fn harness_broker_accepts_connect() {
 
 // ---------------------------------------------------------------------------
 // QoS
+
+#[actix_rt::test]
+async fn qos_matrix_v31() {
+    qos_matrix(ProtocolVersion::V3_1).await;
+}
 
 #[actix_rt::test]
 async fn qos_matrix_v311() {
