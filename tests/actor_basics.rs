@@ -13,8 +13,7 @@ mod actor_broker;
 
 use std::time::Duration;
 
-use actix::prelude::*;
-use actor_broker::{FakeBroker, STEP};
+use actor_broker::{assert_actors_back_to, forward, next, FakeBroker, STEP};
 use mqttlink::codec::{
     ConnectReason, Delivery, DisconnectReason, Packet, PacketId, Properties, ProtocolVersion,
     PubAck, PubAckReason, PubComp, PubCompReason, PubRec, QoS, SubAck, SubAckReason,
@@ -24,46 +23,9 @@ use mqttlink::{
     live_actor_count, Client, ClientError, ClientOptions, DisconnectCause, Event, Publish,
     Subscribe,
 };
-use tokio::sync::mpsc;
 
 /// `live_actor_count` is process-wide, so the tests of this file run one at a time.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-/// Forwards everything it receives into a channel the test reads.
-struct Forward<T>(mpsc::UnboundedSender<T>);
-
-impl<T: Unpin + 'static> Actor for Forward<T> {
-    type Context = Context<Self>;
-}
-
-impl Handler<mqttlink::Message> for Forward<mqttlink::Message> {
-    type Result = ();
-    fn handle(&mut self, message: mqttlink::Message, _: &mut Context<Self>) {
-        let _ = self.0.send(message);
-    }
-}
-
-impl Handler<Event> for Forward<Event> {
-    type Result = ();
-    fn handle(&mut self, event: Event, _: &mut Context<Self>) {
-        let _ = self.0.send(event);
-    }
-}
-
-fn forward<T: Unpin + 'static>() -> (Addr<Forward<T>>, mpsc::UnboundedReceiver<T>)
-where
-    Forward<T>: Actor<Context = Context<Forward<T>>>,
-{
-    let (sender, receiver) = mpsc::unbounded_channel();
-    (Forward(sender).start(), receiver)
-}
-
-async fn next<T>(receiver: &mut mpsc::UnboundedReceiver<T>) -> T {
-    tokio::time::timeout(STEP, receiver.recv())
-        .await
-        .expect("item arrives in time")
-        .expect("channel open")
-}
 
 fn start(broker: &FakeBroker, protocol: ProtocolVersion) -> Client {
     ClientOptions::from_url(&broker.url())
@@ -72,21 +34,6 @@ fn start(broker: &FakeBroker, protocol: ProtocolVersion) -> Client {
         .protocol(protocol)
         .start()
         .unwrap()
-}
-
-/// Waits, yielding to the actors, until the live actor count is back at `baseline`.
-async fn assert_actors_back_to(baseline: usize) {
-    let settled = async {
-        while live_actor_count() != baseline {
-            tokio::task::yield_now().await;
-        }
-    };
-    let result = tokio::time::timeout(STEP, settled).await;
-    assert!(
-        result.is_ok(),
-        "live actors {} did not return to {baseline}",
-        live_actor_count()
-    );
 }
 
 fn id(value: u16) -> PacketId {

@@ -5,6 +5,7 @@
 //! shared subscriptions; a v5 subscription identifier on a message routes it exactly.
 
 use std::num::NonZeroU32;
+use std::rc::Rc;
 
 use actix::Recipient;
 
@@ -19,7 +20,7 @@ pub(crate) struct RouteId(u64);
 struct Route {
     id: RouteId,
     filter: TopicFilter,
-    recipient: Recipient<Message>,
+    recipient: Rc<Recipient<Message>>,
     subscription_identifier: Option<NonZeroU32>,
 }
 
@@ -28,7 +29,7 @@ struct Route {
 pub(crate) struct Router {
     routes: Vec<Route>,
     next_id: u64,
-    default: Option<Recipient<Message>>,
+    default: Option<Rc<Recipient<Message>>>,
     unmatched: u64,
 }
 
@@ -45,7 +46,7 @@ impl Router {
         self.routes.push(Route {
             id,
             filter,
-            recipient,
+            recipient: Rc::new(recipient),
             subscription_identifier,
         });
         id
@@ -63,7 +64,7 @@ impl Router {
 
     /// Sets the recipient of messages that match no route.
     pub fn set_default(&mut self, recipient: Recipient<Message>) {
-        self.default = Some(recipient);
+        self.default = Some(Rc::new(recipient));
     }
 
     /// Returns the number of messages that matched no route and had no default recipient.
@@ -73,10 +74,14 @@ impl Router {
 
     /// Returns each recipient that gets `message` once, in route order.
     ///
+    /// The recipients are shared, not cloned: actix bounds a mailbox per sender, so
+    /// sending every message through the same sender is what makes `try_send` report a
+    /// full mailbox.
+    ///
     /// A message carrying subscription identifiers goes to the routes subscribed with one
     /// of them; otherwise, or when none of them is known, to every route whose filter
     /// matches the topic. With no match it goes to the default recipient, if any.
-    pub fn recipients(&mut self, message: &Message) -> Vec<Recipient<Message>> {
+    pub fn recipients(&mut self, message: &Message) -> Vec<Rc<Recipient<Message>>> {
         let identifiers = &message.properties.subscription_identifiers;
         let by_identifier = |route: &&Route| {
             route
@@ -92,15 +97,15 @@ impl Router {
                 .collect();
         }
 
-        let mut recipients: Vec<Recipient<Message>> = Vec::with_capacity(matched.len());
+        let mut recipients: Vec<Rc<Recipient<Message>>> = Vec::with_capacity(matched.len());
         for route in matched {
-            if !recipients.contains(&route.recipient) {
-                recipients.push(route.recipient.clone());
+            if !recipients.iter().any(|known| **known == *route.recipient) {
+                recipients.push(Rc::clone(&route.recipient));
             }
         }
         if recipients.is_empty() {
             match &self.default {
-                Some(default) => recipients.push(default.clone()),
+                Some(default) => recipients.push(Rc::clone(default)),
                 None => self.unmatched += 1,
             }
         }
@@ -116,7 +121,7 @@ impl Router {
     clippy::indexing_slicing
 )]
 mod tests {
-    use actix::{Actor, Context, Handler};
+    use actix::{Actor, Context, Handler, Recipient};
     use bytes::Bytes;
 
     use super::*;
@@ -131,6 +136,15 @@ mod tests {
     impl Handler<Message> for Sink {
         type Result = ();
         fn handle(&mut self, _: Message, _: &mut Context<Self>) {}
+    }
+
+    /// Returns the recipients of `message` as plain values, for comparing.
+    fn routed(router: &mut Router, message: &Message) -> Vec<Recipient<Message>> {
+        router
+            .recipients(message)
+            .iter()
+            .map(|r| (**r).clone())
+            .collect()
     }
 
     fn message(topic: &str, identifiers: &[u32]) -> Message {
@@ -160,11 +174,11 @@ mod tests {
         router.add("$share/g/a/b".parse().unwrap(), second.clone(), None);
 
         assert_eq!(
-            router.recipients(&message("a/b", &[])),
+            routed(&mut router, &message("a/b", &[])),
             [first.clone(), second]
         );
-        assert_eq!(router.recipients(&message("a/c/d", &[])), [first]);
-        assert!(router.recipients(&message("b", &[])).is_empty());
+        assert_eq!(routed(&mut router, &message("a/c/d", &[])), [first]);
+        assert!(routed(&mut router, &message("b", &[])).is_empty());
         assert_eq!(router.unmatched(), 1);
     }
 
@@ -176,9 +190,9 @@ mod tests {
         router.add("a/#".parse().unwrap(), first.clone(), NonZeroU32::new(1));
         router.add("a/+".parse().unwrap(), second.clone(), NonZeroU32::new(2));
 
-        assert_eq!(router.recipients(&message("a/b", &[2])), [second]);
+        assert_eq!(routed(&mut router, &message("a/b", &[2])), [second]);
         assert_eq!(
-            router.recipients(&message("a/b", &[9])).len(),
+            routed(&mut router, &message("a/b", &[9])).len(),
             2,
             "unknown id falls back to filters"
         );
@@ -186,20 +200,20 @@ mod tests {
 
     #[actix_rt::test]
     async fn default_recipient_and_removal() {
-        let routed = Sink.start().recipient();
+        let target = Sink.start().recipient();
         let fallback = Sink.start().recipient();
         let mut router = Router::default();
-        let id = router.add("x".parse().unwrap(), routed.clone(), None);
-        router.add("y".parse().unwrap(), routed, None);
+        let id = router.add("x".parse().unwrap(), target.clone(), None);
+        router.add("y".parse().unwrap(), target, None);
         router.set_default(fallback.clone());
 
         router.remove_ids(&[id]);
         assert_eq!(
-            router.recipients(&message("x", &[])),
+            routed(&mut router, &message("x", &[])),
             std::slice::from_ref(&fallback)
         );
         router.remove_filter(&"y".parse().unwrap());
-        assert_eq!(router.recipients(&message("y", &[])), [fallback]);
+        assert_eq!(routed(&mut router, &message("y", &[])), [fallback]);
         assert_eq!(router.unmatched(), 0);
     }
 }

@@ -6,6 +6,7 @@
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::rc::Rc;
+use std::time::Instant;
 
 use actix::prelude::*;
 use actix::WeakAddr;
@@ -34,7 +35,7 @@ const MAX_QOS0_BACKLOG: usize = 1024;
 #[derive(Debug)]
 struct Delivery {
     message: Message,
-    recipients: Vec<Recipient<Message>>,
+    recipients: Vec<Rc<Recipient<Message>>>,
     ack: Option<InboundAck>,
 }
 
@@ -53,6 +54,8 @@ pub(crate) struct SessionActor {
     backlog: VecDeque<Delivery>,
     /// The delivery waiting for room in a recipient's mailbox, if any.
     blocked_delivery: Option<SpawnHandle>,
+    /// The deadline last sent to the keep-alive actor, so an unchanged one is not resent.
+    armed: Option<Instant>,
 }
 
 /// The parts a session actor is built from.
@@ -80,6 +83,7 @@ impl SessionActor {
             counters: parts.counters,
             backlog: VecDeque::new(),
             blocked_delivery: None,
+            armed: None,
         }
     }
 
@@ -103,8 +107,11 @@ impl SessionActor {
             }
         }
         self.counters.inflight_in.set(self.session.inflight_in());
-        self.keep_alive
-            .do_send(ArmTimer(self.session.poll_timeout()));
+        let deadline = self.session.poll_timeout();
+        if deadline != self.armed {
+            self.armed = deadline;
+            self.keep_alive.do_send(ArmTimer(deadline));
+        }
     }
 
     fn on_event(&mut self, event: SessionEvent, ctx: &mut Context<Self>) {

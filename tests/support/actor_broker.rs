@@ -5,12 +5,15 @@
 
 use std::time::Duration;
 
+use actix::prelude::*;
 use bytes::BytesMut;
 use mqttlink::codec::{
     encode, ConnAck, Connect, ConnectReason, Decoder, Packet, Properties, ProtocolVersion,
 };
+use mqttlink::{live_actor_count, Event};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
 
 /// Longest wait for any single step of a script.
 pub const STEP: Duration = Duration::from_secs(5);
@@ -135,4 +138,55 @@ impl BrokerConnection {
         }
         packets
     }
+}
+
+/// Forwards everything it receives into a channel the test reads.
+pub struct Forward<T>(mpsc::UnboundedSender<T>);
+
+impl<T: Unpin + 'static> Actor for Forward<T> {
+    type Context = Context<Self>;
+}
+
+impl Handler<mqttlink::Message> for Forward<mqttlink::Message> {
+    type Result = ();
+    fn handle(&mut self, message: mqttlink::Message, _: &mut Context<Self>) {
+        let _ = self.0.send(message);
+    }
+}
+
+impl Handler<Event> for Forward<Event> {
+    type Result = ();
+    fn handle(&mut self, event: Event, _: &mut Context<Self>) {
+        let _ = self.0.send(event);
+    }
+}
+
+pub fn forward<T: Unpin + 'static>() -> (Addr<Forward<T>>, mpsc::UnboundedReceiver<T>)
+where
+    Forward<T>: Actor<Context = Context<Forward<T>>>,
+{
+    let (sender, receiver) = mpsc::unbounded_channel();
+    (Forward(sender).start(), receiver)
+}
+
+pub async fn next<T>(receiver: &mut mpsc::UnboundedReceiver<T>) -> T {
+    tokio::time::timeout(STEP, receiver.recv())
+        .await
+        .expect("item arrives in time")
+        .expect("channel open")
+}
+
+/// Waits, yielding to the actors, until the live actor count is back at `baseline`.
+pub async fn assert_actors_back_to(baseline: usize) {
+    let settled = async {
+        while live_actor_count() != baseline {
+            tokio::task::yield_now().await;
+        }
+    };
+    let result = tokio::time::timeout(STEP, settled).await;
+    assert!(
+        result.is_ok(),
+        "live actors {} did not return to {baseline}",
+        live_actor_count()
+    );
 }

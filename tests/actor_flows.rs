@@ -1,0 +1,452 @@
+//! Deeper flows of the client's actors against the scripted fake broker: routing after
+//! SUBACK and UNSUBACK, broker limits, inbound QoS 2, tolerated faults, keep-alive and
+//! the bounded request queue.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+#[path = "support/actor_broker.rs"]
+mod actor_broker;
+
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use actix::prelude::*;
+use actor_broker::{assert_actors_back_to, forward, next, BrokerConnection, FakeBroker, STEP};
+use bytes::Bytes;
+use mqttlink::codec::{
+    ConnectReason, Delivery, Disconnect, DisconnectReason, Packet, PacketId, Properties,
+    ProtocolVersion, PubAck, PubAckReason, PubCompReason, PubRel, QoS, SubAck, SubAckReason,
+    SubscriptionOptions, UnsubAck, UnsubAckReason,
+};
+use mqttlink::{
+    live_actor_count, ClientError, ClientOptions, ClosedBy, Message, Publish, Subscribe,
+    Unsubscribe,
+};
+
+/// `live_actor_count` is process-wide, so the tests of this file run one at a time.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+fn id(value: u16) -> PacketId {
+    PacketId::try_from(value).unwrap()
+}
+
+fn inbound(delivery: Delivery, topic: &str, payload: &'static [u8]) -> Packet {
+    Packet::Publish(mqttlink::codec::Publish {
+        dup: false,
+        delivery,
+        retain: false,
+        topic: Some(topic.parse().unwrap()),
+        properties: Properties::default(),
+        payload: Bytes::from_static(payload),
+    })
+}
+
+async fn answer_subscribe(connection: &mut BrokerConnection, reasons: Vec<SubAckReason>) {
+    let Packet::Subscribe(subscribe) = connection.recv().await else {
+        panic!("expected SUBSCRIBE");
+    };
+    let ack = SubAck {
+        packet_id: subscribe.packet_id,
+        reasons,
+        properties: Properties::default(),
+    };
+    connection.send(&Packet::SubAck(ack)).await;
+}
+
+#[actix_rt::test]
+async fn refused_filter_and_unsubscribe_stop_routing() {
+    let _serial = SERIAL.lock().await;
+    let broker = FakeBroker::bind().await;
+    let client = ClientOptions::from_url(&broker.url())
+        .unwrap()
+        .client_id("routes")
+        .start()
+        .unwrap();
+    let mut connection = broker.accept().await;
+    connection.handshake().await;
+
+    let (subscriber, mut subscriber_rx) = forward::<Message>();
+    let (fallback, mut fallback_rx) = forward::<Message>();
+    client.set_default_recipient(fallback.recipient());
+    let options = SubscriptionOptions::default();
+    let request = Subscribe::new(subscriber.recipient())
+        .filter("a/1".parse().unwrap(), options)
+        .filter("a/2".parse().unwrap(), options);
+    let reasons = vec![SubAckReason::GrantedQoS0, SubAckReason::NotAuthorized];
+    let (outcome, ()) = tokio::join!(
+        client.subscribe(request),
+        answer_subscribe(&mut connection, reasons)
+    );
+    assert_eq!(outcome.unwrap().reasons.len(), 2);
+
+    connection
+        .send(&inbound(Delivery::AtMostOnce, "a/2", b"refused"))
+        .await;
+    connection
+        .send(&inbound(Delivery::AtMostOnce, "a/1", b"granted"))
+        .await;
+    assert_eq!(&next(&mut fallback_rx).await.payload[..], b"refused");
+    assert_eq!(&next(&mut subscriber_rx).await.payload[..], b"granted");
+
+    let unsubscribe = client.unsubscribe(Unsubscribe::new().filter("a/1".parse().unwrap()));
+    let broker_side = async {
+        let Packet::Unsubscribe(request) = connection.recv().await else {
+            panic!("expected UNSUBSCRIBE");
+        };
+        let ack = UnsubAck {
+            packet_id: request.packet_id,
+            reasons: vec![UnsubAckReason::Success],
+            properties: Properties::default(),
+        };
+        connection.send(&Packet::UnsubAck(ack)).await;
+    };
+    let (outcome, ()) = tokio::join!(unsubscribe, broker_side);
+    assert_eq!(outcome.unwrap().reasons, [UnsubAckReason::Success]);
+
+    connection
+        .send(&inbound(Delivery::AtMostOnce, "a/1", b"after"))
+        .await;
+    assert_eq!(&next(&mut fallback_rx).await.payload[..], b"after");
+    client
+        .disconnect(mqttlink::Disconnect::new())
+        .await
+        .unwrap();
+}
+
+#[actix_rt::test]
+async fn subscription_identifier_routes_exactly() {
+    let _serial = SERIAL.lock().await;
+    let broker = FakeBroker::bind().await;
+    let client = ClientOptions::from_url(&broker.url())
+        .unwrap()
+        .client_id("ids")
+        .start()
+        .unwrap();
+    let mut connection = broker.accept().await;
+    connection.handshake().await;
+
+    let (wide, mut wide_rx) = forward::<Message>();
+    let (narrow, mut narrow_rx) = forward::<Message>();
+    for (recipient, identifier) in [(wide.recipient(), 1), (narrow.recipient(), 2)] {
+        let properties = Properties {
+            subscription_identifiers: vec![NonZeroU32::new(identifier).unwrap()],
+            ..Properties::default()
+        };
+        let request = Subscribe::new(recipient)
+            .filter("s/#".parse().unwrap(), SubscriptionOptions::default())
+            .properties(properties);
+        let (outcome, ()) = tokio::join!(
+            client.subscribe(request),
+            answer_subscribe(&mut connection, vec![SubAckReason::GrantedQoS0])
+        );
+        outcome.unwrap();
+    }
+
+    let mut publish = inbound(Delivery::AtMostOnce, "s/x", b"for two");
+    if let Packet::Publish(p) = &mut publish {
+        p.properties.subscription_identifiers = vec![NonZeroU32::new(2).unwrap()];
+    }
+    connection.send(&publish).await;
+    connection
+        .send(&inbound(Delivery::AtMostOnce, "s/y", b"for both"))
+        .await;
+    assert_eq!(&next(&mut narrow_rx).await.payload[..], b"for two");
+    assert_eq!(&next(&mut narrow_rx).await.payload[..], b"for both");
+    assert_eq!(
+        &next(&mut wide_rx).await.payload[..],
+        b"for both",
+        "identifier 2 skipped the wide route"
+    );
+    client
+        .disconnect(mqttlink::Disconnect::new())
+        .await
+        .unwrap();
+}
+
+#[actix_rt::test]
+async fn broker_limits_refuse_before_sending() {
+    let _serial = SERIAL.lock().await;
+    let broker = FakeBroker::bind().await;
+    let client = ClientOptions::from_url(&broker.url())
+        .unwrap()
+        .client_id("limits")
+        .start()
+        .unwrap();
+    let mut connection = broker.accept().await;
+    connection.expect_connect().await;
+    let limits = Properties {
+        maximum_packet_size: NonZeroU32::new(64),
+        maximum_qos: Some(QoS::AtLeastOnce),
+        ..Properties::default()
+    };
+    connection.connack(ConnectReason::Success, limits).await;
+
+    let topic: mqttlink::codec::TopicName = "big".parse().unwrap();
+    let large = client
+        .publish(Publish::new(topic.clone(), vec![0_u8; 100]))
+        .await;
+    assert!(
+        matches!(large, Err(ClientError::PacketTooLarge { max: 64, .. })),
+        "{large:?}"
+    );
+    let qos2 = client
+        .publish(Publish::new(topic.clone(), "x").qos(QoS::ExactlyOnce))
+        .await;
+    assert!(
+        matches!(qos2, Err(ClientError::InvalidRequest(_))),
+        "{qos2:?}"
+    );
+
+    let small = client.publish(Publish::new(topic, "fits"));
+    let (outcome, packet) = tokio::join!(small, connection.recv());
+    outcome.unwrap();
+    assert!(
+        matches!(packet, Packet::Publish(p) if &p.payload[..] == b"fits"),
+        "only the small one was sent"
+    );
+    client
+        .disconnect(mqttlink::Disconnect::new())
+        .await
+        .unwrap();
+}
+
+#[actix_rt::test]
+async fn inbound_qos2_completes_and_unknown_puback_tolerated() {
+    let _serial = SERIAL.lock().await;
+    let broker = FakeBroker::bind().await;
+    let client = ClientOptions::from_url(&broker.url())
+        .unwrap()
+        .client_id("qos2")
+        .start()
+        .unwrap();
+    let (sink, mut sink_rx) = forward::<Message>();
+    client.set_default_recipient(sink.recipient());
+    let mut connection = broker.accept().await;
+    connection.handshake().await;
+
+    let unknown = PubAck {
+        packet_id: id(9),
+        reason: PubAckReason::Success,
+        properties: Properties::default(),
+    };
+    connection.send(&Packet::PubAck(unknown)).await;
+
+    connection
+        .send(&inbound(Delivery::ExactlyOnce(id(5)), "q/2", b"once"))
+        .await;
+    assert_eq!(next(&mut sink_rx).await.qos, QoS::ExactlyOnce);
+    assert!(matches!(connection.recv().await, Packet::PubRec(r) if r.packet_id == id(5)));
+    let release = PubRel {
+        packet_id: id(5),
+        reason: PubCompReason::Success,
+        properties: Properties::default(),
+    };
+    connection.send(&Packet::PubRel(release)).await;
+    assert!(matches!(connection.recv().await, Packet::PubComp(c) if c.packet_id == id(5)));
+
+    connection
+        .send(&inbound(
+            Delivery::AtLeastOnce(PacketId::MAX),
+            "alive check",
+            b"payload",
+        ))
+        .await;
+    assert!(matches!(connection.recv().await, Packet::PubAck(a) if a.packet_id == PacketId::MAX));
+    client
+        .disconnect(mqttlink::Disconnect::new())
+        .await
+        .unwrap();
+}
+
+#[actix_rt::test]
+async fn broker_disconnect_fails_pending_publish() {
+    let _serial = SERIAL.lock().await;
+    let baseline = live_actor_count();
+    let broker = FakeBroker::bind().await;
+    let client = ClientOptions::from_url(&broker.url())
+        .unwrap()
+        .client_id("kicked")
+        .start()
+        .unwrap();
+    let mut connection = broker.accept().await;
+    connection.handshake().await;
+
+    let pending = client.publish(Publish::new("t".parse().unwrap(), "x").qos(QoS::AtLeastOnce));
+    let broker_side = async {
+        assert!(matches!(connection.recv().await, Packet::Publish(_)));
+        let disconnect = Disconnect {
+            reason: DisconnectReason::ServerShuttingDown,
+            properties: Properties::default(),
+        };
+        connection.send(&Packet::Disconnect(disconnect)).await;
+        connection.until_closed().await
+    };
+    let (result, _) = tokio::join!(pending, broker_side);
+    assert!(
+        matches!(
+            result,
+            Err(ClientError::ConnectionClosed(ClosedBy::Broker {
+                reason: DisconnectReason::ServerShuttingDown,
+                ..
+            }))
+        ),
+        "{result:?}"
+    );
+    assert_actors_back_to(baseline).await;
+}
+
+#[actix_rt::test]
+async fn unanswered_pingreq_closes_connection() {
+    let _serial = SERIAL.lock().await;
+    let baseline = live_actor_count();
+    let broker = FakeBroker::bind().await;
+    let client = ClientOptions::from_url(&broker.url())
+        .unwrap()
+        .client_id("pinger")
+        .protocol(ProtocolVersion::V3_1_1)
+        .keep_alive(Duration::from_secs(1))
+        .start()
+        .unwrap();
+    let mut connection = broker.accept().await;
+    let connect = connection.handshake().await;
+    assert_eq!(connect.keep_alive, 1);
+
+    // The first PINGREQ is answered, the second is not.
+    assert!(matches!(connection.recv().await, Packet::PingReq));
+    connection.send(&Packet::PingResp).await;
+    assert!(matches!(connection.recv().await, Packet::PingReq));
+    assert!(connection.until_closed().await.is_empty());
+
+    let late = client
+        .publish(Publish::new("t".parse().unwrap(), "x"))
+        .await;
+    assert!(matches!(late, Err(ClientError::Stopped)), "{late:?}");
+    assert_actors_back_to(baseline).await;
+}
+
+#[actix_rt::test]
+async fn try_publish_fails_when_queue_full() {
+    let _serial = SERIAL.lock().await;
+    let baseline = live_actor_count();
+    let broker = FakeBroker::bind().await;
+    let client = ClientOptions::from_url(&broker.url())
+        .unwrap()
+        .client_id("full")
+        .max_pending_requests(2)
+        .start()
+        .unwrap();
+    let mut connection = broker.accept().await;
+    connection.expect_connect().await;
+
+    let topic: mqttlink::codec::TopicName = "q".parse().unwrap();
+    let first = client
+        .try_publish(Publish::new(topic.clone(), "1"))
+        .unwrap();
+    let second = client
+        .try_publish(Publish::new(topic.clone(), "2"))
+        .unwrap();
+    let third = client.try_publish(Publish::new(topic, "3"));
+    assert!(matches!(third, Err(ClientError::QueueFull)));
+    assert_eq!(
+        client.stats().await.unwrap().queued_requests,
+        2,
+        "queued until CONNACK"
+    );
+
+    client
+        .disconnect(mqttlink::Disconnect::new())
+        .await
+        .unwrap();
+    assert!(matches!(first.await, Err(ClientError::Stopped)));
+    assert!(matches!(second.await, Err(ClientError::Stopped)));
+    assert_actors_back_to(baseline).await;
+}
+
+/// A recipient whose handler holds each message until the test releases it.
+struct Gate {
+    release: Option<tokio::sync::oneshot::Receiver<()>>,
+    seen: tokio::sync::mpsc::UnboundedSender<Bytes>,
+}
+
+impl Actor for Gate {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.set_mailbox_capacity(1);
+    }
+}
+
+impl Handler<Message> for Gate {
+    type Result = ();
+
+    fn handle(&mut self, message: Message, ctx: &mut Context<Self>) {
+        let _ = self.seen.send(message.payload);
+        if let Some(release) = self.release.take() {
+            ctx.wait(async move { drop(release.await) }.into_actor(self));
+        }
+    }
+}
+
+#[actix_rt::test]
+async fn slow_recipient_delays_ack_until_delivered() {
+    let _serial = SERIAL.lock().await;
+    let broker = FakeBroker::bind().await;
+    let client = ClientOptions::from_url(&broker.url())
+        .unwrap()
+        .client_id("slow")
+        .start()
+        .unwrap();
+    let (release, released) = tokio::sync::oneshot::channel();
+    let (seen, mut seen_rx) = tokio::sync::mpsc::unbounded_channel();
+    let gate = Gate {
+        release: Some(released),
+        seen,
+    }
+    .start();
+    client.set_default_recipient(gate.recipient());
+    let mut connection = broker.accept().await;
+    connection.handshake().await;
+
+    // The gate takes the first message and blocks on it. Its mailbox then holds one
+    // more, so the third has to wait until the gate is released.
+    let first = inbound(Delivery::AtLeastOnce(id(1)), "g", b"a");
+    connection.send(&first).await;
+    assert_eq!(&next(&mut seen_rx).await[..], b"a");
+    for (packet_id, payload) in [(2, &b"b"[..]), (3, b"c")] {
+        let publish = inbound(Delivery::AtLeastOnce(id(packet_id)), "g", payload);
+        connection.send(&publish).await;
+    }
+    let mut acked = Vec::new();
+    for _ in 0..2 {
+        let Packet::PubAck(ack) = connection.recv().await else {
+            panic!("expected PUBACK");
+        };
+        acked.push(ack.packet_id.get());
+    }
+    assert_eq!(acked, [1, 2]);
+    // Once the third message arrived it stays unacknowledged until the gate opens.
+    let held = async {
+        while client.stats().await.unwrap().inflight_in != 1 {
+            tokio::task::yield_now().await;
+        }
+    };
+    let held = tokio::time::timeout(STEP, held).await;
+    assert!(
+        held.is_ok(),
+        "the third message is not held for the slow recipient"
+    );
+
+    release.send(()).unwrap();
+    assert!(matches!(connection.recv().await, Packet::PubAck(a) if a.packet_id == id(3)));
+    assert_eq!(&next(&mut seen_rx).await[..], b"b");
+    assert_eq!(&next(&mut seen_rx).await[..], b"c");
+    client
+        .disconnect(mqttlink::Disconnect::new())
+        .await
+        .unwrap();
+}
