@@ -674,6 +674,64 @@ async fn stored_session_delivers_offline_messages(version: ProtocolVersion) {
 }
 
 // ---------------------------------------------------------------------------
+// Keep-alive
+
+#[actix_rt::test]
+async fn keep_alive_pings_v311() {
+    keep_alive_pings(ProtocolVersion::V3_1_1).await;
+}
+
+#[actix_rt::test]
+async fn keep_alive_pings_v5() {
+    keep_alive_pings(ProtocolVersion::V5).await;
+}
+
+/// Checks that an idle client with a 1 s keep-alive sends PINGREQ, so Mosquitto,
+/// which drops a client silent for 1.5 times its keep-alive, keeps it connected.
+async fn keep_alive_pings(version: ProtocolVersion) {
+    let Some(broker) = Mosquitto::start() else {
+        return;
+    };
+    let client = ClientOptions::from_url(&broker.url())
+        .unwrap()
+        .client_id("keepalive")
+        .protocol(version)
+        .keep_alive(Duration::from_secs(1))
+        .connect_timeout(WAIT)
+        .start()
+        .unwrap();
+    let first = Publish::new(topic("keepalive/first"), "x").qos(QoS::AtLeastOnce);
+    within("PUBACK", client.publish(first)).await.unwrap();
+
+    // Bounded polling of the broker log until two keep-alive round trips happened.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while broker
+        .log()
+        .matches("Sending PINGRESP to keepalive")
+        .count()
+        < 2
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "fewer than two PINGRESPs within {WAIT:?}:\n{}",
+            broker.log_tail()
+        );
+        actix_rt::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        !broker.log().contains("exceeded timeout"),
+        "mosquitto dropped the client for keep-alive:\n{}",
+        broker.log_tail()
+    );
+
+    let after = Publish::new(topic("keepalive/after"), "y").qos(QoS::AtLeastOnce);
+    within("PUBACK after the pings", client.publish(after))
+        .await
+        .unwrap();
+    disconnect(&client).await;
+}
+
+// ---------------------------------------------------------------------------
 // Large payloads
 
 #[actix_rt::test]

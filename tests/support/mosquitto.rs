@@ -106,13 +106,18 @@ impl Mosquitto {
         format!("mqtt://127.0.0.1:{}", self.port)
     }
 
+    /// Returns the broker's whole log so far; empty before the log file exists.
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.dir.join("mosquitto.log")).unwrap_or_default()
+    }
+
     /// Waits until the broker's log contains `needle`, for example
     /// `"Sending SUBACK to sub-1"` to know a subscription made by another process is
-    /// in place. Fails the test with the log's tail after [`READY_TIMEOUT`].
+    /// in place. Fails the test with the log's tail after [`READY_TIMEOUT`]. This
+    /// blocks the thread, so async tests poll [`Mosquitto::log`] instead.
     pub fn wait_for_log(&self, needle: &str) {
         let deadline = Instant::now() + READY_TIMEOUT;
-        let path = self.dir.join("mosquitto.log");
-        while !fs::read_to_string(&path).is_ok_and(|log| log.contains(needle)) {
+        while !self.log().contains(needle) {
             assert!(
                 Instant::now() < deadline,
                 "mosquitto log has no {needle:?} after {READY_TIMEOUT:?}:\n{}",
