@@ -153,6 +153,31 @@ fn sequence_files_load() {
 }
 
 #[test]
+fn absent_sequences_fail_only_when_required() {
+    let absent = sequence_dir().join("absent-directory");
+    assert_eq!(load_selected(&absent, false, None), Ok(None));
+
+    let error = load_selected(&absent, true, None).unwrap_err();
+    assert!(error.starts_with("MQTTLINK_CONFORMANCE is set"), "{error}");
+}
+
+#[test]
+fn filter_selects_by_full_name() {
+    let dir = sequence_dir();
+    if !dir.is_dir() {
+        println!("conformance sequences absent: {}", dir.display());
+        return;
+    }
+    let selected = load_selected(&dir, true, Some("PINGRESP.json / v5.0"))
+        .unwrap()
+        .unwrap();
+    assert_eq!(selected.len(), 8);
+    assert!(selected
+        .iter()
+        .all(|sequence| sequence.file == "PINGRESP.json"));
+}
+
+#[test]
 fn mosquitto_sequences_pass_in_process() {
     let Some(sequences) = selected_sequences() else {
         return;
@@ -202,26 +227,39 @@ fn sequence_dir() -> PathBuf {
 /// Loads the sequences selected by `MQTTLINK_CONFORMANCE_FILTER`, or returns `None`
 /// when the sequence files are absent and `MQTTLINK_CONFORMANCE` is unset.
 fn selected_sequences() -> Option<Vec<Sequence>> {
-    let dir = sequence_dir();
+    let required = std::env::var_os("MQTTLINK_CONFORMANCE").is_some();
+    let filter = std::env::var("MQTTLINK_CONFORMANCE_FILTER").ok();
+    load_selected(&sequence_dir(), required, filter.as_deref())
+        .unwrap_or_else(|error| panic!("{error}"))
+}
+
+/// Loads the sequences of `dir` whose name contains `filter`. An absent `dir` gives
+/// `Ok(None)`, or an error when the sequences are `required`.
+fn load_selected(
+    dir: &Path,
+    required: bool,
+    filter: Option<&str>,
+) -> Result<Option<Vec<Sequence>>, String> {
     if !dir.is_dir() {
         println!("conformance sequences absent: {}", dir.display());
-        assert!(
-            std::env::var_os("MQTTLINK_CONFORMANCE").is_none(),
-            "MQTTLINK_CONFORMANCE is set but the sequences are absent from {}",
-            dir.display()
-        );
-        return None;
+        if required {
+            return Err(format!(
+                "MQTTLINK_CONFORMANCE is set but the sequences are absent from {}",
+                dir.display()
+            ));
+        }
+        return Ok(None);
     }
 
-    let mut sequences = sequences::load_dir(&dir).unwrap_or_else(|error| panic!("{error}"));
-    if let Ok(filter) = std::env::var("MQTTLINK_CONFORMANCE_FILTER") {
-        sequences.retain(|sequence| sequence.full_name().contains(&filter));
+    let mut sequences = sequences::load_dir(dir).map_err(|error| error.to_string())?;
+    if let Some(filter) = filter {
+        sequences.retain(|sequence| sequence.full_name().contains(filter));
         println!(
             "MQTTLINK_CONFORMANCE_FILTER=`{filter}` selects {} sequences",
             sequences.len()
         );
     }
-    Some(sequences)
+    Ok(Some(sequences))
 }
 
 /// Plays all sequences, [`BATCH_SIZE`] at a time, and returns their outcomes in order.

@@ -1,11 +1,11 @@
 //! Scripted fake broker that plays one sequence against one client connection.
 //!
 //! The player listens on a loopback port, accepts one connection, checks the client's
-//! default CONNECT, sends the default CONNACK, plays the steps and ends with the final
-//! check: either the client still acknowledges a QoS 1 PUBLISH, or it has closed the
-//! connection. Every accept and read is bounded by [`STEP_TIMEOUT`], so a silent client
-//! fails the sequence with a message instead of hanging the run. The player never
-//! starts a client: the caller does, after [`Player::bind`] has returned.
+//! default CONNECT and replies with the default CONNACK, plays the steps and ends with
+//! the final check: either the client still acknowledges a QoS 1 PUBLISH, or it has
+//! closed the connection. Every accept and read is bounded by [`STEP_TIMEOUT`], so a
+//! silent client fails the sequence with a message instead of hanging the run. The
+//! player never starts a client: the caller does, after [`Player::bind`] has returned.
 
 use std::io;
 use std::time::Duration;
@@ -74,6 +74,8 @@ impl Player {
         if sequence.connect {
             connection.expect("CONNECT", &[connect]).await?;
         }
+        // The CONNACK is the reply to a CONNECT. A sequence that does not read the CONNECT
+        // sends its own first packet, to check that a client rejects anything but CONNACK.
         if sequence.connect && sequence.connack {
             connection
                 .send("CONNACK", &default_connack(sequence.version))
