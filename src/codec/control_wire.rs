@@ -120,11 +120,14 @@ pub(crate) fn measure_disconnect(
     ))
 }
 
-/// Returns the remaining length of a DISCONNECT or AUTH: nothing for code 0 without
-/// properties (and always before MQTT 5.0), else the code and the property list.
+/// Returns the remaining length of a DISCONNECT or AUTH in its shortest form: nothing
+/// for code 0 without properties (and always before MQTT 5.0), the code alone without
+/// properties, else the code and the property list (MQTT 5.0 section 3.14.2.2.1).
 fn short_form_len(is_success: bool, properties: usize, version: ProtocolVersion) -> usize {
     if !version.is_v5() || (is_success && properties == 0) {
         0
+    } else if properties == 0 {
+        1
     } else {
         1 + section_len(properties, version)
     }
@@ -135,7 +138,9 @@ fn put_code_and_properties(code: u8, properties: &Properties, sizes: &Sizes, dst
         return;
     }
     dst.put_u8(code);
-    put_properties(dst, properties, sizes.properties);
+    if sizes.remaining > 1 {
+        put_properties(dst, properties, sizes.properties);
+    }
 }
 
 pub(crate) fn put_disconnect(

@@ -613,6 +613,15 @@ mod tests {
             properties: Properties::default(),
         });
         assert_eq!(encode_to_vec(&disconnect, v5).unwrap(), [0xE0, 0x00]);
+        let protocol_error = Packet::Disconnect(Disconnect {
+            reason: DisconnectReason::ProtocolError,
+            properties: Properties::default(),
+        });
+        assert_eq!(
+            encode_to_vec(&protocol_error, v5).unwrap(),
+            [0xE0, 0x01, 0x82]
+        );
+        round_trip(&protocol_error, v5);
     }
 
     #[test]

@@ -298,8 +298,11 @@ impl Value<'_> {
     }
 }
 
-/// Calls `visit` with every property present in `p`, in identifier order, user
-/// properties in their stored order. Stops at the first error `visit` returns.
+/// Calls `visit` with every property present in `p`: the message properties in the
+/// order Mosquitto writes them, then the others by identifier, then the user
+/// properties in their stored order. Any order is valid (MQTT 5.0 section 2.2.2.2),
+/// but matching Mosquitto's lets byte-exact conformance tests pass. Stops at the
+/// first error `visit` returns.
 fn for_each_property<'a>(
     p: &'a Properties,
     mut visit: impl FnMut(PropertyId, Value<'a>) -> Result<(), EncodeError>,
@@ -312,14 +315,17 @@ fn for_each_property<'a>(
     if let Some(value) = p.message_expiry_interval {
         visit(P::MessageExpiryInterval, V::FourBytes(value))?;
     }
-    if let Some(value) = &p.content_type {
-        visit(P::ContentType, V::String(value))?;
+    if let Some(value) = p.topic_alias {
+        visit(P::TopicAlias, V::TwoBytes(value.get()))?;
     }
     if let Some(value) = &p.response_topic {
         visit(P::ResponseTopic, V::String(value.as_str()))?;
     }
     if let Some(value) = &p.correlation_data {
         visit(P::CorrelationData, V::Binary(value))?;
+    }
+    if let Some(value) = &p.content_type {
+        visit(P::ContentType, V::String(value))?;
     }
     for value in &p.subscription_identifiers {
         visit(
@@ -366,17 +372,11 @@ fn for_each_property<'a>(
     if let Some(value) = p.topic_alias_maximum {
         visit(P::TopicAliasMaximum, V::TwoBytes(value))?;
     }
-    if let Some(value) = p.topic_alias {
-        visit(P::TopicAlias, V::TwoBytes(value.get()))?;
-    }
     if let Some(value) = p.maximum_qos {
         visit(P::MaximumQoS, V::Byte(value.level()))?;
     }
     if let Some(value) = p.retain_available {
         visit(P::RetainAvailable, V::Byte(u8::from(value)))?;
-    }
-    for (name, value) in &p.user_properties {
-        visit(P::UserProperty, V::Pair(name, value))?;
     }
     if let Some(value) = p.maximum_packet_size {
         visit(P::MaximumPacketSize, V::FourBytes(value.get()))?;
@@ -389,6 +389,9 @@ fn for_each_property<'a>(
     }
     if let Some(value) = p.shared_subscription_available {
         visit(P::SharedSubscriptionAvailable, V::Byte(u8::from(value)))?;
+    }
+    for (name, value) in &p.user_properties {
+        visit(P::UserProperty, V::Pair(name, value))?;
     }
     Ok(())
 }
