@@ -2,8 +2,10 @@
 //! every way a broker or the caller can make them fail.
 //!
 //! Each fault kind runs many attempts against a scripted fake broker on loopback, using
-//! the public API only. After every attempt the test checks that each call returned in
-//! bounded time and that the caller saw the expected error. After every kind it checks
+//! the public API only. In every attempt the caller queues one QoS 1 publish, and the
+//! kinds that race the caller against the broker send `Disconnect` or drop the client
+//! after a random delay. After every attempt the test checks that each call and the event
+//! stream ended in bounded time, with the expected error. After every kind it checks
 //! that live mqttlink actors, tokio runtime tasks and open file descriptors are back at
 //! their baseline, and that the live heap allocations did not grow.
 //!
@@ -31,13 +33,16 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use bytes::Bytes;
-use mqttlink::codec::{ConnectReason, ProtocolVersion};
-use mqttlink::{live_actor_count, ClientError, ClientOptions, Disconnect, DisconnectCause, Event};
+use mqttlink::codec::{ConnectReason, ProtocolVersion, QoS, TopicName};
+use mqttlink::{
+    live_actor_count, ClientError, ClientOptions, Disconnect, DisconnectCause, Event, Publish,
+    PublishOutcome,
+};
 use stats_alloc::{StatsAlloc, INSTRUMENTED_SYSTEM};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
-use fault_broker::{closed_port, connack_v3, connack_v5, BrokerReport, FaultBroker, Script};
+use fault_broker::{closed_port, connack_v3, connack_v5, BrokerReport, Delay, FaultBroker, Script};
 
 #[global_allocator]
 static ALLOCATOR: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
@@ -56,6 +61,10 @@ const LONG_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Connect timeout for kinds where the broker may never complete a packet.
 const SHORT_CONNECT_TIMEOUT: Duration = Duration::from_millis(20);
+
+/// How long `Disconnect` waits for the probe publish's acknowledgement, which the
+/// broker never sends, before it sends DISCONNECT anyway.
+const DISCONNECT_TIMEOUT: Duration = Duration::from_millis(5);
 
 /// Attempts of each kind run before its baseline is taken, so that runtime caches,
 /// blocking-pool threads and buffers have reached their working size.
@@ -89,6 +98,8 @@ async fn run_every_kind() {
         Kind::Silent,
         Kind::DisconnectRace,
         Kind::DropWhileConnecting,
+        Kind::DisconnectVersusFailure,
+        Kind::DropVersusFailure,
     ];
 
     let mut summaries = Vec::new();
@@ -130,6 +141,13 @@ enum Kind {
     DisconnectRace,
     /// The caller drops its last `Client` handle while the CONNACK is on its way.
     DropWhileConnecting,
+    /// The caller sends `Disconnect` while the attempt is failing: a late refusing
+    /// CONNACK, a late close, late garbage or a connect timeout of a few milliseconds.
+    /// Both ends reach the group at about the same instant, and exactly one may win.
+    DisconnectVersusFailure,
+    /// The caller drops its last `Client` handle while the attempt is failing, as in
+    /// `DisconnectVersusFailure`.
+    DropVersusFailure,
 }
 
 impl Kind {
@@ -143,6 +161,8 @@ impl Kind {
             Self::Silent => "silent",
             Self::DisconnectRace => "disconnect race",
             Self::DropWhileConnecting => "drop while connecting",
+            Self::DisconnectVersusFailure => "disconnect versus failure",
+            Self::DropVersusFailure => "drop versus failure",
         }
     }
 
@@ -154,7 +174,9 @@ impl Kind {
             | Self::CloseAtOnce
             | Self::ConnAckRefusedV3
             | Self::ConnAckRefusedV5
-            | Self::DropWhileConnecting => (1_000, 1),
+            | Self::DropWhileConnecting
+            | Self::DisconnectVersusFailure
+            | Self::DropVersusFailure => (1_000, 1),
             Self::Garbage => (1_000, 20),
             Self::Silent => (1_000, 50),
             Self::DisconnectRace => (2_000, 1),
@@ -189,25 +211,7 @@ enum Action {
     Drop(Delay),
 }
 
-/// A short wait on the caller's or the broker's side, to move the instant of a race.
-#[derive(Debug, Clone, Copy)]
-struct Delay {
-    yields: u32,
-    sleep: Duration,
-}
-
-impl Delay {
-    async fn wait(self) {
-        for _ in 0..self.yields {
-            tokio::task::yield_now().await;
-        }
-        if !self.sleep.is_zero() {
-            tokio::time::sleep(self.sleep).await;
-        }
-    }
-}
-
-/// The error a failed attempt must report.
+/// The error that the broker's script makes the attempt fail with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Expected {
     /// `ConnectFailed` with an I/O error of kind `ConnectionRefused`.
@@ -223,8 +227,8 @@ enum Expected {
     Refused(ConnectReason),
     /// `ConnectTimeout`.
     Timeout,
-    /// No particular error: the caller ended the attempt itself.
-    CallerEnded,
+    /// No error: the broker accepts the connection, so only the caller ends the attempt.
+    Accepted,
 }
 
 /// Small deterministic random number generator (SplitMix64), so that a failing
@@ -326,7 +330,7 @@ fn plan(kind: Kind, iteration: usize, random: &mut SplitMix64) -> Plan {
         protocol: ProtocolVersion::V5,
         connect_timeout: LONG_CONNECT_TIMEOUT,
         action: Action::AwaitFailure,
-        expected: Expected::CallerEnded,
+        expected: Expected::Accepted,
     };
     match kind {
         Kind::Refused => Plan {
@@ -371,6 +375,14 @@ fn plan(kind: Kind, iteration: usize, random: &mut SplitMix64) -> Plan {
             action: Action::Drop(random.delay()),
             ..base
         },
+        Kind::DisconnectVersusFailure => Plan {
+            action: Action::Disconnect(random.delay()),
+            ..late_failure_plan(random, &base)
+        },
+        Kind::DropVersusFailure => Plan {
+            action: Action::Drop(random.delay()),
+            ..late_failure_plan(random, &base)
+        },
     }
 }
 
@@ -398,11 +410,47 @@ fn garbage_plan(iteration: usize, random: &mut SplitMix64, base: &Plan) -> Plan 
 
 /// Returns a script that accepts the connection with a CONNACK after a random delay.
 fn late_connack(random: &mut SplitMix64) -> Script {
-    let delay = random.delay();
     Script::Reply {
-        yields: delay.yields,
-        sleep: delay.sleep,
+        delay: random.delay(),
         bytes: connack_v5(ConnectReason::Success.code()),
+    }
+}
+
+/// Returns a plan whose attempt fails after a random delay of the same scale as the
+/// caller's delays: a refusing CONNACK, a close, an invalid first byte, or a connect
+/// timeout of 1 to 4 ms.
+fn late_failure_plan(random: &mut SplitMix64, base: &Plan) -> Plan {
+    let delay = random.delay();
+    match random.below(4) {
+        0 => {
+            let reason = V5_REFUSALS[random.below(V5_REFUSALS.len() as u64) as usize];
+            Plan {
+                script: Script::Reply {
+                    delay,
+                    bytes: connack_v5(reason.code()),
+                },
+                expected: Expected::Refused(reason),
+                ..base.clone()
+            }
+        }
+        1 => Plan {
+            script: Script::CloseAfterConnect { delay },
+            expected: Expected::Closed,
+            ..base.clone()
+        },
+        2 => Plan {
+            script: Script::Reply {
+                delay,
+                bytes: Bytes::from_static(&[0x00, 0x00]),
+            },
+            expected: Expected::Violation,
+            ..base.clone()
+        },
+        _ => Plan {
+            connect_timeout: Duration::from_millis(1 + random.below(4)),
+            expected: Expected::Timeout,
+            ..base.clone()
+        },
     }
 }
 
@@ -416,6 +464,7 @@ struct KindSummary {
     settle_error: Option<String>,
     broker: BrokerTotals,
     connected: usize,
+    failed: usize,
     wrong_outcomes: usize,
     kept_failures: Vec<String>,
 }
@@ -432,6 +481,7 @@ impl fmt::Display for KindSummary {
             formatter,
             "{}: {} attempts, actors {} -> {}, tasks {} -> {}, fds {} -> {}, \
              heap allocations {} -> {}, broker accepted {} read {} replied {}, connected {}, \
+             failed {}, \
              wrong outcomes {}",
             self.kind.name(),
             self.attempts,
@@ -447,6 +497,7 @@ impl fmt::Display for KindSummary {
             self.broker.connects_read,
             self.broker.replies_written,
             self.connected,
+            self.failed,
             self.wrong_outcomes,
         )?;
         if let Some(error) = &self.settle_error {
@@ -513,6 +564,7 @@ async fn run_kind(kind: Kind) -> KindSummary {
         settle_error,
         broker: run.broker,
         connected: run.connected,
+        failed: run.failed,
         wrong_outcomes: failures.len(),
         kept_failures: failures.into_iter().take(KEPT_FAILURES).collect(),
     }
@@ -526,6 +578,8 @@ struct Run {
     broker: BrokerTotals,
     /// Attempts in which the client reported `Connected` before it stopped.
     connected: usize,
+    /// Attempts that ended with a failure rather than by the caller.
+    failed: usize,
     failures: Vec<String>,
 }
 
@@ -533,7 +587,7 @@ struct Run {
 #[derive(Debug)]
 struct Attempt {
     broker: BrokerReport,
-    connected: bool,
+    observed: Observed,
     /// The first wrong thing the attempt showed, if any.
     failure: Option<String>,
     /// `true` when the client hung or kept a connection open. Each such attempt costs
@@ -565,7 +619,8 @@ async fn run_attempts(
             let (iteration, attempt) = joined.unwrap();
             run.attempts += 1;
             run.broker.add(attempt.broker);
-            run.connected += usize::from(attempt.connected);
+            run.connected += usize::from(attempt.observed.connected);
+            run.failed += usize::from(attempt.observed.failed);
             if let Some(failure) = attempt.failure {
                 run.failures
                     .push(format!("iteration {iteration}: {failure}"));
@@ -597,7 +652,7 @@ async fn run_attempt(iteration: usize, plan: Plan) -> Attempt {
     else {
         return Attempt {
             broker: BrokerReport::default(),
-            connected: false,
+            observed: Observed::default(),
             failure: Some(format!(
                 "attempt did not end within {ATTEMPT_BOUND:?}: {plan:?}"
             )),
@@ -617,31 +672,50 @@ async fn run_attempt(iteration: usize, plan: Plan) -> Attempt {
     });
     Attempt {
         broker: report,
-        connected: outcome.as_ref().is_ok_and(|connected| *connected),
+        observed: outcome.as_ref().copied().unwrap_or_default(),
         ends_series: lingering.is_some(),
         failure: outcome.err().or(lingering),
     }
 }
 
-/// Starts a client against `port`, plays the plan's action and checks the results and
-/// events the caller receives, up to the client releasing its event recipient. Returns whether the client
-/// reported `Connected`.
-async fn drive_client(port: u16, iteration: usize, plan: &Plan) -> Result<bool, String> {
+/// What the caller observed of one attempt that went as expected.
+#[derive(Debug, Clone, Copy, Default)]
+struct Observed {
+    /// The client reported `Connected`.
+    connected: bool,
+    /// The client reported `Disconnected` with a failure as the cause.
+    failed: bool,
+}
+
+/// Starts a client against `port`, queues one QoS 1 publish, plays the plan's action
+/// and checks the results and events the caller receives, up to the client releasing
+/// its event recipient.
+async fn drive_client(port: u16, iteration: usize, plan: &Plan) -> Result<Observed, String> {
     let options = ClientOptions::new("127.0.0.1", port)
         .client_id(&format!("group-lifecycle-{iteration}"))
         .protocol(plan.protocol)
         .connect_timeout(plan.connect_timeout)
+        .disconnect_timeout(DISCONNECT_TIMEOUT)
         .reconnect(false);
     let (sink, mut events) = EventSink::start_with_channel();
     let client = options
         .start()
         .map_err(|error| format!("start failed: {error}"))?;
     client.subscribe_events(sink.recipient());
+    // The broker never acknowledges it, so the publish must end with the attempt's end.
+    // `try_publish` returns a future that holds no handle, so dropping the client still
+    // drops its last handle.
+    let topic = TopicName::try_from("group-lifecycle/probe").unwrap();
+    let publish = client
+        .try_publish(Publish::new(topic, "probe").qos(QoS::AtLeastOnce))
+        .map_err(|error| format!("try_publish failed at once: {error:?} with {plan:?}"))?;
 
+    let mut observed = Observed::default();
     let disconnect_result = match plan.action {
         Action::AwaitFailure => {
             let cause = next_disconnected(&mut events).await?;
             check_failure(plan, &cause)?;
+            observed.failed = true;
             Some(client.disconnect(Disconnect::new()).await)
         }
         Action::Disconnect(delay) => {
@@ -660,6 +734,7 @@ async fn drive_client(port: u16, iteration: usize, plan: &Plan) -> Result<bool, 
             "disconnect returned {error:?} ({error}) with {plan:?}"
         ));
     }
+    check_publish(plan, &publish.await)?;
 
     // The client must release the recipient once it has stopped, which closes the channel.
     let mut rest = Vec::new();
@@ -667,9 +742,31 @@ async fn drive_client(port: u16, iteration: usize, plan: &Plan) -> Result<bool, 
         rest.push(event);
     }
     check_trailing_events(plan, &rest)?;
-    Ok(rest
-        .iter()
-        .any(|event| matches!(event, Event::Connected { .. })))
+    for event in &rest {
+        match event {
+            Event::Connected { .. } => observed.connected = true,
+            Event::Disconnected {
+                reason: DisconnectCause::Failed(_),
+            } => observed.failed = true,
+            _ => {}
+        }
+    }
+    Ok(observed)
+}
+
+/// Checks the result of the probe publish. The broker never acknowledges it, so it
+/// fails with the attempt's failure, or with `Stopped` when the caller ended the client.
+fn check_publish(plan: &Plan, result: &Result<PublishOutcome, ClientError>) -> Result<(), String> {
+    let valid = match (plan.action, result) {
+        (_, Err(error)) if error_matches(plan.expected, error) => true,
+        (Action::Disconnect(_) | Action::Drop(_), Err(ClientError::Stopped)) => true,
+        _ => false,
+    };
+    if valid {
+        Ok(())
+    } else {
+        Err(format!("publish returned {result:?} with {plan:?}"))
+    }
 }
 
 /// Returns the cause of the first event, which must be `Disconnected`.
@@ -720,22 +817,32 @@ fn error_matches(expected: Expected, error: &ClientError) -> bool {
 /// Checks the events that arrived after the first failure, or all events when the
 /// caller ended the attempt.
 ///
-/// A failed attempt reports nothing more, because reconnect is off. An attempt ended by
-/// `Disconnect` reports at most one `Connected`, then one `Disconnected` with the cause
-/// `Requested`. An attempt ended by dropping the client reports at most one `Connected`,
-/// optionally followed by `Disconnected` with the cause `Requested`: the supervisor
-/// stops with its last handle, so it may not get to report the end.
+/// A failed attempt reports nothing more, because reconnect is off. Otherwise the events
+/// are at most one `Connected`, which only a successful CONNACK allows, then at most one
+/// `Disconnected`, whose cause is `Requested` or the failure the broker's script causes.
+/// An attempt ended by `Disconnect` must report its end. One ended by dropping the
+/// client may not, because the supervisor stops with its last handle.
 fn check_trailing_events(plan: &Plan, events: &[Event]) -> Result<(), String> {
-    let sequence_is_valid = match (plan.action, events) {
-        (Action::AwaitFailure, []) | (Action::Drop(_), [] | [Event::Connected { .. }]) => true,
-        (
-            Action::Disconnect(_) | Action::Drop(_),
-            [Event::Disconnected { reason }]
-            | [Event::Connected { .. }, Event::Disconnected { reason }],
-        ) => matches!(reason, DisconnectCause::Requested),
+    let (connected, end) = match events {
+        [] => (false, None),
+        [Event::Connected { .. }] => (true, None),
+        [Event::Disconnected { reason }] => (false, Some(reason)),
+        [Event::Connected { .. }, Event::Disconnected { reason }] => (true, Some(reason)),
+        _ => return Err(format!("unexpected events {events:?} with {plan:?}")),
+    };
+    let connect_allowed = plan.expected == Expected::Accepted;
+    let end_allowed = |cause: &DisconnectCause| match cause {
+        DisconnectCause::Requested => true,
+        DisconnectCause::Failed(error) => error_matches(plan.expected, error),
         _ => false,
     };
-    if sequence_is_valid {
+
+    let valid = match plan.action {
+        Action::AwaitFailure => events.is_empty(),
+        Action::Disconnect(_) => (!connected || connect_allowed) && end.is_some_and(end_allowed),
+        Action::Drop(_) => (!connected || connect_allowed) && end.map_or(true, end_allowed),
+    };
+    if valid {
         Ok(())
     } else {
         Err(format!("unexpected events {events:?} with {plan:?}"))

@@ -2,9 +2,10 @@
 //!
 //! A `FaultBroker` listens on 127.0.0.1 port 0 and plays one `Script` per accepted
 //! connection: close at once, reply to the CONNECT with given bytes (a refusing CONNACK,
-//! garbage, a late CONNACK), or never reply. Every connection has a bounded lifetime
-//! and `FaultBroker::stop` closes the listener and awaits every task it started, so a
-//! stopped broker leaves no task, socket or timer behind for a leak count to see.
+//! garbage, a late CONNACK), close after a delay, or never reply. Every connection has a
+//! bounded lifetime, and `FaultBroker::stop` closes the listener and awaits every task it
+//! started, so a stopped broker leaves no task, socket or timer behind for a leak count
+//! to see.
 //!
 //! The broker writes raw bytes and parses only the fixed header of what it reads, so
 //! it does not depend on the codec under test and can send packets the codec rejects.
@@ -36,16 +37,18 @@ const MAX_READ_PACKET: usize = 64 * 1024;
 pub enum Script {
     /// Closes the connection before reading anything.
     CloseAtOnce,
-    /// Reads the CONNECT packet, waits, writes `bytes` and then reads until the client
-    /// closes the connection.
+    /// Reads the CONNECT packet, waits `delay`, writes `bytes` and then reads until the
+    /// client closes the connection.
     Reply {
-        /// Number of `tokio::task::yield_now` calls before writing, for delays below
-        /// the timer resolution.
-        yields: u32,
-        /// Time to sleep before writing, after the yields.
-        sleep: Duration,
+        /// Wait between reading CONNECT and writing.
+        delay: Delay,
         /// Bytes written as they are, valid MQTT or not.
         bytes: Bytes,
+    },
+    /// Reads the CONNECT packet, waits `delay` and closes the connection without a reply.
+    CloseAfterConnect {
+        /// Wait between reading CONNECT and closing.
+        delay: Delay,
     },
     /// Reads whatever the client sends, never writes, and ends when the client closes
     /// the connection.
@@ -56,9 +59,35 @@ impl Script {
     /// Returns a script that writes `bytes` as soon as the CONNECT packet has been read.
     pub fn reply(bytes: impl Into<Bytes>) -> Self {
         Self::Reply {
-            yields: 0,
-            sleep: Duration::ZERO,
+            delay: Delay::NONE,
             bytes: bytes.into(),
+        }
+    }
+}
+
+/// A short wait that moves the instant of a race, on the broker's or the client's side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Delay {
+    /// Number of `tokio::task::yield_now` calls, for delays below the timer resolution.
+    pub yields: u32,
+    /// Time to sleep after the yields.
+    pub sleep: Duration,
+}
+
+impl Delay {
+    /// No wait at all.
+    pub const NONE: Self = Self {
+        yields: 0,
+        sleep: Duration::ZERO,
+    };
+
+    /// Yields `yields` times, then sleeps for `sleep` unless it is zero.
+    pub async fn wait(self) {
+        for _ in 0..self.yields {
+            tokio::task::yield_now().await;
+        }
+        if !self.sleep.is_zero() {
+            tokio::time::sleep(self.sleep).await;
         }
     }
 }
@@ -231,26 +260,21 @@ async fn serve_bounded(stream: TcpStream, script: Script) -> ConnectionReport {
 async fn serve(mut stream: TcpStream, script: Script, report: &mut ConnectionReport) {
     match script {
         Script::CloseAtOnce => drop(stream),
-        Script::Reply {
-            yields,
-            sleep,
-            bytes,
-        } => {
+        Script::Reply { delay, bytes } => {
             report.connect_read = read_connect(&mut stream).await;
             if !report.connect_read {
                 return;
             }
-            for _ in 0..yields {
-                tokio::task::yield_now().await;
-            }
-            if !sleep.is_zero() {
-                tokio::time::sleep(sleep).await;
-            }
+            delay.wait().await;
             if stream.write_all(&bytes).await.is_err() {
                 return;
             }
             report.reply_written = true;
             drain_until_closed(&mut stream).await;
+        }
+        Script::CloseAfterConnect { delay } => {
+            report.connect_read = read_connect(&mut stream).await;
+            delay.wait().await;
         }
         Script::Silent => {
             report.connect_read = read_connect(&mut stream).await;
@@ -360,6 +384,22 @@ mod tests {
         (stream, reply)
     }
 
+    /// Plays `script` on one connection until the broker closes it and returns what the
+    /// client received and the broker's report. With `send_connect` the client first sends
+    /// `CONNECT` and closes its writing half.
+    async fn play_to_close(script: Script, send_connect: bool) -> (Vec<u8>, BrokerReport) {
+        let broker = FaultBroker::start(move |_| script.clone()).await.unwrap();
+        let mut stream = connect(&broker).await;
+        if send_connect {
+            stream.write_all(&CONNECT).await.unwrap();
+            stream.shutdown().await.unwrap();
+        }
+
+        let received = read_to_close(&mut stream).await;
+        drop(stream);
+        (received, broker.stop().await)
+    }
+
     /// Reads until end of stream, treating a connection reset as the end.
     async fn read_to_close(stream: &mut TcpStream) -> Vec<u8> {
         let mut received = Vec::new();
@@ -388,12 +428,7 @@ mod tests {
     #[test]
     fn close_at_once_sends_nothing() {
         run_exclusive(async {
-            let broker = FaultBroker::start(|_| Script::CloseAtOnce).await.unwrap();
-            let mut stream = connect(&broker).await;
-
-            let received = read_to_close(&mut stream).await;
-            drop(stream);
-            let report = broker.stop().await;
+            let (received, report) = play_to_close(Script::CloseAtOnce, false).await;
 
             assert!(received.is_empty(), "received {received:?}");
             assert_eq!(report.accepted, 1);
@@ -425,8 +460,10 @@ mod tests {
     fn delayed_reply_still_arrives() {
         run_exclusive(async {
             let script = Script::Reply {
-                yields: 3,
-                sleep: Duration::from_millis(1),
+                delay: Delay {
+                    yields: 3,
+                    sleep: Duration::from_millis(1),
+                },
                 bytes: connack_v5(0x87),
             };
             let broker = FaultBroker::start(move |_| script.clone()).await.unwrap();
@@ -444,14 +481,25 @@ mod tests {
     #[test]
     fn silent_reads_connect_and_never_writes() {
         run_exclusive(async {
-            let broker = FaultBroker::start(|_| Script::Silent).await.unwrap();
-            let mut stream = connect(&broker).await;
+            let (received, report) = play_to_close(Script::Silent, true).await;
 
-            stream.write_all(&CONNECT).await.unwrap();
-            stream.shutdown().await.unwrap();
-            let received = read_to_close(&mut stream).await;
-            drop(stream);
-            let report = broker.stop().await;
+            assert!(received.is_empty(), "received {received:?}");
+            assert_eq!(report.connects_read, 1);
+            assert_eq!(report.replies_written, 0);
+            assert_eq!(report.lingering, 0);
+        });
+    }
+
+    #[test]
+    fn close_after_connect_reads_then_closes() {
+        run_exclusive(async {
+            let script = Script::CloseAfterConnect {
+                delay: Delay {
+                    yields: 2,
+                    sleep: Duration::from_millis(1),
+                },
+            };
+            let (received, report) = play_to_close(script, true).await;
 
             assert!(received.is_empty(), "received {received:?}");
             assert_eq!(report.connects_read, 1);
