@@ -39,7 +39,9 @@ pub enum ClientError {
     /// DISCONNECT, or reading or writing failed.
     #[error("connection closed: {0}")]
     ConnectionClosed(ClosedBy),
-    /// The request needs a connection and the client has none.
+    /// The request needs a connection and the client has none. Not returned today:
+    /// requests made before CONNACK wait in the queue, and after the connection ends the
+    /// client stops, so later requests fail with [`ClientError::Stopped`].
     #[error("not connected")]
     NotConnected,
     /// The client's queue of pending requests is full; try again after some complete.

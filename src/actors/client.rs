@@ -288,7 +288,9 @@ impl Actor for ClientActor {
     }
 
     fn stopped(&mut self, _: &mut Self::Context) {
-        // Dropping the pending replies answers their callers with `Stopped`.
+        // Closing the permits wakes callers waiting for room; dropping the pending
+        // replies answers their callers. Both see `Stopped`.
+        self.permits.close();
         if let Group::Up { link, .. } = std::mem::replace(&mut self.group, Group::Down) {
             link.take_down(DisconnectCause::Requested);
         }

@@ -110,17 +110,25 @@ impl actix::Message for Publish {
 /// sent; filters the broker refused stop routing when the SUBACK arrives.
 ///
 /// ```no_run
-/// # use actix::Recipient;
-/// # struct Printer;
-/// # impl Actor for Printer { type Context = Context<Self>; }
-/// # impl Handler<mqttlink::Message> for Printer {
-/// #     type Result = ();
-/// #     fn handle(&mut self, _: mqttlink::Message, _: &mut Context<Self>) {}
-/// # }
-/// # async fn example(client: mqttlink::Client) -> Result<(), mqttlink::ClientError> {
+/// use actix::prelude::*;
 /// use mqttlink::codec::{QoS, SubscriptionOptions};
 /// use mqttlink::Subscribe;
 ///
+/// struct Printer;
+///
+/// impl Actor for Printer {
+///     type Context = Context<Self>;
+/// }
+///
+/// impl Handler<mqttlink::Message> for Printer {
+///     type Result = ();
+///
+///     fn handle(&mut self, message: mqttlink::Message, _: &mut Context<Self>) {
+///         println!("{}: {} bytes", message.topic, message.payload.len());
+///     }
+/// }
+///
+/// # async fn example(client: mqttlink::Client) -> Result<(), mqttlink::ClientError> {
 /// let printer = Printer.start();
 /// let filter = "sensors/+".parse().expect("valid topic filter");
 /// client
