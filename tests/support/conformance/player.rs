@@ -465,7 +465,7 @@ fn property_value_len(id: u8, value: &[u8]) -> Option<usize> {
 
 /// Returns a v5 PUBLISH without its Topic Alias property, or `None` when `publish`
 /// is not a well-formed v5 PUBLISH with that property.
-fn publish_without_topic_alias(publish: &[u8]) -> Option<Vec<u8>> {
+pub fn publish_without_topic_alias(publish: &[u8]) -> Option<Vec<u8>> {
     let parts = split_v5_publish(publish)?;
     let properties = property_entries(parts.properties)?;
     let kept: Vec<&[u8]> = properties
