@@ -21,13 +21,17 @@ use super::wire::{parse_variable_byte_integer, Reader};
 ///
 /// A client uses [`Decoder::for_client`] with the version it connected with; a server
 /// (such as a test broker) uses [`Decoder::for_server`], which learns the version from
-/// the CONNECT packet. After an error the connection must be closed; the buffer is
-/// left as it was at the start of the failed packet.
+/// the CONNECT packet. After an error the connection must be closed. An error in the
+/// fixed header leaves `buf` unchanged; an error in the body comes after the packet's
+/// bytes were split off `buf`, because decoding shares them instead of copying.
 #[derive(Debug, Clone)]
 pub struct Decoder {
     sender: Sender,
     version: Option<ProtocolVersion>,
     max_packet_size: u32,
+    /// Whether a server decoder has decoded a CONNECT, after which another one is a
+    /// Protocol Error [MQTT-3.1.0-2].
+    connect_received: bool,
 }
 
 impl Decoder {
@@ -38,6 +42,7 @@ impl Decoder {
             sender: Sender::Server,
             version: Some(version),
             max_packet_size: DEFAULT_MAX_PACKET_SIZE,
+            connect_received: false,
         }
     }
 
@@ -49,6 +54,7 @@ impl Decoder {
             sender: Sender::Client,
             version: None,
             max_packet_size: DEFAULT_MAX_PACKET_SIZE,
+            connect_received: false,
         }
     }
 
@@ -114,6 +120,7 @@ impl Decoder {
             (PacketType::Connect, _) => {
                 let connect = decode_connect(reader)?;
                 self.version = Some(connect.protocol);
+                self.connect_received = true;
                 Ok(Some(Packet::Connect(Box::new(connect))))
             }
             // The hot path returns straight into the caller's slot: the packet is large,
@@ -147,9 +154,13 @@ impl Decoder {
     }
 
     /// Checks that `packet_type` travels from the sender this decoder reads
-    /// (section 2.1.2), and that a server receives CONNECT first [MQTT-3.1.0-1].
+    /// (section 2.1.2), and that a server receives CONNECT first and once
+    /// [MQTT-3.1.0-1] [MQTT-3.1.0-2].
     fn check_direction(&self, packet_type: PacketType) -> Result<(), Violation> {
         use PacketType as T;
+        if packet_type == T::Connect && self.connect_received {
+            return Err(Violation::SecondConnect);
+        }
         let Some(version) = self.version else {
             if packet_type == T::Connect {
                 return Ok(());
@@ -662,6 +673,17 @@ mod tests {
             decode_one(&mut decoder, &[0xC0, 0x00]).unwrap(),
             Packet::PingReq
         );
+    }
+
+    #[test]
+    fn server_rejects_second_connect() {
+        let mut decoder = Decoder::for_server();
+        decode_one(&mut decoder, &CONNECT_V3_1_1).unwrap();
+        let result = decode_one(&mut decoder, &CONNECT_V3_1_1);
+        let error = result.unwrap_err();
+        assert_eq!(error, DecodeError::Violation(Violation::SecondConnect));
+        assert_eq!(error.rule(), Some("MQTT-3.1.0-2"));
+        assert_eq!(decoder.version(), Some(ProtocolVersion::V3_1_1));
     }
 
     #[test]

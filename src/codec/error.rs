@@ -95,6 +95,9 @@ pub enum Violation {
         /// Type of the packet received first.
         packet_type: PacketType,
     },
+    /// A server received a second CONNECT on one connection [MQTT-3.1.0-2].
+    #[error("second CONNECT on one connection")]
+    SecondConnect,
     /// The remaining length ends before the packet's content does.
     #[error("{packet_type:?} ends before its content is complete")]
     Truncated {
@@ -273,6 +276,7 @@ impl Violation {
             Self::ZeroTopicAlias => DisconnectReason::TopicAliasInvalid,
             Self::UnexpectedPacketType { .. }
             | Self::FirstPacketNotConnect { .. }
+            | Self::SecondConnect
             | Self::ZeroPacketId { .. }
             | Self::DuplicateProperty(_)
             | Self::InvalidPropertyValue { .. }
@@ -297,6 +301,7 @@ impl Violation {
             Self::NonMinimalVariableByteInteger => "MQTT-1.5.5-1",
             Self::InvalidFixedHeaderFlags { .. } => "MQTT-2.1.3-1",
             Self::FirstPacketNotConnect { .. } => "MQTT-3.1.0-1",
+            Self::SecondConnect => "MQTT-3.1.0-2",
             Self::InvalidQoS => "MQTT-3.3.1-4",
             Self::ZeroPacketId { .. } => "MQTT-2.2.1-3",
             Self::InvalidUtf8 => "MQTT-1.5.4-1",
