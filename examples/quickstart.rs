@@ -63,7 +63,8 @@ async fn run() -> Result<(), BoxError> {
         .filter(filter, SubscriptionOptions::with_qos(QoS::ExactlyOnce));
     within(client.subscribe(subscribe)).await??;
 
-    // Each publish resolves once the broker has acknowledged it at its QoS.
+    // Each publish resolves once the broker acknowledged it at its QoS: PUBACK for
+    // QoS 1, PUBCOMP for QoS 2, and for QoS 0 as soon as it is written to the socket.
     for qos in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce] {
         let topic: TopicName = format!("mqttlink/quickstart/qos{}", qos.level()).parse()?;
         let payload = format!("hello at QoS {}", qos.level());
