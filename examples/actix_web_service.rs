@@ -253,6 +253,7 @@ async fn main() -> std::io::Result<()> {
         .map_err(std::io::Error::other)?;
 
     tracing::info!(%url, %filter, %bind, "serving");
+    let client = state.client.clone();
     actix_web::HttpServer::new(move || {
         actix_web::App::new()
             .app_data(state.clone())
@@ -260,5 +261,15 @@ async fn main() -> std::io::Result<()> {
     })
     .bind(&bind)?
     .run()
-    .await
+    .await?;
+
+    // The server stopped (for example on Ctrl-C): leave the broker with DISCONNECT,
+    // so it does not publish a will or keep the connection until keep-alive expires.
+    let disconnect = client.disconnect(mqttlink::Disconnect::new());
+    match tokio::time::timeout(BROKER_TIMEOUT, disconnect).await {
+        Ok(Ok(())) => tracing::info!("disconnected"),
+        Ok(Err(error)) => tracing::warn!(%error, "disconnect failed"),
+        Err(_) => tracing::warn!("disconnect timed out"),
+    }
+    Ok(())
 }
