@@ -1,0 +1,8 @@
+//! Fuzzes the client decoder of MQTT 3.1 with arbitrary server bytes.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use mqttlink::codec::ProtocolVersion;
+use mqttlink_fuzz::{run, Target};
+
+fuzz_target!(|data: &[u8]| run(Target::Client(ProtocolVersion::V3_1), data));
