@@ -104,6 +104,11 @@ struct Cli {
     #[arg(long, default_value_t = 1000)]
     mqttlink_outstanding: usize,
 
+    /// Mailbox capacity of the actors that receive mqttlink's messages (actix's
+    /// default is 16).
+    #[arg(long, default_value_t = 1024)]
+    recipient_mailbox: usize,
+
     /// Seconds of paced sending per latency run.
     #[arg(long, default_value_t = 2.0)]
     latency_seconds: f64,
@@ -181,6 +186,7 @@ fn main() -> BenchResult<()> {
                 inflight,
                 rumqttc_capacity,
                 mqttlink_outstanding: 0,
+                recipient_mailbox: 0,
                 units,
             };
             return memory_child(library, clients, port, &settings);
@@ -192,6 +198,7 @@ fn main() -> BenchResult<()> {
         inflight: cli.inflight,
         rumqttc_capacity: cli.rumqttc_capacity,
         mqttlink_outstanding: cli.mqttlink_outstanding,
+        recipient_mailbox: cli.recipient_mailbox,
         units,
     };
     let workloads = if cli.workloads.is_empty() {
@@ -253,15 +260,23 @@ impl Bench<'_> {
         }
     }
 
-    /// Runs `run` for each library in turn, `--reps` times.
+    /// Runs `run` for each library in turn, `--reps` times; an error names the
+    /// workload, library and repetition.
     fn repeat<T>(
         &self,
+        name: &str,
         mut run: impl FnMut(Library) -> BenchResult<T>,
         mut record: impl FnMut(Library, T),
     ) -> BenchResult<()> {
-        for _ in 0..self.cli.reps {
+        for repetition in 1..=self.cli.reps {
             for &library in &self.libraries {
-                record(library, run(library)?);
+                let result = run(library).map_err(|error| {
+                    format!(
+                        "{name} with {} failed in repetition {repetition}: {error}",
+                        library.name()
+                    )
+                })?;
+                record(library, result);
             }
         }
         Ok(())
@@ -300,6 +315,7 @@ impl Bench<'_> {
         let count = self.cli.count.unwrap_or(default_count);
         let sink = self.sink.addr();
         self.repeat(
+            name,
             |library| match library {
                 Library::Mqttlink => mqttlink(sink, qos, count, &self.settings),
                 Library::Rumqttc => rumqttc(sink, qos, count, &self.settings),
@@ -329,6 +345,7 @@ impl Bench<'_> {
                 };
                 let name = format!("latency-qos{qos}-{rate}/s");
                 self.repeat(
+                    &name,
                     |library| match library {
                         Library::Mqttlink => mqttlink_side::latency(plan, &self.settings),
                         Library::Rumqttc => rumqttc_side::latency(plan, &self.settings),
@@ -348,6 +365,7 @@ impl Bench<'_> {
         for clients in counts {
             let name = format!("memory-{clients}");
             self.repeat(
+                &name,
                 |library| self.spawn_memory_child(library, clients),
                 |library, run| {
                     report.record(
@@ -402,6 +420,7 @@ impl Bench<'_> {
         let refused = refused_addr()?;
         let mut leaks = Vec::new();
         self.repeat(
+            "churn-connect",
             |library| match library {
                 Library::Mqttlink => mqttlink_side::churn(sink, cycles, &self.settings),
                 Library::Rumqttc => rumqttc_side::churn(sink, cycles, &self.settings),
@@ -409,6 +428,7 @@ impl Bench<'_> {
             |library, run| record_churn(report, &mut leaks, "churn-connect", library, run),
         )?;
         self.repeat(
+            "churn-refused",
             |library| match library {
                 Library::Mqttlink => {
                     mqttlink_side::failed_connects(refused, cycles, &self.settings)
@@ -423,6 +443,14 @@ impl Bench<'_> {
 }
 
 fn record_throughput(report: &mut Report, name: &str, library: Library, run: Throughput) {
+    if run.lost > 0 {
+        report.notes.push(format!(
+            "{name}: {} dropped {} of {} messages; msg/s and CPU count delivered messages only",
+            library.name(),
+            run.lost,
+            run.lost + run.messages
+        ));
+    }
     report.record(
         name,
         "msg/s",

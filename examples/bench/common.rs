@@ -43,6 +43,8 @@ pub struct Settings {
     pub rumqttc_capacity: usize,
     /// Publishes mqttlink keeps outstanding at once in the publish workloads.
     pub mqttlink_outstanding: usize,
+    /// Mailbox capacity of the actors that receive mqttlink's messages.
+    pub recipient_mailbox: usize,
     pub units: ProcUnits,
 }
 
@@ -52,6 +54,14 @@ pub struct Throughput {
     pub messages: u64,
     pub elapsed: Duration,
     pub cpu: Duration,
+    /// Messages the client dropped instead of delivering (inbound QoS 0 only).
+    pub lost: u64,
+}
+
+impl Throughput {
+    pub fn with_lost(self, lost: u64) -> Self {
+        Self { lost, ..self }
+    }
 }
 
 /// Resident memory of a process before and after connecting idle clients.
@@ -174,6 +184,7 @@ impl Stopwatch {
             messages,
             elapsed: self.started.elapsed(),
             cpu: self.units.process_cpu()?.saturating_sub(self.cpu),
+            lost: 0,
         })
     }
 }

@@ -21,6 +21,7 @@ use crate::common::{
     IDLE_SETTLE, KEEP_ALIVE, PUBLISH_TOPIC, RUN_TIMEOUT,
 };
 use crate::measure::{BenchResult, Percentiles};
+use crate::sink::END_MARKER;
 
 /// Publishes `count` messages at `qos` to the sink and waits until the last one
 /// is acknowledged. A QoS 0 run ends with one QoS 1 message whose PUBACK proves
@@ -75,8 +76,8 @@ pub fn publish(
     })
 }
 
-/// Subscribes a counting actor to the sink's push topic and waits until it has
-/// received `count` messages at `qos`.
+/// Subscribes a counting actor to the sink's push topic, which publishes `count`
+/// messages at `qos`, and waits until the end marker has arrived.
 pub fn inbound(
     sink: SocketAddr,
     qos: u8,
@@ -88,7 +89,8 @@ pub fn inbound(
         let (client, _events) = connect(sink, "bench-mqttlink-inbound", settings, deadline).await?;
         let (done_tx, done_rx) = oneshot::channel();
         let counter = Counter {
-            remaining: count,
+            mailbox: settings.recipient_mailbox,
+            received: 0,
             done: Some(done_tx),
         }
         .start();
@@ -98,8 +100,8 @@ pub fn inbound(
         let subscribe = Subscribe::new(counter.recipient())
             .filter(filter, SubscriptionOptions::with_qos(qos_level(qos)));
         timeout_at(deadline, client.subscribe(subscribe)).await??;
-        timeout_at(deadline, done_rx).await??;
-        let throughput = stopwatch.stop(count)?;
+        let received = timeout_at(deadline, done_rx).await??;
+        let throughput = stopwatch.stop(received)?.with_lost(count - received);
 
         timeout_at(deadline, client.disconnect(Disconnect::new())).await??;
         Ok(throughput)
@@ -120,6 +122,7 @@ pub fn latency(plan: LatencyPlan, settings: &Settings) -> BenchResult<LatencyRun
         let samples = Rc::new(RefCell::new(Vec::with_capacity(usize::try_from(messages)?)));
         let (done_tx, done_rx) = oneshot::channel();
         let recorder = LatencyRecorder {
+            mailbox: settings.recipient_mailbox,
             samples: Rc::clone(&samples),
             expected: usize::try_from(messages)?,
             done: Some(done_tx),
@@ -320,26 +323,31 @@ impl Handler<Event> for EventForwarder {
     }
 }
 
-/// Counts delivered messages and reports when the expected number has arrived.
+/// Counts delivered messages until the sink's end marker arrives, then sends
+/// the count.
 #[derive(Debug)]
 struct Counter {
-    remaining: u64,
-    done: Option<oneshot::Sender<()>>,
+    mailbox: usize,
+    received: u64,
+    done: Option<oneshot::Sender<u64>>,
 }
 
 impl Actor for Counter {
     type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(self.mailbox);
+    }
 }
 
 impl Handler<mqttlink::Message> for Counter {
     type Result = ();
 
-    fn handle(&mut self, _: mqttlink::Message, _: &mut Self::Context) {
-        self.remaining = self.remaining.saturating_sub(1);
-        if self.remaining == 0 {
-            if let Some(done) = self.done.take() {
-                let _ = done.send(());
-            }
+    fn handle(&mut self, message: mqttlink::Message, _: &mut Self::Context) {
+        if message.payload != END_MARKER {
+            self.received += 1;
+        } else if let Some(done) = self.done.take() {
+            let _ = done.send(self.received);
         }
     }
 }
@@ -347,6 +355,7 @@ impl Handler<mqttlink::Message> for Counter {
 /// Records the latency of each delivered message.
 #[derive(Debug)]
 struct LatencyRecorder {
+    mailbox: usize,
     samples: Rc<RefCell<Vec<u64>>>,
     expected: usize,
     done: Option<oneshot::Sender<()>>,
@@ -354,6 +363,10 @@ struct LatencyRecorder {
 
 impl Actor for LatencyRecorder {
     type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(self.mailbox);
+    }
 }
 
 impl Handler<mqttlink::Message> for LatencyRecorder {

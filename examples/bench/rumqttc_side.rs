@@ -21,6 +21,7 @@ use crate::common::{
     IDLE_SETTLE, KEEP_ALIVE, PUBLISH_TOPIC, RUN_TIMEOUT,
 };
 use crate::measure::{BenchResult, Percentiles};
+use crate::sink::END_MARKER;
 
 /// Publishes `count` messages at `qos` to the sink and waits until the last one
 /// is acknowledged. A QoS 0 run ends with one QoS 1 message whose PUBACK proves
@@ -71,7 +72,8 @@ pub fn publish(
     })
 }
 
-/// Subscribes to the sink's push topic and receives `count` messages at `qos`.
+/// Subscribes to the sink's push topic and receives `count` messages at `qos`
+/// and the end marker.
 pub fn inbound(
     sink: SocketAddr,
     qos: u8,
@@ -88,14 +90,17 @@ pub fn inbound(
             .await?;
 
         let mut received = 0;
-        while received < count {
-            if let Event::Incoming(Packet::Publish(_)) =
+        loop {
+            if let Event::Incoming(Packet::Publish(publish)) =
                 timeout_at(deadline, eventloop.poll()).await??
             {
+                if publish.payload == END_MARKER {
+                    break;
+                }
                 received += 1;
             }
         }
-        let throughput = stopwatch.stop(count)?;
+        let throughput = stopwatch.stop(received)?.with_lost(count - received);
 
         disconnect(&client, &mut eventloop, deadline).await?;
         Ok(throughput)

@@ -6,7 +6,7 @@
 //! `sink` subcommand) so that the client's process CPU time excludes the sink's.
 //! A SUBSCRIBE to `bench/push/{qos}/{count}` makes the sink publish `count`
 //! messages of 64 bytes at that QoS (0 or 1) to the subscriber, keeping at most
-//! `window` QoS 1 messages unacknowledged.
+//! `window` QoS 1 messages unacknowledged, and then one QoS 1 end marker.
 //!
 //! It trusts its clients: malformed packets end the connection, nothing is
 //! validated beyond what is needed to find packet boundaries and ids.
@@ -24,8 +24,12 @@ use crate::measure::BenchResult;
 /// Topic prefix of a subscription that makes the sink publish.
 pub const PUSH_PREFIX: &str = "bench/push/";
 
-/// Payload size of every message the sink publishes.
+/// Payload size of every message the sink publishes, except the end marker.
 pub const PAYLOAD_LEN: usize = 64;
+
+/// Payload of the QoS 1 message that ends a push. A client may drop QoS 0
+/// messages it cannot deliver, so it counts messages until this one arrives.
+pub const END_MARKER: &[u8] = b"end";
 
 /// Pending connections the listener queues, so thousands of clients can
 /// connect at once (the kernel caps it at net.core.somaxconn).
@@ -211,6 +215,17 @@ impl Push {
     fn can_send(&self, window: u16) -> bool {
         self.remaining > 0 && (self.qos == 0 || self.unacknowledged < window)
     }
+
+    /// Returns the packet id of the next message, `None` at QoS 0.
+    fn take_id(&mut self) -> Option<u16> {
+        if self.qos == 0 {
+            return None;
+        }
+        let id = self.next_id;
+        self.next_id = id.checked_add(1).unwrap_or(1);
+        self.unacknowledged += 1;
+        Some(id)
+    }
 }
 
 impl Connection {
@@ -354,37 +369,44 @@ impl Connection {
         });
     }
 
-    /// Appends PUBLISH packets up to one batch, the window or the end of the push.
+    /// Appends PUBLISH packets up to one batch, the window or the end of the
+    /// push, which is marked by one QoS 1 message with the payload [`END_MARKER`].
     fn fill_push_batch(&mut self) {
         let Some(push) = &mut self.push else {
             return;
         };
-        let with_id = push.qos > 0;
-        let properties_len = usize::from(self.version == PROTOCOL_V5);
-        let body_len =
-            2 + push.topic.len() + 2 * usize::from(with_id) + properties_len + PAYLOAD_LEN;
-
+        let v5 = self.version == PROTOCOL_V5;
         while push.can_send(self.window) && self.output.len() < PUSH_BATCH_BYTES {
-            self.output.push(0x30 | (push.qos << 1));
-            write_remaining_length(&mut self.output, body_len);
-            self.output
-                .extend_from_slice(&(push.topic.len() as u16).to_be_bytes());
-            self.output.extend_from_slice(&push.topic);
-            if with_id {
-                self.output.extend_from_slice(&push.next_id.to_be_bytes());
-                push.next_id = push.next_id.checked_add(1).unwrap_or(1);
-                push.unacknowledged += 1;
-            }
-            if properties_len == 1 {
-                self.output.push(0);
-            }
-            self.output.extend_from_slice(&[b'x'; PAYLOAD_LEN]);
+            let id = push.take_id();
+            write_publish(&mut self.output, &push.topic, id, v5, &[b'x'; PAYLOAD_LEN]);
             push.remaining -= 1;
         }
         if push.remaining == 0 {
+            let id = push.next_id;
+            write_publish(&mut self.output, &push.topic, Some(id), v5, END_MARKER);
             self.push = None;
         }
     }
+}
+
+/// Appends a PUBLISH of `payload`: QoS 1 with packet id `id`, QoS 0 without.
+fn write_publish(output: &mut Vec<u8>, topic: &[u8], id: Option<u16>, v5: bool, payload: &[u8]) {
+    let id_len = if id.is_some() { 2 } else { 0 };
+    let properties_len = usize::from(v5);
+    output.push(if id.is_some() { 0x32 } else { 0x30 });
+    write_remaining_length(
+        output,
+        2 + topic.len() + id_len + properties_len + payload.len(),
+    );
+    output.extend_from_slice(&(topic.len() as u16).to_be_bytes());
+    output.extend_from_slice(topic);
+    if let Some(id) = id {
+        output.extend_from_slice(&id.to_be_bytes());
+    }
+    if v5 {
+        output.push(0);
+    }
+    output.extend_from_slice(payload);
 }
 
 /// Parses a fixed header: `(header length, remaining length)`, or `None` when
