@@ -450,3 +450,66 @@ async fn slow_recipient_delays_ack_until_delivered() {
         .await
         .unwrap();
 }
+
+#[actix_rt::test]
+async fn overlapping_copies_routed_by_automatic_identifier() {
+    let _serial = SERIAL.lock().await;
+    let broker = FakeBroker::bind().await;
+    let client = ClientOptions::from_url(&broker.url())
+        .unwrap()
+        .client_id("copies")
+        .start()
+        .unwrap();
+    let mut connection = broker.accept().await;
+    connection.handshake().await;
+
+    // Each subscribe gets its own identifier, which the broker echoes in its copies.
+    let (single, mut single_rx) = forward::<Message>();
+    let (multi, mut multi_rx) = forward::<Message>();
+    let mut identifiers = Vec::new();
+    for (recipient, filter) in [(single.recipient(), "a/+/c"), (multi.recipient(), "a/#")] {
+        let request = Subscribe::new(recipient)
+            .filter(filter.parse().unwrap(), SubscriptionOptions::default());
+        let broker_side = async {
+            let Packet::Subscribe(subscribe) = connection.recv().await else {
+                panic!("expected SUBSCRIBE");
+            };
+            let ack = SubAck {
+                packet_id: subscribe.packet_id,
+                reasons: vec![SubAckReason::GrantedQoS0],
+                properties: Properties::default(),
+            };
+            connection.send(&Packet::SubAck(ack)).await;
+            subscribe.properties.subscription_identifiers
+        };
+        let (outcome, sent) = tokio::join!(client.subscribe(request), broker_side);
+        outcome.unwrap();
+        assert_eq!(sent.len(), 1, "one automatic identifier per subscribe");
+        identifiers.push(sent[0]);
+    }
+    assert_ne!(identifiers[0], identifiers[1]);
+
+    for (identifier, payload) in [
+        (identifiers[0], &b"copy for a/+/c"[..]),
+        (identifiers[1], b"copy for a/#"),
+    ] {
+        let mut copy = inbound(Delivery::AtMostOnce, "a/b/c", b"");
+        if let Packet::Publish(publish) = &mut copy {
+            publish.properties.subscription_identifiers = vec![identifier];
+            publish.payload = Bytes::copy_from_slice(payload);
+        }
+        connection.send(&copy).await;
+    }
+    connection
+        .send(&inbound(Delivery::AtMostOnce, "a/x", b"only a/#"))
+        .await;
+
+    assert_eq!(&next(&mut single_rx).await.payload[..], b"copy for a/+/c");
+    assert_eq!(&next(&mut multi_rx).await.payload[..], b"copy for a/#");
+    assert_eq!(&next(&mut multi_rx).await.payload[..], b"only a/#");
+    client
+        .disconnect(mqttlink::Disconnect::new())
+        .await
+        .unwrap();
+    assert!(single_rx.try_recv().is_err(), "no second copy for a/+/c");
+}

@@ -4,6 +4,7 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::num::NonZeroU32;
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -35,6 +36,9 @@ use super::socket::{SocketActor, SocketSettings};
 use super::ClientConfig;
 
 type Reply<T> = oneshot::Sender<Result<T, ClientError>>;
+
+/// The largest subscription identifier MQTT 5.0 allows (section 3.8.2.1.2).
+const MAX_SUBSCRIPTION_IDENTIFIER: u32 = 268_435_455;
 
 /// A caller waiting for its request, with the room it holds in the request queue.
 #[derive(Debug)]
@@ -83,6 +87,8 @@ pub struct ClientActor {
     disconnect_waiters: Vec<Reply<()>>,
     group: Group,
     generation: u64,
+    /// The next subscription identifier to add to a v5 subscribe that has none.
+    next_subscription_identifier: NonZeroU32,
 }
 
 impl ClientActor {
@@ -100,6 +106,7 @@ impl ClientActor {
             disconnect_waiters: Vec::new(),
             group: Group::Down,
             generation: 0,
+            next_subscription_identifier: NonZeroU32::MIN,
         }
     }
 
@@ -344,6 +351,7 @@ impl ClientActor {
             ));
         }
         let permit = self.take_permit(subscribe.permit.take())?;
+        let automatic_identifier = self.add_automatic_identifier(subscribe);
         let identifier = subscribe.subscription_identifier();
         let routes = {
             let mut router = self.router.borrow_mut();
@@ -358,6 +366,7 @@ impl ClientActor {
         let request = Request::Subscribe {
             filters: std::mem::take(&mut subscribe.filters),
             properties: std::mem::take(&mut subscribe.properties),
+            automatic_identifier,
         };
         match self.enqueue(request) {
             Ok(token) => {
@@ -375,6 +384,28 @@ impl ClientActor {
                 Err(error)
             }
         }
+    }
+
+    /// Gives a v5 subscribe without a subscription identifier one of its own. A broker may
+    /// send one copy of a message per matching subscription (MQTT 5.0 section 3.3.4), and
+    /// only the identifier tells the copies apart, so each reaches only its own route.
+    fn add_automatic_identifier(&mut self, subscribe: &mut Subscribe) -> Option<NonZeroU32> {
+        if !self.config.session.protocol.is_v5()
+            || !subscribe.properties.subscription_identifiers.is_empty()
+        {
+            return None;
+        }
+        // NOTE: automatic identifiers count up from 1, so an application that sets
+        // identifiers on some subscriptions should set them on all, or they may collide.
+        let identifier = self.next_subscription_identifier;
+        self.next_subscription_identifier =
+            NonZeroU32::new(identifier.get() % MAX_SUBSCRIPTION_IDENTIFIER + 1)
+                .unwrap_or(NonZeroU32::MIN);
+        subscribe
+            .properties
+            .subscription_identifiers
+            .push(identifier);
+        Some(identifier)
     }
 
     fn submit_unsubscribe(

@@ -39,13 +39,22 @@ impl<S: Store> Session<S> {
         }
     }
 
-    fn dispatch(&mut self, queued: QueuedRequest, limits: BrokerLimits, now: Instant) -> Dispatch {
+    fn dispatch(
+        &mut self,
+        mut queued: QueuedRequest,
+        limits: BrokerLimits,
+        now: Instant,
+    ) -> Dispatch {
         let token = queued.token;
+        if !limits.subscription_identifiers {
+            remove_automatic_identifier(&mut queued.request);
+        }
         let checked = match &queued.request {
             Request::Publish(publish) => check_publish(publish, limits),
             Request::Subscribe {
                 filters,
                 properties,
+                ..
             } => check_subscribe(filters, properties, limits),
             Request::Unsubscribe { .. } => Ok(()),
         };
@@ -445,6 +454,7 @@ fn build_packet(queued: QueuedRequest, packet_id: PacketId) -> (Packet, Option<O
         Request::Subscribe {
             filters,
             properties,
+            ..
         } => {
             let flow = OutboundFlow::Subscribe {
                 token,
@@ -505,6 +515,21 @@ fn check_publish(publish: &OutgoingPublish, limits: BrokerLimits) -> Result<(), 
         ));
     }
     Ok(())
+}
+
+/// Removes the subscription identifier the client added on its own, for a broker without
+/// identifier support; routing then falls back to topic filters.
+fn remove_automatic_identifier(request: &mut Request) {
+    if let Request::Subscribe {
+        properties,
+        automatic_identifier: Some(automatic),
+        ..
+    } = request
+    {
+        properties
+            .subscription_identifiers
+            .retain(|identifier| identifier != automatic);
+    }
 }
 
 /// Refuses a subscribe that uses a feature the broker said it lacks (MQTT 5.0 section

@@ -102,6 +102,7 @@ fn subscribe_request(token: u64, filters: &[&str]) -> QueuedRequest {
                 .map(|f| (f.parse().unwrap(), SubscriptionOptions::default()))
                 .collect(),
             properties: Properties::default(),
+            automatic_identifier: None,
         },
     }
 }
@@ -1142,5 +1143,42 @@ fn resumed_session_resends_unacknowledged_flows() {
     let sent = packets(&mut next);
     assert!(
         matches!(&sent[..], [Packet::Connect(_), Packet::Publish(p)] if p.dup && p.delivery == Delivery::AtLeastOnce(id(1)))
+    );
+}
+
+#[test]
+fn automatic_identifier_removed_without_broker_support() {
+    let now = Instant::now();
+    let identifier = NonZeroU32::new(7).unwrap();
+    let with_identifier = |token| {
+        let mut request = subscribe_request(token, &["a/#"]);
+        if let Request::Subscribe {
+            properties,
+            automatic_identifier,
+            ..
+        } = &mut request.request
+        {
+            properties.subscription_identifiers = vec![identifier];
+            *automatic_identifier = Some(identifier);
+        }
+        request
+    };
+    let no_identifiers = Properties {
+        subscription_identifier_available: Some(false),
+        ..Properties::default()
+    };
+
+    let mut session = connected_with(config(ProtocolVersion::V5), no_identifiers, now);
+    queue(&mut session, with_identifier(1), now);
+    let sent = packets(&mut session);
+    assert!(
+        matches!(&sent[..], [Packet::Subscribe(s)] if s.properties.subscription_identifiers.is_empty())
+    );
+
+    let mut session = connected(ProtocolVersion::V5, now);
+    queue(&mut session, with_identifier(1), now);
+    let sent = packets(&mut session);
+    assert!(
+        matches!(&sent[..], [Packet::Subscribe(s)] if s.properties.subscription_identifiers == [identifier])
     );
 }

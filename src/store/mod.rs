@@ -9,6 +9,8 @@
 
 mod memory;
 
+use std::num::NonZeroU32;
+
 use bytes::Bytes;
 
 use crate::codec::{
@@ -50,6 +52,9 @@ pub enum Request {
         filters: Vec<(TopicFilter, SubscriptionOptions)>,
         /// SUBSCRIBE properties (v5).
         properties: Properties,
+        /// The subscription identifier the client added on its own to route messages
+        /// exactly; it is removed again when the broker does not support identifiers.
+        automatic_identifier: Option<NonZeroU32>,
     },
     /// Remove one or more subscriptions.
     Unsubscribe {
