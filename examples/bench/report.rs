@@ -223,7 +223,9 @@ fn format_summary(summary: Option<Summary>) -> String {
 
 /// Formats with three significant digits for small values and none for large.
 pub fn format_value(value: f64) -> String {
-    if value.abs() >= 100.0 {
+    if value == 0.0 {
+        "0".to_owned()
+    } else if value.abs() >= 100.0 {
         format!("{value:.0}")
     } else if value.abs() >= 10.0 {
         format!("{value:.1}")
