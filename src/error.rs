@@ -7,7 +7,7 @@ use std::sync::Arc;
 use crate::codec::{ConnectReason, DisconnectReason};
 use crate::session::{CloseReason, ProtocolViolation, RejectReason, RequestError};
 
-/// Why a client operation failed.
+/// Error of a client operation.
 #[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum ClientError {
@@ -17,7 +17,7 @@ pub enum ClientError {
     /// The TCP connection to the broker could not be opened.
     #[error("failed to connect to the broker")]
     ConnectFailed(#[source] Arc<io::Error>),
-    /// The broker answered CONNECT with a failure reason code.
+    /// The broker rejected CONNECT with a failure reason code in CONNACK.
     #[error("connection refused by broker: {reason:?}")]
     ConnectRefused {
         /// The CONNACK reason code (3.1.1 return codes are mapped onto these names).
@@ -55,7 +55,7 @@ pub enum ClientError {
         /// The broker's Maximum Packet Size in bytes.
         max: u32,
     },
-    /// The broker answered the publish, subscribe or unsubscribe with a failure reason code.
+    /// The broker rejected the publish, subscribe or unsubscribe with a failure reason code.
     #[error("rejected by broker with reason code {:#04x}", reason.code())]
     Rejected {
         /// The failure reason code and the packet that carried it.
@@ -64,7 +64,7 @@ pub enum ClientError {
         reason_string: Option<String>,
     },
     /// The request cannot be sent with this protocol version or to this broker; the message
-    /// says why. Nothing was sent.
+    /// gives the reason. Nothing was sent.
     #[error("invalid request: {0}")]
     InvalidRequest(String),
     /// The client stopped, by a disconnect or because every handle was dropped, before the
@@ -73,7 +73,7 @@ pub enum ClientError {
     Stopped,
 }
 
-/// How a connection ended when no protocol rule was broken.
+/// Cause of a connection end in which no protocol rule was broken.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub enum ClosedBy {

@@ -362,12 +362,12 @@ pub enum Event {
     },
     /// The connection ended; without automatic reconnect the client has stopped.
     Disconnected {
-        /// What ended it.
+        /// Cause of the disconnect.
         reason: DisconnectCause,
     },
 }
 
-/// Counters of one client, answered by [`GetStats`].
+/// Counters of one client, returned for [`GetStats`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Stats {
     /// mqttlink actors alive in this process, all clients together.

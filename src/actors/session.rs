@@ -267,7 +267,11 @@ session_input!(Inbound, |actor, Inbound(packets)| {
 session_input!(InboundFailed, |actor, InboundFailed(error)| actor
     .session
     .handle_decode_error(error, now()));
-session_input!(TimerFired, |actor, _| actor.session.handle_timeout(now()));
+session_input!(TimerFired, |actor, _| {
+    // The timer is spent, so the next deadline must be armed even if it is unchanged.
+    actor.armed = None;
+    actor.session.handle_timeout(now());
+});
 session_input!(RequestsQueued, |actor, _| actor
     .session
     .handle_requests_queued(now()));

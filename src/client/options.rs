@@ -255,7 +255,7 @@ impl ClientOptions {
             Ok(id) => id,
             Err(error) => return invalid(format!("invalid client_id: {error}")),
         };
-        // MQTT 3.1.1 requires clean session with an empty client identifier [MQTT-3.1.3-8].
+        // MQTT 3.1.1 requires clean session with an empty client identifier (section 3.1.3.1).
         if client_id.is_empty() && !self.clean_start && !self.protocol.is_v5() {
             return invalid("an empty client_id needs clean_start(true) before MQTT 5".to_owned());
         }

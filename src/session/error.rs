@@ -60,12 +60,12 @@ pub enum ProtocolViolation {
         /// Number of reason codes received.
         received: usize,
     },
-    /// A PUBLISH with an empty topic name and no topic alias [MQTT-3.3.2-1]
-    /// [MQTT-3.3.2-8].
+    /// A PUBLISH with an empty topic name and no topic alias (MQTT 5.0 section
+    /// 3.3.2.3.4).
     #[error("PUBLISH without topic name or topic alias")]
     MissingTopic,
     /// A topic alias of 0 or above the Topic Alias Maximum this client announced
-    /// [MQTT-3.3.2-9] [MQTT-3.3.2-10].
+    /// (MQTT 5.0 section 3.3.2.3.4).
     #[error("topic alias {alias} outside 1..={maximum}")]
     TopicAliasOutOfRange {
         /// The alias received.
@@ -78,7 +78,7 @@ pub enum ProtocolViolation {
     #[error("topic alias {0} used before it was defined")]
     UndefinedTopicAlias(u16),
     /// More unacknowledged QoS 1 and 2 PUBLISH packets arrived than the Receive Maximum
-    /// this client announced [MQTT-3.3.4-9].
+    /// this client announced (MQTT 5.0 section 4.9).
     #[error("more than {0} unacknowledged QoS 1 and 2 messages from broker")]
     ReceiveMaximumExceeded(u16),
 }

@@ -107,7 +107,7 @@ impl<S: Store> Session<S> {
     }
 
     /// Refuses a packet the codec cannot encode for this version, or one larger than
-    /// the broker's Maximum Packet Size [MQTT-3.1.2-24].
+    /// the broker's Maximum Packet Size (MQTT 5.0 section 3.2.2.3.6).
     fn check_size(&self, packet: &Packet, limits: BrokerLimits) -> Result<(), RequestError> {
         let size = codec::encoded_len(packet, self.config.protocol)
             .map_err(|error| RequestError::Invalid(error.to_string()))?;
@@ -125,8 +125,8 @@ impl<S: Store> Session<S> {
         if !session_present {
             self.store.clear_inbound();
             // NOTE: outbound flows of an earlier connection are kept and resent below
-            // even when the broker started a new session; the reconnect policy is meant
-            // to decide this, and until it exists every connection starts empty.
+            // even when the broker started a new session. The reconnect policy should
+            // decide this. Until reconnect exists, every connection starts empty.
         }
         for id in self.store.outbound_ids() {
             match self.store.outbound(id) {
@@ -168,7 +168,7 @@ impl<S: Store> Session<S> {
         let ack = InboundAck { packet_id, qos };
 
         // A QoS 2 message already delivered is acknowledged again, not delivered again
-        // [MQTT-4.3.3-10]; one still being delivered gets its PUBREC when delivery ends.
+        // (MQTT 5.0 section 4.3.3); one still being delivered gets its PUBREC when delivery ends.
         if qos == QoS::ExactlyOnce && self.store.contains_inbound(packet_id) {
             return self.send_inbound_ack(ack, now);
         }
@@ -286,7 +286,7 @@ impl<S: Store> Session<S> {
                 awaiting: AwaitedAck::PubRec,
             }) => {
                 if !rec.reason.is_success() {
-                    // A failed PUBREC ends the flow; no PUBREL follows [MQTT-4.3.3-4].
+                    // A failed PUBREC ends the flow; no PUBREL follows (MQTT 5.0 section 4.3.3).
                     self.store.remove_outbound(id);
                     self.complete(token, publish_outcome(rec.reason, rec.properties));
                     return self.after_flow_completed(now);
@@ -485,8 +485,8 @@ fn build_packet(queued: QueuedRequest, packet_id: PacketId) -> (Packet, Option<O
     }
 }
 
-/// Refuses a publish that uses a feature the broker said it lacks (MQTT 5.0 section
-/// 3.2.2.3) before it takes a packet identifier.
+/// Refuses a publish that uses a feature the broker announced it lacks (MQTT 5.0
+/// section 3.2.2.3), before the publish takes a packet identifier.
 fn check_publish(publish: &OutgoingPublish, limits: BrokerLimits) -> Result<(), RequestError> {
     if publish.qos > limits.maximum_qos {
         return Err(RequestError::Invalid(format!(
@@ -532,7 +532,7 @@ fn remove_automatic_identifier(request: &mut Request) {
     }
 }
 
-/// Refuses a subscribe that uses a feature the broker said it lacks (MQTT 5.0 section
+/// Refuses a subscribe that uses a feature the broker announced it lacks (MQTT 5.0 section
 /// 3.2.2.3), or that has no filter [MQTT-3.8.3-3].
 fn check_subscribe(
     filters: &[(codec::TopicFilter, codec::SubscriptionOptions)],

@@ -4,13 +4,14 @@
 //! [`Session`] never touches a socket, a timer, a clock, tokio or actix. Time arrives as
 //! `now: Instant`; packets arrive already decoded. Work leaves through queues:
 //!
-//! 1. Feed inputs: [`Session::handle_transport_connected`] once the byte stream is open,
-//!    then [`Session::handle_packet`] for each decoded packet,
-//!    [`Session::handle_decode_error`] when the decoder rejects the stream,
-//!    [`Session::handle_timeout`] when the deadline from [`Session::poll_timeout`] passes,
-//!    [`Session::handle_requests_queued`] after pushing requests into the store,
-//!    [`Session::handle_delivered`] once an inbound message reached the application, and
-//!    [`Session::handle_disconnect`] when the application wants to leave.
+//! 1. Feed one input:
+//!    - [`Session::handle_transport_connected`] once the byte stream is open;
+//!    - [`Session::handle_packet`] for each decoded packet;
+//!    - [`Session::handle_decode_error`] when the decoder rejects the stream;
+//!    - [`Session::handle_timeout`] when the deadline from [`Session::poll_timeout`] passes;
+//!    - [`Session::handle_requests_queued`] after pushing requests into the store;
+//!    - [`Session::handle_delivered`] once an inbound message reached the application;
+//!    - [`Session::handle_disconnect`] when the application wants to leave.
 //! 2. After every input, drain [`Session::poll_transmit`] (packets to write, in order),
 //!    [`Session::poll_event`] (what the application must learn) and read
 //!    [`Session::poll_timeout`] again.
@@ -139,7 +140,7 @@ pub enum SessionEvent {
     Closed(CloseReason),
 }
 
-/// What the broker announced in CONNACK, with the protocol defaults filled in.
+/// Broker limits from CONNACK, with the protocol defaults for absent properties.
 #[derive(Debug, Clone, Copy)]
 #[allow(clippy::struct_excessive_bools)] // Each flag is one CONNACK property.
 struct BrokerLimits {
@@ -170,7 +171,7 @@ impl BrokerLimits {
     }
 }
 
-/// Where the keep-alive exchange stands.
+/// State of the keep-alive exchange.
 #[derive(Debug, Clone, Copy)]
 enum Ping {
     /// No PINGREQ outstanding; one is due when nothing was sent for the interval.
@@ -304,6 +305,7 @@ impl<S: Store> Session<S> {
         let connect = self.config.connect_packet();
         self.transmit(Packet::Connect(Box::new(connect)), now);
         self.state = State::AwaitingConnAck { deadline };
+        tracing::debug!(client_id = %self.config.client_id, "connect sent, awaiting connack");
     }
 
     /// Processes one packet from the broker.
@@ -367,9 +369,9 @@ impl<S: Store> Session<S> {
         self.send_inbound_ack(ack, now);
     }
 
-    /// Starts a disconnect requested by the application: before CONNACK the session
-    /// closes at once; afterwards it stops sending new requests, waits for outbound flows
-    /// to complete until the disconnect timeout, then sends `disconnect` and closes.
+    /// Starts a disconnect requested by the application. Before CONNACK the session
+    /// closes at once. After CONNACK it sends no new requests and waits for outbound flows
+    /// to complete, at most the disconnect timeout, then sends `disconnect` and closes.
     pub fn handle_disconnect(&mut self, disconnect: Disconnect, now: Instant) {
         match std::mem::replace(&mut self.state, State::Closed) {
             State::AwaitingTransport { .. } | State::AwaitingConnAck { .. } => {
@@ -377,6 +379,11 @@ impl<S: Store> Session<S> {
             }
             State::Connected(connection) => {
                 let deadline = now + self.config.disconnect_timeout;
+                tracing::debug!(
+                    client_id = %self.config.client_id,
+                    inflight = self.store.outbound_len(),
+                    "disconnect requested, awaiting in-flight acks"
+                );
                 self.state = State::AwaitingInflightAcks {
                     connection,
                     disconnect,
@@ -419,6 +426,11 @@ impl<S: Store> Session<S> {
             aliases: HashMap::new(),
             delivering: HashMap::new(),
         });
+        tracing::debug!(
+            client_id = %self.config.client_id,
+            session_present = connack.session_present,
+            "connack accepted"
+        );
         self.events.push_back(SessionEvent::Connected {
             session_present: connack.session_present,
             properties: connack.properties,
@@ -475,8 +487,8 @@ impl<S: Store> Session<S> {
             }
             Ping::Idle if now >= self.last_sent + interval => {
                 self.transmit(Packet::PingReq, now);
-                // NOTE: the PINGRESP deadline is one keep-alive interval; the
-                // specification only asks for "a reasonable amount of time".
+                // NOTE: the PINGRESP deadline is one keep-alive interval. The
+                // specification only requires "a reasonable amount of time".
                 if let Some(connection) = self.connection_mut() {
                     connection.ping = Ping::AwaitingPingResp {
                         deadline: now + interval,

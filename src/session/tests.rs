@@ -26,7 +26,7 @@ fn config(protocol: ProtocolVersion) -> SessionConfig {
     SessionConfig::new("tester".parse().unwrap(), protocol)
 }
 
-/// A session over a fresh store whose transport just connected.
+/// Returns a session over a fresh store whose transport just connected.
 fn started(config: SessionConfig, now: Instant) -> Session<MemoryStore> {
     let mut session = Session::new(config, MemoryStore::new(64), now);
     session.handle_transport_connected(now);
@@ -41,7 +41,8 @@ fn connack(session_present: bool, reason: ConnectReason, properties: Properties)
     })
 }
 
-/// A session that completed the handshake, with CONNECT and the Connected event drained.
+/// Returns a session that completed the handshake, with CONNECT and the Connected
+/// event drained.
 fn connected_with(
     config: SessionConfig,
     properties: Properties,
@@ -622,7 +623,7 @@ fn inbound_qos2_delivered_once_and_completed_by_pubrel() {
 }
 
 #[test]
-fn packet_ids_shared_nonzero_and_never_reused_in_flight() {
+fn packet_ids_shared_and_never_reused() {
     let now = Instant::now();
     let mut session = connected(ProtocolVersion::V5, now);
     session.store.set_packet_id_cursor(PacketId::MAX);
@@ -660,7 +661,7 @@ fn packet_ids_shared_nonzero_and_never_reused_in_flight() {
 }
 
 #[test]
-fn inflight_window_is_min_of_configured_and_broker_receive_maximum() {
+fn inflight_window_uses_smaller_limit() {
     let now = Instant::now();
     let mut limited = config(ProtocolVersion::V5);
     limited.max_inflight = NonZeroU16::new(3).unwrap();

@@ -4,7 +4,7 @@
 //!
 //! The session state machine reads and writes this state as it goes, so a connection
 //! that ends at any instant leaves behind exactly what was still unacknowledged. This
-//! layer holds data only: it does no I/O, reads no clock and knows nothing of actix.
+//! layer contains data only: it does no I/O, reads no clock and does not use actix.
 //! [`MemoryStore`] keeps everything in memory; a durable store would implement [`Store`].
 
 mod memory;
@@ -68,9 +68,9 @@ pub enum Request {
 /// A queued request together with the token of the caller waiting for it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QueuedRequest {
-    /// Caller waiting for the answer.
+    /// Caller waiting for the result.
     pub token: RequestToken,
-    /// What the caller asked for.
+    /// The requested operation.
     pub request: Request,
 }
 
