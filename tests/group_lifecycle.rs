@@ -33,10 +33,10 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use bytes::Bytes;
-use mqttlink::codec::{ConnectReason, ProtocolVersion, QoS, TopicName};
+use mqttlink::codec::{ConnectReason, DisconnectReason, ProtocolVersion, QoS, TopicName};
 use mqttlink::{
-    live_actor_count, ClientError, ClientOptions, Disconnect, DisconnectCause, Event, Publish,
-    PublishOutcome,
+    live_actor_count, ClientError, ClientOptions, ClosedBy, Disconnect, DisconnectCause, Event,
+    Publish, PublishOutcome,
 };
 use stats_alloc::{StatsAlloc, INSTRUMENTED_SYSTEM};
 use tokio::sync::mpsc;
@@ -61,6 +61,10 @@ const LONG_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Connect timeout for kinds where the broker may never complete a packet.
 const SHORT_CONNECT_TIMEOUT: Duration = Duration::from_millis(20);
+
+/// Keep-alive interval of every kind except the one that lets it expire. It is the
+/// client's default, so the timer is armed but never fires during an attempt.
+const DEFAULT_KEEP_ALIVE: Duration = Duration::from_secs(60);
 
 /// How long `Disconnect` waits for the probe publish's acknowledgement, which the
 /// broker never sends, before it sends DISCONNECT anyway.
@@ -96,6 +100,8 @@ async fn run_every_kind() {
         Kind::ConnAckRefusedV3,
         Kind::ConnAckRefusedV5,
         Kind::Silent,
+        Kind::LostAfterConnAck,
+        Kind::KeepAliveExpired,
         Kind::DisconnectRace,
         Kind::DropWhileConnecting,
         Kind::DisconnectVersusFailure,
@@ -141,6 +147,12 @@ enum Kind {
     DisconnectRace,
     /// The caller drops its last `Client` handle while the CONNACK is on its way.
     DropWhileConnecting,
+    /// The broker accepts with CONNACK and then sends DISCONNECT, closes the connection
+    /// or sends an invalid packet.
+    LostAfterConnAck,
+    /// The broker accepts with CONNACK and then never replies to PINGREQ, so the keep-alive
+    /// timeout of 1 s ends the connection.
+    KeepAliveExpired,
     /// The caller sends `Disconnect` while the attempt is failing: a late refusing
     /// CONNACK, a late close, late garbage or a connect timeout of a few milliseconds.
     /// Both ends reach the group at about the same instant, and exactly one may win.
@@ -161,6 +173,8 @@ impl Kind {
             Self::Silent => "silent",
             Self::DisconnectRace => "disconnect race",
             Self::DropWhileConnecting => "drop while connecting",
+            Self::LostAfterConnAck => "lost after connack",
+            Self::KeepAliveExpired => "keep-alive expired",
             Self::DisconnectVersusFailure => "disconnect versus failure",
             Self::DropVersusFailure => "drop versus failure",
         }
@@ -175,8 +189,11 @@ impl Kind {
             | Self::ConnAckRefusedV3
             | Self::ConnAckRefusedV5
             | Self::DropWhileConnecting
+            | Self::LostAfterConnAck
             | Self::DisconnectVersusFailure
             | Self::DropVersusFailure => (1_000, 1),
+            // Each attempt lasts two keep-alive intervals of 1 s, so fewer run, all at once.
+            Self::KeepAliveExpired => (300, 100),
             Self::Garbage => (1_000, 20),
             Self::Silent => (1_000, 50),
             Self::DisconnectRace => (2_000, 1),
@@ -196,8 +213,11 @@ struct Plan {
     script: Script,
     protocol: ProtocolVersion,
     connect_timeout: Duration,
+    keep_alive: Duration,
     action: Action,
     expected: Expected,
+    /// The broker accepts with CONNACK before the failure, so `Connected` comes first.
+    connects: bool,
 }
 
 /// What the caller does after starting the client.
@@ -227,6 +247,12 @@ enum Expected {
     Refused(ConnectReason),
     /// `ConnectTimeout`.
     Timeout,
+    /// `ConnectionClosed` by end of stream or an I/O error, after CONNACK.
+    Lost,
+    /// `ConnectionClosed` by a DISCONNECT from the broker with this reason.
+    BrokerDisconnect(DisconnectReason),
+    /// `KeepAliveTimeout`.
+    KeepAlive,
     /// No error: the broker accepts the connection, so only the caller ends the attempt.
     Accepted,
 }
@@ -329,8 +355,10 @@ fn plan(kind: Kind, iteration: usize, random: &mut SplitMix64) -> Plan {
         script: Script::Silent,
         protocol: ProtocolVersion::V5,
         connect_timeout: LONG_CONNECT_TIMEOUT,
+        keep_alive: DEFAULT_KEEP_ALIVE,
         action: Action::AwaitFailure,
         expected: Expected::Accepted,
+        connects: false,
     };
     match kind {
         Kind::Refused => Plan {
@@ -375,6 +403,14 @@ fn plan(kind: Kind, iteration: usize, random: &mut SplitMix64) -> Plan {
             action: Action::Drop(random.delay()),
             ..base
         },
+        Kind::LostAfterConnAck => lost_after_connack_plan(iteration, &base),
+        Kind::KeepAliveExpired => Plan {
+            script: Script::reply(connack_v5(ConnectReason::Success.code())),
+            keep_alive: Duration::from_secs(1),
+            expected: Expected::KeepAlive,
+            connects: true,
+            ..base
+        },
         Kind::DisconnectVersusFailure => Plan {
             action: Action::Disconnect(random.delay()),
             ..late_failure_plan(random, &base)
@@ -413,6 +449,48 @@ fn late_connack(random: &mut SplitMix64) -> Script {
     Script::Reply {
         delay: random.delay(),
         bytes: connack_v5(ConnectReason::Success.code()),
+    }
+}
+
+/// Cycles through the ways a connection can end right after a successful CONNACK: a
+/// DISCONNECT from the broker (v5), a close (v5 and v3.1.1) and an invalid packet.
+fn lost_after_connack_plan(iteration: usize, base: &Plan) -> Plan {
+    let connack_then =
+        |then: &[u8]| [&connack_v5(ConnectReason::Success.code())[..], then].concat();
+    let base = Plan {
+        connects: true,
+        ..base.clone()
+    };
+    match iteration % 4 {
+        0 => Plan {
+            // DISCONNECT with reason Server shutting down and no properties.
+            script: Script::reply(connack_then(&[0xE0, 0x02, 0x8B, 0x00])),
+            expected: Expected::BrokerDisconnect(DisconnectReason::ServerShuttingDown),
+            ..base
+        },
+        1 => Plan {
+            script: Script::ReplyThenClose {
+                delay: Delay::NONE,
+                bytes: connack_v5(ConnectReason::Success.code()),
+            },
+            expected: Expected::Lost,
+            ..base
+        },
+        2 => Plan {
+            script: Script::ReplyThenClose {
+                delay: Delay::NONE,
+                bytes: connack_v3(0),
+            },
+            protocol: ProtocolVersion::V3_1_1,
+            expected: Expected::Lost,
+            ..base
+        },
+        _ => Plan {
+            // Packet type 0 is reserved.
+            script: Script::reply(connack_then(&[0x00, 0x00])),
+            expected: Expected::Violation,
+            ..base
+        },
     }
 }
 
@@ -695,6 +773,7 @@ async fn drive_client(port: u16, iteration: usize, plan: &Plan) -> Result<Observ
         .client_id(&format!("group-lifecycle-{iteration}"))
         .protocol(plan.protocol)
         .connect_timeout(plan.connect_timeout)
+        .keep_alive(plan.keep_alive)
         .disconnect_timeout(DISCONNECT_TIMEOUT)
         .reconnect(false);
     let (sink, mut events) = EventSink::start_with_channel();
@@ -703,7 +782,7 @@ async fn drive_client(port: u16, iteration: usize, plan: &Plan) -> Result<Observ
         .map_err(|error| format!("start failed: {error}"))?;
     client.subscribe_events(sink.recipient());
     // The broker never acknowledges it, so the publish must end with the attempt's end.
-    // `try_publish` returns a future that holds no handle, so dropping the client still
+    // `try_publish` returns a future that contains no handle, so dropping the client still
     // drops its last handle.
     let topic = TopicName::try_from("group-lifecycle/probe").unwrap();
     let publish = client
@@ -713,6 +792,14 @@ async fn drive_client(port: u16, iteration: usize, plan: &Plan) -> Result<Observ
     let mut observed = Observed::default();
     let disconnect_result = match plan.action {
         Action::AwaitFailure => {
+            if plan.connects {
+                match events.recv().await {
+                    Some(Event::Connected { .. }) => observed.connected = true,
+                    other => {
+                        return Err(format!("expected Connected, got {other:?} with {plan:?}"))
+                    }
+                }
+            }
             let cause = next_disconnected(&mut events).await?;
             check_failure(plan, &cause)?;
             observed.failed = true;
@@ -806,7 +893,16 @@ fn error_matches(expected: Expected, error: &ClientError) -> bool {
             Expected::Violation | Expected::ViolationOrTimeout,
             ClientError::ProtocolViolation(..),
         )
-        | (Expected::ViolationOrTimeout | Expected::Timeout, ClientError::ConnectTimeout) => true,
+        | (Expected::ViolationOrTimeout | Expected::Timeout, ClientError::ConnectTimeout)
+        | (
+            Expected::Lost,
+            ClientError::ConnectionClosed(ClosedBy::EndOfStream | ClosedBy::Io(_)),
+        )
+        | (Expected::KeepAlive, ClientError::KeepAliveTimeout) => true,
+        (
+            Expected::BrokerDisconnect(expected),
+            ClientError::ConnectionClosed(ClosedBy::Broker { reason, .. }),
+        ) => *reason == expected,
         (Expected::Refused(expected), ClientError::ConnectRefused { reason, .. }) => {
             *reason == expected
         }
@@ -830,7 +926,7 @@ fn check_trailing_events(plan: &Plan, events: &[Event]) -> Result<(), String> {
         [Event::Connected { .. }, Event::Disconnected { reason }] => (true, Some(reason)),
         _ => return Err(format!("unexpected events {events:?} with {plan:?}")),
     };
-    let connect_allowed = plan.expected == Expected::Accepted;
+    let connect_allowed = plan.expected == Expected::Accepted || plan.connects;
     let end_allowed = |cause: &DisconnectCause| match cause {
         DisconnectCause::Requested => true,
         DisconnectCause::Failed(error) => error_matches(plan.expected, error),

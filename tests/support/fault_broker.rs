@@ -2,10 +2,10 @@
 //!
 //! A `FaultBroker` listens on 127.0.0.1 port 0 and plays one `Script` per accepted
 //! connection: close at once, reply to the CONNECT with given bytes (a refusing CONNACK,
-//! garbage, a late CONNACK), close after a delay, or never reply. Every connection has a
-//! bounded lifetime, and `FaultBroker::stop` closes the listener and awaits every task it
-//! started, so a stopped broker leaves no task, socket or timer behind for a leak count
-//! to see.
+//! garbage, a late CONNACK) and then close or wait, close after a delay, or never reply.
+//! Every connection has a bounded lifetime, and `FaultBroker::stop` closes the listener
+//! and awaits every task it started, so a stopped broker leaves no task, socket or timer
+//! behind for a leak count to see.
 //!
 //! The broker writes raw bytes and parses only the fixed header of what it reads, so
 //! it does not depend on the codec under test and can send packets the codec rejects.
@@ -40,6 +40,13 @@ pub enum Script {
     /// Reads the CONNECT packet, waits `delay`, writes `bytes` and then reads until the
     /// client closes the connection.
     Reply {
+        /// Wait between reading CONNECT and writing.
+        delay: Delay,
+        /// Bytes written as they are, valid MQTT or not.
+        bytes: Bytes,
+    },
+    /// Reads the CONNECT packet, waits `delay`, writes `bytes` and closes the connection.
+    ReplyThenClose {
         /// Wait between reading CONNECT and writing.
         delay: Delay,
         /// Bytes written as they are, valid MQTT or not.
@@ -261,16 +268,13 @@ async fn serve(mut stream: TcpStream, script: Script, report: &mut ConnectionRep
     match script {
         Script::CloseAtOnce => drop(stream),
         Script::Reply { delay, bytes } => {
-            report.connect_read = read_connect(&mut stream).await;
-            if !report.connect_read {
-                return;
+            reply_after_connect(&mut stream, delay, &bytes, report).await;
+            if report.reply_written {
+                drain_until_closed(&mut stream).await;
             }
-            delay.wait().await;
-            if stream.write_all(&bytes).await.is_err() {
-                return;
-            }
-            report.reply_written = true;
-            drain_until_closed(&mut stream).await;
+        }
+        Script::ReplyThenClose { delay, bytes } => {
+            reply_after_connect(&mut stream, delay, &bytes, report).await;
         }
         Script::CloseAfterConnect { delay } => {
             report.connect_read = read_connect(&mut stream).await;
@@ -281,6 +285,22 @@ async fn serve(mut stream: TcpStream, script: Script, report: &mut ConnectionRep
             drain_until_closed(&mut stream).await;
         }
     }
+}
+
+/// Reads the CONNECT packet, waits `delay` and writes `bytes`, recording both steps in
+/// `report`. Stops at the first step that fails.
+async fn reply_after_connect(
+    stream: &mut TcpStream,
+    delay: Delay,
+    bytes: &[u8],
+    report: &mut ConnectionReport,
+) {
+    report.connect_read = read_connect(stream).await;
+    if !report.connect_read {
+        return;
+    }
+    delay.wait().await;
+    report.reply_written = stream.write_all(bytes).await.is_ok();
 }
 
 /// Reads one whole packet and returns `true` when it is a CONNECT (packet type 1).
@@ -486,6 +506,22 @@ mod tests {
             assert!(received.is_empty(), "received {received:?}");
             assert_eq!(report.connects_read, 1);
             assert_eq!(report.replies_written, 0);
+            assert_eq!(report.lingering, 0);
+        });
+    }
+
+    #[test]
+    fn reply_then_close_closes_after_reply() {
+        run_exclusive(async {
+            let script = Script::ReplyThenClose {
+                delay: Delay::NONE,
+                bytes: connack_v3(0),
+            };
+            let (received, report) = play_to_close(script, true).await;
+
+            assert_eq!(received, [0x20, 0x02, 0x00, 0x00]);
+            assert_eq!(report.connects_read, 1);
+            assert_eq!(report.replies_written, 1);
             assert_eq!(report.lingering, 0);
         });
     }
