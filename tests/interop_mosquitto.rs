@@ -27,12 +27,12 @@ use bytes::Bytes;
 use bytestring::ByteString;
 use mosquitto::Mosquitto;
 use mqttlink::codec::{
-    LastWill, PayloadFormat, Properties, ProtocolVersion, PubAckReason, QoS, SubAckReason,
-    SubscriptionOptions, TopicFilter, TopicName,
+    ConnectReason, DisconnectReason, LastWill, PayloadFormat, Properties, ProtocolVersion,
+    PubAckReason, QoS, SubAckReason, SubscriptionOptions, TopicFilter, TopicName,
 };
 use mqttlink::{
-    Client, ClientError, ClientOptions, Disconnect, Event, Message, Publish, RejectReason,
-    Subscribe, Unsubscribe,
+    Client, ClientError, ClientOptions, ClosedBy, Disconnect, DisconnectCause, Event, Message,
+    Publish, RejectReason, Subscribe, Unsubscribe,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -672,6 +672,170 @@ async fn stored_session_delivers_offline_messages(version: ProtocolVersion) {
 
     disconnect(&publisher).await;
     disconnect(&second).await;
+}
+
+// ---------------------------------------------------------------------------
+// Connection outcomes
+
+#[actix_rt::test]
+async fn credentials_checked_v311() {
+    credentials_checked(ProtocolVersion::V3_1_1).await;
+}
+
+#[actix_rt::test]
+async fn credentials_checked_v5() {
+    credentials_checked(ProtocolVersion::V5).await;
+}
+
+/// Checks that the right password connects and a wrong one ends in
+/// `ConnectRefused` with NotAuthorized, which is what Mosquitto 2.0 answers in both
+/// versions (return code 5 in 3.1.1, reason code 0x87 in 5.0).
+async fn credentials_checked(version: ProtocolVersion) {
+    let Some(passwords) = password_file("alice", "secret") else {
+        return;
+    };
+    let config = ["allow_anonymous false", "password_file {dir}/passwords"];
+    let Some(broker) = Mosquitto::start_with_files(&config, &[("passwords", &passwords)]) else {
+        return;
+    };
+    let with_password = |password: &str| {
+        ClientOptions::from_url(&broker.url())
+            .unwrap()
+            .client_id("alice-client")
+            .protocol(version)
+            .credentials("alice", Some(password.as_bytes().to_vec()))
+            .connect_timeout(WAIT)
+            .start()
+            .unwrap()
+    };
+
+    let accepted = with_password("secret");
+    let publish = Publish::new(topic("auth/ok"), "x").qos(QoS::AtLeastOnce);
+    within("PUBACK", accepted.publish(publish)).await.unwrap();
+    disconnect(&accepted).await;
+
+    let refused = with_password("wrong");
+    let publish = Publish::new(topic("auth/refused"), "x").qos(QoS::AtLeastOnce);
+    match within("CONNACK refusal", refused.publish(publish)).await {
+        Err(ClientError::ConnectRefused { reason, .. }) => {
+            assert_eq!(reason, ConnectReason::NotAuthorized);
+        }
+        other => panic!("expected ConnectRefused, got {other:?}"),
+    }
+}
+
+/// Hashes a password with `mosquitto_passwd` (shipped with the broker) and returns
+/// the password file's contents, or `None` after printing why the test is skipped.
+fn password_file(username: &str, password: &str) -> Option<String> {
+    let path = std::env::temp_dir().join(format!(
+        "mqttlink-passwords-{}-{username}",
+        std::process::id()
+    ));
+    let status = std::process::Command::new("mosquitto_passwd")
+        .arg("-b")
+        .arg("-c")
+        .arg(&path)
+        .args([username, password])
+        .status();
+    let contents = std::fs::read_to_string(&path);
+    let _ = std::fs::remove_file(&path);
+    match (status, contents) {
+        (Ok(status), Ok(contents)) if status.success() => Some(contents),
+        (status, _) => {
+            let reason = format!("mosquitto_passwd failed: {status:?}");
+            assert!(
+                std::env::var_os(mosquitto::REQUIRE_VAR).is_none(),
+                "{reason}"
+            );
+            eprintln!("skipped: {reason}");
+            None
+        }
+    }
+}
+
+#[actix_rt::test]
+async fn session_takeover_reported_v5() {
+    let Some(broker) = Mosquitto::start() else {
+        return;
+    };
+    let first = connect(&broker, ProtocolVersion::V5, "taken");
+    let (events_recipient, mut events) = event_collector();
+    first.subscribe_events(events_recipient);
+    match within("Connected event", events.recv()).await {
+        Some(Event::Connected { .. }) => {}
+        other => panic!("expected Event::Connected, got {other:?}"),
+    }
+
+    let second = connect(&broker, ProtocolVersion::V5, "taken");
+    let publish = Publish::new(topic("takeover"), "x").qos(QoS::AtLeastOnce);
+    within("PUBACK", second.publish(publish)).await.unwrap();
+
+    // MQTT 5 asks the server for a DISCONNECT with 0x8E (Session taken over) first,
+    // but Mosquitto 2.0.11 only closes the old connection, as a raw socket shows.
+    match within("Disconnected event", events.recv()).await {
+        Some(Event::Disconnected {
+            reason: DisconnectCause::Failed(ClientError::ConnectionClosed(closed_by)),
+        }) => assert!(
+            matches!(
+                closed_by,
+                ClosedBy::EndOfStream
+                    | ClosedBy::Broker {
+                        reason: DisconnectReason::SessionTakenOver,
+                        ..
+                    }
+            ),
+            "closed by {closed_by:?}"
+        ),
+        other => panic!("expected the connection closed by the broker, got {other:?}"),
+    }
+    disconnect(&second).await;
+}
+
+#[actix_rt::test]
+async fn broker_maximum_packet_size_enforced_v5() {
+    let Some(broker) = Mosquitto::start_with(&["max_packet_size 1000"]) else {
+        return;
+    };
+    let client = connect(&broker, ProtocolVersion::V5, "packet-size");
+
+    let small = Publish::new(topic("size/small"), vec![0_u8; 100]).qos(QoS::AtLeastOnce);
+    within("PUBACK", client.publish(small)).await.unwrap();
+    let large = Publish::new(topic("size/large"), vec![0_u8; 2000]).qos(QoS::AtLeastOnce);
+    match within("publish result", client.publish(large)).await {
+        Err(ClientError::PacketTooLarge { size, max }) => {
+            assert!(size > 2000, "size {size}");
+            assert_eq!(max, 1000);
+        }
+        other => panic!("expected PacketTooLarge, got {other:?}"),
+    }
+
+    // Nothing was sent, so the connection is still usable.
+    let after = Publish::new(topic("size/after"), "x").qos(QoS::AtLeastOnce);
+    within("PUBACK after the refused publish", client.publish(after))
+        .await
+        .unwrap();
+    disconnect(&client).await;
+}
+
+#[actix_rt::test]
+async fn empty_client_id_assigned_v5() {
+    let Some(broker) = Mosquitto::start() else {
+        return;
+    };
+    let client = connect(&broker, ProtocolVersion::V5, "");
+    let (events_recipient, mut events) = event_collector();
+    client.subscribe_events(events_recipient);
+
+    match within("Connected event", events.recv()).await {
+        Some(Event::Connected { properties, .. }) => {
+            let assigned = properties
+                .assigned_client_identifier
+                .expect("Mosquitto assigns an identifier to an empty one");
+            assert!(!assigned.is_empty());
+        }
+        other => panic!("expected Event::Connected, got {other:?}"),
+    }
+    disconnect(&client).await;
 }
 
 // ---------------------------------------------------------------------------
