@@ -329,9 +329,9 @@ async fn wildcard_routing_with_subscription_ids_v5() {
 /// exactly the messages their filter matches.
 ///
 /// In MQTT 5, Mosquitto 2.0 sends one copy of `a/b/c` per matching subscription, so
-/// the client has to tell the copies apart. `with_subscription_ids` sets an
-/// identifier on each subscription, so the client can route each copy to its own
-/// recipient.
+/// the client has to tell the copies apart by subscription identifier: with
+/// `with_subscription_ids` the test sets them, otherwise the client has to assign
+/// its own.
 async fn wildcard_routing(version: ProtocolVersion) {
     wildcard_routing_with(version, false).await;
 }
