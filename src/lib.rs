@@ -4,6 +4,45 @@
 //! [`Subscribe`], [`Unsubscribe`] and [`Disconnect`] requests, and receives matching
 //! [`Message`]s in its own actors.
 //!
+//! ```no_run
+//! use actix::prelude::*;
+//! use mqttlink::codec::{QoS, SubscriptionOptions};
+//! use mqttlink::{ClientOptions, Disconnect, Publish, Subscribe};
+//!
+//! struct Printer;
+//!
+//! impl Actor for Printer {
+//!     type Context = Context<Self>;
+//! }
+//!
+//! impl Handler<mqttlink::Message> for Printer {
+//!     type Result = ();
+//!
+//!     fn handle(&mut self, message: mqttlink::Message, _: &mut Context<Self>) {
+//!         println!("{}: {} bytes", message.topic, message.payload.len());
+//!     }
+//! }
+//!
+//! #[actix_rt::main]
+//! async fn main() -> Result<(), mqttlink::ClientError> {
+//!     let client = ClientOptions::from_url("mqtt://127.0.0.1:1883")?
+//!         .client_id("quickstart")
+//!         .start()?;
+//!
+//!     let filter = "greetings/#".parse().expect("valid topic filter");
+//!     let options = SubscriptionOptions::with_qos(QoS::AtLeastOnce);
+//!     client
+//!         .subscribe(Subscribe::new(Printer.start().recipient()).filter(filter, options))
+//!         .await?;
+//!
+//!     let topic = "greetings/world".parse().expect("valid topic name");
+//!     client
+//!         .publish(Publish::new(topic, "hello").qos(QoS::AtLeastOnce))
+//!         .await?;
+//!     client.disconnect(Disconnect::new()).await
+//! }
+//! ```
+//!
 //! The crate is layered, and each layer depends only on the ones below it:
 //!
 //! - [`Client`] and [`ClientOptions`]: the public API.

@@ -1183,3 +1183,170 @@ fn automatic_identifier_removed_without_broker_support() {
         matches!(&sent[..], [Packet::Subscribe(s)] if s.properties.subscription_identifiers == [identifier])
     );
 }
+
+/// Arbitrary inputs in arbitrary order: the session must never panic, answer each
+/// request at most once, respect the in-flight window, and stay silent once closed.
+mod arbitrary_inputs {
+    use std::collections::HashSet;
+
+    use proptest::collection::vec;
+    use proptest::prelude::*;
+
+    use super::*;
+
+    #[derive(Debug, Clone)]
+    #[allow(clippy::large_enum_variant)] // Test input; size does not matter.
+    enum Input {
+        Packet(Packet),
+        Request(u8, QoS),
+        Delivered(usize),
+        Timeout(u64),
+        Disconnect,
+    }
+
+    fn packet_id() -> impl Strategy<Value = PacketId> {
+        (1_u16..=4).prop_map(id)
+    }
+
+    fn pub_ack_reason() -> impl Strategy<Value = PubAckReason> {
+        prop_oneof![
+            Just(PubAckReason::Success),
+            Just(PubAckReason::UnspecifiedError)
+        ]
+    }
+
+    fn delivery() -> impl Strategy<Value = Delivery> {
+        prop_oneof![
+            Just(Delivery::AtMostOnce),
+            packet_id().prop_map(Delivery::AtLeastOnce),
+            packet_id().prop_map(Delivery::ExactlyOnce),
+        ]
+    }
+
+    fn packet() -> impl Strategy<Value = Packet> {
+        let properties = Properties::default;
+        prop_oneof![
+            any::<bool>().prop_map(move |present| connack(
+                present,
+                ConnectReason::Success,
+                properties()
+            )),
+            (packet_id(), pub_ack_reason()).prop_map(move |(packet_id, reason)| Packet::PubAck(
+                PubAck {
+                    packet_id,
+                    reason,
+                    properties: properties()
+                }
+            )),
+            (packet_id(), pub_ack_reason()).prop_map(move |(packet_id, reason)| Packet::PubRec(
+                PubRec {
+                    packet_id,
+                    reason,
+                    properties: properties()
+                }
+            )),
+            packet_id().prop_map(move |packet_id| Packet::PubRel(PubRel {
+                packet_id,
+                reason: PubCompReason::Success,
+                properties: properties()
+            })),
+            packet_id().prop_map(move |packet_id| Packet::PubComp(PubComp {
+                packet_id,
+                reason: PubCompReason::Success,
+                properties: properties()
+            })),
+            (packet_id(), 0_usize..3).prop_map(move |(packet_id, count)| Packet::SubAck(SubAck {
+                packet_id,
+                reasons: vec![SubAckReason::GrantedQoS1; count],
+                properties: properties()
+            })),
+            (packet_id(), 0_usize..3).prop_map(move |(packet_id, count)| Packet::UnsubAck(
+                UnsubAck {
+                    packet_id,
+                    reasons: vec![crate::codec::UnsubAckReason::Success; count],
+                    properties: properties()
+                }
+            )),
+            (delivery(), any::<bool>(), 0_u16..3).prop_map(|(delivery, with_topic, alias)| {
+                let properties = Properties {
+                    topic_alias: NonZeroU16::new(alias),
+                    ..Properties::default()
+                };
+                inbound_publish(delivery, with_topic.then_some("t/x"), properties)
+            }),
+            Just(Packet::PingResp),
+            Just(Packet::PingReq),
+        ]
+    }
+
+    fn input() -> impl Strategy<Value = Input> {
+        let qos = prop_oneof![
+            Just(QoS::AtMostOnce),
+            Just(QoS::AtLeastOnce),
+            Just(QoS::ExactlyOnce)
+        ];
+        prop_oneof![
+            6 => packet().prop_map(Input::Packet),
+            3 => (0_u8..3, qos).prop_map(|(kind, qos)| Input::Request(kind, qos)),
+            2 => (0_usize..8).prop_map(Input::Delivered),
+            1 => (0_u64..200).prop_map(Input::Timeout),
+            1 => Just(Input::Disconnect),
+        ]
+    }
+
+    fn request(kind: u8, qos: QoS, token: u64) -> QueuedRequest {
+        match kind {
+            0 => publish_request(token, qos, b"x"),
+            1 => subscribe_request(token, &["t/#", "u"]),
+            _ => unsubscribe_request(token),
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn session_survives_arbitrary_inputs(inputs in vec(input(), 0..80), v5 in any::<bool>()) {
+            let protocol = if v5 { ProtocolVersion::V5 } else { ProtocolVersion::V3_1_1 };
+            let mut limited = config(protocol);
+            limited.max_inflight = NonZeroU16::new(2).unwrap();
+            let start = Instant::now();
+            let mut session = started(limited, start);
+            transmits(&mut session);
+
+            let mut answered = HashSet::new();
+            let mut acks = Vec::new();
+            let mut closed = false;
+            for (step, input) in inputs.into_iter().enumerate() {
+                let now = start + Duration::from_millis(step as u64 * 10);
+                match input {
+                    Input::Packet(packet) => session.handle_packet(packet, now),
+                    Input::Request(kind, qos) => {
+                        let _ = session.store.push_request(request(kind, qos, step as u64));
+                        session.handle_requests_queued(now);
+                    }
+                    Input::Delivered(index) => {
+                        if index < acks.len() {
+                            session.handle_delivered(acks.swap_remove(index), now);
+                        }
+                    }
+                    Input::Timeout(seconds) => session.handle_timeout(now + Duration::from_secs(seconds)),
+                    Input::Disconnect => session.handle_disconnect(normal_disconnect(), now),
+                }
+
+                let sent = transmits(&mut session);
+                prop_assert!(!closed || sent.is_empty(), "sent {:?} after closing", sent);
+                for event in events(&mut session) {
+                    prop_assert!(!closed, "event {:?} after closing", event);
+                    match event {
+                        SessionEvent::Completed { token, .. } => {
+                            prop_assert!(answered.insert(token), "token {:?} answered twice", token);
+                        }
+                        SessionEvent::Message { ack: Some(ack), .. } => acks.push(ack),
+                        SessionEvent::Closed(_) => closed = true,
+                        _ => {}
+                    }
+                }
+                prop_assert!(session.store.outbound_publish_len() <= 2, "window exceeded");
+            }
+        }
+    }
+}
