@@ -69,6 +69,7 @@ impl Player {
         let mut connection = Connection {
             stream,
             pending_connect: (!sequence.connect).then(|| connect.clone()),
+            disconnect_received: false,
         };
 
         if sequence.connect {
@@ -194,6 +195,9 @@ struct Connection {
     /// The default CONNECT that the client sent but the player has not read yet,
     /// when the sequence does not read it first.
     pending_connect: Option<Vec<u8>>,
+    /// Whether a `recv` step has read a DISCONNECT, after which the client may send
+    /// nothing more.
+    disconnect_received: bool,
 }
 
 /// What the next read from the client returned.
@@ -231,7 +235,10 @@ impl Connection {
             .await
             .map_err(|error| format!("{label}: expected `{expected}`, but {error}"))?;
         match incoming {
-            Incoming::Packet(bytes) if forms.contains(&bytes) => Ok(()),
+            Incoming::Packet(bytes) if forms.contains(&bytes) => {
+                self.disconnect_received |= bytes.first() == Some(&0xe0);
+                Ok(())
+            }
             Incoming::Packet(bytes) => {
                 let note = forms
                     .iter()
@@ -269,13 +276,13 @@ impl Connection {
     }
 
     /// Sends the alive check and fails unless the client closes the connection, after
-    /// at most one DISCONNECT when it speaks 5.0.
+    /// at most one DISCONNECT, counting one read by a step, when it speaks 5.0.
     async fn check_closed(&mut self, version: u8) -> Result<(), String> {
         let label = "final check (client closed)";
         // The client may have closed already, so a failed write is not a failure.
         let _ = self.stream.write_all(&alive_check_publish(version)).await;
 
-        let mut disconnect_seen = false;
+        let mut disconnect_seen = self.disconnect_received;
         loop {
             let incoming = self
                 .next()
@@ -754,6 +761,19 @@ mod tests {
         })
         .await;
         assert_eq!(result, Ok(()));
+    }
+
+    #[tokio::test]
+    async fn packet_after_disconnect_step_rejected() {
+        let steps = vec![Step::Send(bytes("F1 00")), Step::Recv(bytes("E0 r1 81"))];
+        let result = play_against(sequence(5, true, steps), |mut stream| async move {
+            stream.write_all(&default_connect(5, true)).await.unwrap();
+            read_n(&mut stream, 10).await;
+            stream.write_all(&bytes("E0 01 81 E0 01 81")).await.unwrap();
+        })
+        .await;
+        let error = result.unwrap_err();
+        assert!(error.contains("received `e0 01 81`"), "{error}");
     }
 
     #[tokio::test]
