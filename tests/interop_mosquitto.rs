@@ -212,6 +212,26 @@ async fn retained_message(version: ProtocolVersion) {
         "a message to an existing subscription has no retain flag"
     );
 
+    // An empty retained message clears the stored one [MQTT-3.3.1-6].
+    let clear = Publish::new(topic("retained/state"), Bytes::new())
+        .qos(QoS::AtLeastOnce)
+        .retain(true);
+    within("PUBACK", publisher.publish(clear)).await.unwrap();
+    assert!(
+        inbox.next().await.payload.is_empty(),
+        "the clearing message"
+    );
+    let late = connect(&broker, version, "retain-late");
+    let (late_recipient, mut late_inbox) = collector("retain-late");
+    subscribe(&late, late_recipient, "retained/#", QoS::AtLeastOnce).await;
+    publish_marker(&publisher, "retained/marker").await;
+    assert_eq!(
+        topics(&late_inbox.until_marker().await),
+        Vec::<String>::new(),
+        "no retained message after clearing"
+    );
+
+    disconnect(&late).await;
     disconnect(&publisher).await;
     disconnect(&subscriber).await;
 }
@@ -244,7 +264,10 @@ async fn will_sent_when_socket_dies(version: ProtocolVersion) {
         .client_id("will-doomed")
         .protocol(version)
         .connect_timeout(WAIT)
-        .last_will(will("will/doomed", "connection lost"))
+        .last_will(LastWill {
+            properties: will_properties(version),
+            ..will("will/doomed", "connection lost")
+        })
         .start()
         .unwrap();
     // A QoS 1 round trip proves the CONNECT, and with it the will, reached the broker.
@@ -259,8 +282,26 @@ async fn will_sent_when_socket_dies(version: ProtocolVersion) {
     assert_eq!(will_message.topic.as_str(), "will/doomed");
     assert_eq!(will_message.payload, "connection lost");
     assert_eq!(will_message.qos, QoS::AtLeastOnce);
+    let expected = will_properties(version);
+    assert_eq!(will_message.properties.content_type, expected.content_type);
+    assert_eq!(
+        will_message.properties.user_properties,
+        expected.user_properties
+    );
 
     disconnect(&watcher).await;
+}
+
+/// Will properties for MQTT 5, none for 3.1.1, which has no properties.
+fn will_properties(version: ProtocolVersion) -> Properties {
+    if !version.is_v5() {
+        return Properties::default();
+    }
+    Properties {
+        content_type: Some(ByteString::from("text/plain")),
+        user_properties: vec![(ByteString::from("device"), ByteString::from("d-7"))],
+        ..Properties::default()
+    }
 }
 
 #[actix_rt::test]
@@ -525,6 +566,21 @@ async fn puback_reason_codes_v5() {
         outcome.reason,
         Some(PubAckReason::NoMatchingSubscribers),
         "PUBACK 0x10 without subscribers"
+    );
+
+    // Mosquitto 2.0.11 sends this PUBREC without a reason code, that is Success,
+    // as a raw socket shows; 0x10 would be valid as well.
+    let unheard_exactly_once = Publish::new(topic("reasons/nobody"), "z").qos(QoS::ExactlyOnce);
+    let outcome = within("PUBCOMP", publisher.publish(unheard_exactly_once))
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            outcome.reason,
+            Some(PubAckReason::Success | PubAckReason::NoMatchingSubscribers)
+        ),
+        "PUBREC reason without subscribers: {:?}",
+        outcome.reason
     );
 
     let (recipient, mut inbox) = collector("reasons");
