@@ -212,7 +212,7 @@ async fn retained_message(version: ProtocolVersion) {
         "a message to an existing subscription has no retain flag"
     );
 
-    // An empty retained message clears the stored one [MQTT-3.3.1-6].
+    // A retained message with an empty payload clears the stored one.
     let clear = Publish::new(topic("retained/state"), Bytes::new())
         .qos(QoS::AtLeastOnce)
         .retain(true);
@@ -744,7 +744,7 @@ async fn credentials_checked_v5() {
 }
 
 /// Checks that the right password connects and a wrong one ends in
-/// `ConnectRefused` with NotAuthorized, which is what Mosquitto 2.0 answers in both
+/// `ConnectRefused` with NotAuthorized, which is what Mosquitto 2.0 returns in both
 /// versions (return code 5 in 3.1.1, reason code 0x87 in 5.0).
 async fn credentials_checked(version: ProtocolVersion) {
     let Some(passwords) = password_file("alice", "secret") else {
@@ -826,7 +826,7 @@ async fn session_takeover_reported_v5() {
     let publish = Publish::new(topic("takeover"), "x").qos(QoS::AtLeastOnce);
     within("PUBACK", second.publish(publish)).await.unwrap();
 
-    // MQTT 5 asks the server for a DISCONNECT with 0x8E (Session taken over) first,
+    // In MQTT 5 the server should first send DISCONNECT with 0x8E (Session taken over),
     // but Mosquitto 2.0.11 only closes the old connection, as a raw socket shows.
     match within("Disconnected event", events.recv()).await {
         Some(Event::Disconnected {
