@@ -211,6 +211,68 @@ fn v5_publish_carries_no_topic_alias() {
     check_outcomes(&strict, &outcomes);
 }
 
+/// Sequences written for mqttlink in the same format, for client rules that the
+/// Mosquitto sequences do not reach: the order of acknowledgements [MQTT-4.6.0-2]
+/// [MQTT-4.6.0-3] and PUBREC for a repeated QoS 2 PUBLISH before PUBREL [MQTT-4.3.3-10].
+const ORDERING_SEQUENCES: &str = r#"[
+    {
+        "group": "v3.1.1 acknowledgement order",
+        "ver": 4,
+        "expect_disconnect": false,
+        "tests": [
+            { "name": "PUBACK in PUBLISH order", "msgs": [
+                {"type": "send", "payload": "32 r6 s1 't' m7 'a' 32 r6 s1 't' m3 'b'"},
+                {"type": "recv", "payload": "40 r2 m7"},
+                {"type": "recv", "payload": "40 r2 m3"}
+            ]},
+            { "name": "PUBREC in PUBLISH order, repeat before PUBREL", "msgs": [
+                {"type": "send", "payload": "34 r6 s1 't' m7 'a' 34 r6 s1 't' m3 'b'"},
+                {"type": "recv", "payload": "50 r2 m7"},
+                {"type": "recv", "payload": "50 r2 m3"},
+                {"type": "send", "payload": "3C r6 s1 't' m7 'a'"},
+                {"type": "recv", "payload": "50 r2 m7"},
+                {"type": "send", "payload": "62 r2 m3"},
+                {"type": "recv", "payload": "70 r2 m3"},
+                {"type": "send", "payload": "62 r2 m7"},
+                {"type": "recv", "payload": "70 r2 m7"}
+            ]}
+        ]
+    },
+    {
+        "group": "v5.0 acknowledgement order",
+        "ver": 5,
+        "expect_disconnect": false,
+        "tests": [
+            { "name": "PUBACK in PUBLISH order", "msgs": [
+                {"type": "send", "payload": "32 r7 s1 't' m7 v0 'a' 32 r7 s1 't' m3 v0 'b'"},
+                {"type": "recv", "payload": "40 r2 m7"},
+                {"type": "recv", "payload": "40 r2 m3"}
+            ]},
+            { "name": "PUBREC in PUBLISH order, repeat before PUBREL", "msgs": [
+                {"type": "send", "payload": "34 r7 s1 't' m7 v0 'a' 34 r7 s1 't' m3 v0 'b'"},
+                {"type": "recv", "payload": "50 r2 m7"},
+                {"type": "recv", "payload": "50 r2 m3"},
+                {"type": "send", "payload": "3C r7 s1 't' m7 v0 'a'"},
+                {"type": "recv", "payload": "50 r2 m7"},
+                {"type": "send", "payload": "62 r2 m3"},
+                {"type": "recv", "payload": "70 r2 m3"},
+                {"type": "send", "payload": "62 r2 m7"},
+                {"type": "recv", "payload": "70 r2 m7"}
+            ]}
+        ]
+    }
+]"#;
+
+#[test]
+fn acknowledgement_order_sequences_pass() {
+    let sequences = sequences::parse_file("ordering", ORDERING_SEQUENCES).unwrap();
+    assert_eq!(sequences.len(), 4);
+
+    let system = actix_rt::System::new();
+    let outcomes = system.block_on(run_in_batches(&sequences));
+    check_outcomes(&sequences, &outcomes);
+}
+
 #[test]
 fn mosquitto_sequences_pass_in_process() {
     let Some(sequences) = selected_sequences() else {
