@@ -106,6 +106,7 @@ async fn run_every_kind() {
         Kind::DropWhileConnecting,
         Kind::DisconnectVersusFailure,
         Kind::DropVersusFailure,
+        Kind::Mixed,
     ];
 
     let mut summaries = Vec::new();
@@ -160,7 +161,25 @@ enum Kind {
     /// The caller drops its last `Client` handle while the attempt is failing, as in
     /// `DisconnectVersusFailure`.
     DropVersusFailure,
+    /// Every other kind except `KeepAliveExpired`, drawn at random per attempt, with 50
+    /// clients at a time, so that the groups of different clients interleave.
+    Mixed,
 }
+
+/// The kinds that `Kind::Mixed` draws from.
+const MIXED_KINDS: [Kind; 11] = [
+    Kind::Refused,
+    Kind::CloseAtOnce,
+    Kind::Garbage,
+    Kind::ConnAckRefusedV3,
+    Kind::ConnAckRefusedV5,
+    Kind::Silent,
+    Kind::LostAfterConnAck,
+    Kind::DisconnectRace,
+    Kind::DropWhileConnecting,
+    Kind::DisconnectVersusFailure,
+    Kind::DropVersusFailure,
+];
 
 impl Kind {
     fn name(self) -> &'static str {
@@ -177,6 +196,7 @@ impl Kind {
             Self::KeepAliveExpired => "keep-alive expired",
             Self::DisconnectVersusFailure => "disconnect versus failure",
             Self::DropVersusFailure => "drop versus failure",
+            Self::Mixed => "mixed",
         }
     }
 
@@ -194,6 +214,7 @@ impl Kind {
             | Self::DropVersusFailure => (1_000, 1),
             // Each attempt lasts two keep-alive intervals of 1 s, so fewer run, all at once.
             Self::KeepAliveExpired => (300, 100),
+            Self::Mixed => (2_000, 50),
             Self::Garbage => (1_000, 20),
             Self::Silent => (1_000, 50),
             Self::DisconnectRace => (2_000, 1),
@@ -419,6 +440,10 @@ fn plan(kind: Kind, iteration: usize, random: &mut SplitMix64) -> Plan {
             action: Action::Drop(random.delay()),
             ..late_failure_plan(random, &base)
         },
+        Kind::Mixed => {
+            let kind = MIXED_KINDS[random.below(MIXED_KINDS.len() as u64) as usize];
+            plan(kind, iteration, random)
+        }
     }
 }
 
@@ -558,9 +583,8 @@ impl fmt::Display for KindSummary {
         write!(
             formatter,
             "{}: {} attempts, actors {} -> {}, tasks {} -> {}, fds {} -> {}, \
-             heap allocations {} -> {}, broker accepted {} read {} replied {}, connected {}, \
-             failed {}, \
-             wrong outcomes {}",
+             heap allocations {} -> {}, broker accepted {} read {} replied {}, \
+             connected {}, failed {}, wrong outcomes {}",
             self.kind.name(),
             self.attempts,
             self.baseline.actors,
