@@ -457,7 +457,8 @@ impl Handler<Disconnect> for ClientActor {
             return Box::pin(async { Ok(()) });
         };
         tracing::info!(client_id = %self.client_id(), "disconnect requested");
-        session.do_send(StartDisconnect(disconnect.packet()));
+        let packet = disconnect.packet(self.config.session.protocol);
+        session.do_send(StartDisconnect(packet));
         let (reply, response) = oneshot::channel();
         self.disconnect_waiters.push(reply);
         // A dropped reply means the client stopped, which is what was asked for.

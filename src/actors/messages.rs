@@ -270,7 +270,7 @@ impl Disconnect {
         Self::default()
     }
 
-    /// Sets the DISCONNECT reason code (v5), for example
+    /// Sets the DISCONNECT reason code (v5; ignored before), for example
     /// `DisconnectWithWillMessage` to have the broker publish the will.
     #[must_use]
     pub fn reason(mut self, reason: DisconnectReason) -> Self {
@@ -278,14 +278,23 @@ impl Disconnect {
         self
     }
 
-    /// Sets the Session Expiry Interval in seconds sent with DISCONNECT (v5).
+    /// Sets the Session Expiry Interval in seconds sent with DISCONNECT (v5; ignored
+    /// before).
     #[must_use]
     pub fn session_expiry(mut self, seconds: u32) -> Self {
         self.session_expiry = Some(seconds);
         self
     }
 
-    pub(crate) fn packet(&self) -> crate::codec::Disconnect {
+    /// Builds the DISCONNECT packet. MQTT 3.1.1 has no reason code or properties, so
+    /// they are left out before version 5.
+    pub(crate) fn packet(
+        &self,
+        protocol: crate::codec::ProtocolVersion,
+    ) -> crate::codec::Disconnect {
+        if !protocol.is_v5() {
+            return crate::session::normal_disconnect();
+        }
         crate::codec::Disconnect {
             reason: self.reason.unwrap_or(DisconnectReason::NormalDisconnection),
             properties: Properties {

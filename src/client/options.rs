@@ -8,7 +8,9 @@ use actix::Actor;
 use bytes::Bytes;
 
 use crate::actors::{ClientActor, ClientConfig};
-use crate::codec::{ClientId, LastWill, Properties, ProtocolVersion, DEFAULT_MAX_PACKET_SIZE};
+use crate::codec::{
+    self, ClientId, LastWill, Packet, Properties, ProtocolVersion, DEFAULT_MAX_PACKET_SIZE,
+};
 use crate::error::ClientError;
 use crate::session::SessionConfig;
 use crate::transport::Endpoint;
@@ -312,6 +314,13 @@ impl ClientOptions {
         session.connect_timeout = self.connect_timeout;
         session.disconnect_timeout = self.disconnect_timeout;
 
+        // A CONNECT the codec cannot encode, such as will properties under 3.1.1, would
+        // only fail once connected, so it is rejected here.
+        let connect = Packet::Connect(Box::new(session.connect_packet()));
+        if let Err(error) = codec::encoded_len(&connect, self.protocol) {
+            return invalid(format!("options cannot be sent in CONNECT: {error}"));
+        }
+
         Ok(ClientConfig {
             endpoint: Endpoint {
                 host: self.host,
@@ -406,6 +415,12 @@ mod tests {
                 .client_id("a-client-id-longer-than-23")
                 .protocol(ProtocolVersion::V3_1),
             ClientOptions::new("h", 1).client_id("nul\0"),
+            base()
+                .protocol(ProtocolVersion::V3_1_1)
+                .connect_properties(Properties {
+                    session_expiry_interval: Some(5),
+                    ..Properties::default()
+                }),
         ];
         for options in cases {
             let described = format!("{options:?}");

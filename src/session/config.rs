@@ -88,10 +88,12 @@ impl SessionConfig {
     }
 
     /// Returns the CONNECT properties: the extra ones plus the limits this client
-    /// announces, each only when it differs from the protocol default.
+    /// announces (v5), each only when it differs from the protocol default.
     fn connect_properties(&self) -> Properties {
+        // Before MQTT 5 there are no properties; extra ones are passed on unchanged so
+        // that the encoder rejects them instead of dropping them silently.
         if !self.protocol.is_v5() {
-            return Properties::default();
+            return self.connect_properties.clone();
         }
         let mut properties = self.connect_properties.clone();
         if self.receive_maximum != NonZeroU16::MAX {
