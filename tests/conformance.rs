@@ -211,10 +211,12 @@ fn v5_publish_carries_no_topic_alias() {
     check_outcomes(&strict, &outcomes);
 }
 
-/// Sequences written for mqttlink in the same format, for client rules that the
-/// Mosquitto sequences do not reach: the order of acknowledgements [MQTT-4.6.0-2]
-/// [MQTT-4.6.0-3] and PUBREC for a repeated QoS 2 PUBLISH before PUBREL [MQTT-4.3.3-10].
-const ORDERING_SEQUENCES: &str = r#"[
+/// Sequences written for mqttlink in the Mosquitto format, for what the Mosquitto
+/// sequences do not reach. They check the order of acknowledgements [MQTT-4.6.0-2]
+/// [MQTT-4.6.0-3] and PUBREC for a repeated QoS 2 PUBLISH before PUBREL
+/// [MQTT-4.3.3-10]. They also check the packets of every command but `publish-1`,
+/// with bytes that this harness chose.
+const MQTTLINK_SEQUENCES: &str = r#"[
     {
         "group": "v3.1.1 acknowledgement order",
         "ver": 4,
@@ -260,13 +262,85 @@ const ORDERING_SEQUENCES: &str = r#"[
                 {"type": "recv", "payload": "70 r2 m7"}
             ]}
         ]
+    },
+    {
+        "group": "v3.1.1 commands",
+        "ver": 4,
+        "expect_disconnect": false,
+        "tests": [
+            { "name": "publish-0", "command": "publish-0", "msgs": [
+                {"type": "recv", "payload": "30 r21 s12 'test/publish' 'message'"}
+            ]},
+            { "name": "publish-2", "command": "publish-2", "msgs": [
+                {"type": "recv", "payload": "34 r23 s12 'test/publish' m1 'message'"},
+                {"type": "send", "payload": "50 r2 m1"},
+                {"type": "recv", "payload": "62 r2 m1"},
+                {"type": "send", "payload": "70 r2 m1"}
+            ]},
+            { "name": "subscribe-0", "command": "subscribe-0", "msgs": [
+                {"type": "recv", "payload": "82 r19 m1 s14 'test/subscribe' 00"},
+                {"type": "send", "payload": "90 r3 m1 00"}
+            ]},
+            { "name": "subscribe-1", "command": "subscribe-1", "msgs": [
+                {"type": "recv", "payload": "82 r19 m1 s14 'test/subscribe' 01"},
+                {"type": "send", "payload": "90 r3 m1 01"}
+            ]},
+            { "name": "subscribe-2", "command": "subscribe-2", "msgs": [
+                {"type": "recv", "payload": "82 r19 m1 s14 'test/subscribe' 02"},
+                {"type": "send", "payload": "90 r3 m1 02"}
+            ]},
+            { "name": "subscribe-multiple", "command": "subscribe-multiple", "msgs": [
+                {"type": "recv", "payload": "82 r38 m1 s15 'test/subscribe1' 00 s15 'test/subscribe2' 00"},
+                {"type": "send", "payload": "90 r4 m1 00 00"}
+            ]},
+            { "name": "unsubscribe", "command": "unsubscribe", "msgs": [
+                {"type": "recv", "payload": "A2 r18 m1 s14 'test/subscribe'"},
+                {"type": "send", "payload": "B0 r2 m1"}
+            ]},
+            { "name": "unsubscribe-multiple", "command": "unsubscribe-multiple", "msgs": [
+                {"type": "recv", "payload": "A2 r36 m1 s15 'test/subscribe1' s15 'test/subscribe2'"},
+                {"type": "send", "payload": "B0 r2 m1"}
+            ]}
+        ]
+    },
+    {
+        "group": "v5.0 commands",
+        "ver": 5,
+        "expect_disconnect": false,
+        "tests": [
+            { "name": "publish-0", "command": "publish-0", "msgs": [
+                {"type": "recv", "payload": "30 r111 s12 'test/publish' v89 01 i1 02 ffffffff 08 s14 'response/topic' 09 H36 '7deac5c5-8802-44ff-86ce-11479f337419' 03 s10 'text/plain' 26 s3 'key' s5 'value' 'message'"}
+            ]},
+            { "name": "publish-2", "command": "publish-2", "msgs": [
+                {"type": "recv", "payload": "34 r113 s12 'test/publish' m1 v89 01 i1 02 ffffffff 08 s14 'response/topic' 09 H36 '7deac5c5-8802-44ff-86ce-11479f337419' 03 s10 'text/plain' 26 s3 'key' s5 'value' 'message'"},
+                {"type": "send", "payload": "50 r2 m1"},
+                {"type": "recv", "payload": "62 r2 m1"},
+                {"type": "send", "payload": "70 r2 m1"}
+            ]},
+            { "name": "subscribe-1", "command": "subscribe-1", "msgs": [
+                {"type": "recv", "payload": "82 r38 m1 v18 0B v268435455 26 s3 'key' s5 'value' s14 'test/subscribe' 01"},
+                {"type": "send", "payload": "90 r4 m1 v0 01"}
+            ]},
+            { "name": "subscribe-multiple", "command": "subscribe-multiple", "msgs": [
+                {"type": "recv", "payload": "82 r57 m1 v18 0B v268435455 26 s3 'key' s5 'value' s15 'test/subscribe1' 00 s15 'test/subscribe2' 00"},
+                {"type": "send", "payload": "90 r5 m1 v0 00 00"}
+            ]},
+            { "name": "unsubscribe", "command": "unsubscribe", "msgs": [
+                {"type": "recv", "payload": "A2 r32 m1 v13 26 s3 'key' s5 'value' s14 'test/subscribe'"},
+                {"type": "send", "payload": "B0 r4 m1 v0 00"}
+            ]},
+            { "name": "unsubscribe-multiple", "command": "unsubscribe-multiple", "msgs": [
+                {"type": "recv", "payload": "A2 r50 m1 v13 26 s3 'key' s5 'value' s15 'test/subscribe1' s15 'test/subscribe2'"},
+                {"type": "send", "payload": "B0 r5 m1 v0 00 00"}
+            ]}
+        ]
     }
 ]"#;
 
 #[test]
-fn acknowledgement_order_sequences_pass() {
-    let sequences = sequences::parse_file("ordering", ORDERING_SEQUENCES).unwrap();
-    assert_eq!(sequences.len(), 4);
+fn mqttlink_sequences_pass() {
+    let sequences = sequences::parse_file("mqttlink", MQTTLINK_SEQUENCES).unwrap();
+    assert_eq!(sequences.len(), 18);
 
     let system = actix_rt::System::new();
     let outcomes = system.block_on(run_in_batches(&sequences));

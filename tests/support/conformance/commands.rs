@@ -42,9 +42,9 @@ const CORRELATION_DATA: &[u8] = b"7deac5c5-8802-44ff-86ce-11479f337419";
 
 /// What the client does once connected.
 ///
-/// NOTE: the sequences use only `publish-1`, so the packets of the other commands are
-/// not checked against bytes from the sequences; the QoS 0 of `subscribe-multiple` is
-/// a choice of this harness.
+/// NOTE: the Mosquitto sequences use only `publish-1`. The packets of the other commands
+/// are checked against bytes that this harness chose (`MQTTLINK_SEQUENCES` in
+/// `tests/conformance.rs`), among them the QoS 0 of `subscribe-multiple`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Command {
     /// `publish-0/1/2`: publish `message` to `test/publish` with this QoS.
