@@ -910,6 +910,11 @@ async fn publish_burst_in_order_v5() {
 /// Checks that a burst of messages, many more than the broker's outgoing in-flight
 /// window of 5, is acknowledged and arrives once per message, in publish order.
 ///
+/// With `max_inflight_messages 5`, Mosquitto 2.0.11 also announces Receive Maximum 5
+/// to MQTT 5 clients and answers a sixth unacknowledged QoS 2 PUBLISH with PUBREC
+/// 0x97 (quota exceeded), as a raw socket shows. That would fail the publish, so the
+/// MQTT 5 run also checks that the client keeps to the broker's Receive Maximum.
+///
 /// NOTE: the subscriber sets no Receive Maximum. Mosquitto 2.0.11 does not honour a
 /// small one while it drains a queue: after each PUBACK its log shows it sending up
 /// to five new PUBLISH packets, so the client rightly disconnects with 0x93 (Receive
