@@ -87,16 +87,24 @@ impl PropertyContext {
             P::SharedSubscriptionAvailable,
         ]);
         const REPORT: u64 = id_set(&[P::ReasonString, P::UserProperty]);
+        // Every set is a constant: `id_set` is recursive, and calling it at run time
+        // on each property cost more than the rest of the encoding.
+        const WILL: u64 = id_set(MESSAGE) | id_set(&[P::WillDelayInterval]);
+        const PUBLISH: u64 = id_set(MESSAGE) | id_set(&[P::SubscriptionIdentifier, P::TopicAlias]);
+        const SUBSCRIBE: u64 = id_set(&[P::SubscriptionIdentifier, P::UserProperty]);
+        const UNSUBSCRIBE: u64 = id_set(&[P::UserProperty]);
+        const DISCONNECT: u64 = REPORT | id_set(&[P::SessionExpiryInterval, P::ServerReference]);
+        const AUTH: u64 = REPORT | id_set(&[P::AuthenticationMethod, P::AuthenticationData]);
         match self {
             Self::Connect => CONNECT,
-            Self::Will => id_set(MESSAGE) | id_set(&[P::WillDelayInterval]),
+            Self::Will => WILL,
             Self::ConnAck => CONNACK,
-            Self::Publish => id_set(MESSAGE) | id_set(&[P::SubscriptionIdentifier, P::TopicAlias]),
+            Self::Publish => PUBLISH,
             Self::Acknowledgement | Self::SubAck | Self::UnsubAck => REPORT,
-            Self::Subscribe => id_set(&[P::SubscriptionIdentifier, P::UserProperty]),
-            Self::Unsubscribe => id_set(&[P::UserProperty]),
-            Self::Disconnect => REPORT | id_set(&[P::SessionExpiryInterval, P::ServerReference]),
-            Self::Auth => REPORT | id_set(&[P::AuthenticationMethod, P::AuthenticationData]),
+            Self::Subscribe => SUBSCRIBE,
+            Self::Unsubscribe => UNSUBSCRIBE,
+            Self::Disconnect => DISCONNECT,
+            Self::Auth => AUTH,
         }
     }
 
@@ -406,36 +414,59 @@ pub(crate) fn properties_len(
     if !has_properties(properties) {
         return Ok(0);
     }
+
+    // The walk stays small enough to be inlined at each property: it records which
+    // identifiers are present and leaves the rules on fixed-size values to the checks
+    // after it. Every identifier is below 128, so it takes one byte.
     let mut len = 0;
-    let mut subscription_identifiers = 0;
+    let mut present: u64 = 0;
+    let mut problem = None;
     for_each_property(properties, |id, value| {
-        let invalid = |problem| EncodeError::InvalidProperty {
-            packet_type,
-            property: id,
-            problem,
-        };
-        if !context.allows(id) {
-            return Err(invalid("not allowed on this packet"));
+        present |= 1 << id as u8;
+        len += 1 + value.len();
+        if let Err(text) = check_value(&value) {
+            problem.get_or_insert((id, text));
         }
-        check_value(id, &value).map_err(invalid)?;
-        if id == PropertyId::SubscriptionIdentifier {
-            subscription_identifiers += 1;
-            if subscription_identifiers > 1 && !context.allows_repeat(id) {
-                return Err(invalid("only one is allowed on this packet"));
-            }
-        }
-        len += variable_byte_integer_len(u32::from(id as u8)) + value.len();
         Ok(())
     })?;
+
+    let invalid = |property, problem| EncodeError::InvalidProperty {
+        packet_type,
+        property,
+        problem,
+    };
+    let not_allowed = present & !context.allowed();
+    if let Some(id) = lowest_property(not_allowed) {
+        return Err(invalid(id, "not allowed on this packet"));
+    }
+    if let Some((id, text)) = problem {
+        return Err(invalid(id, text));
+    }
+    if properties.maximum_qos == Some(QoS::ExactlyOnce) {
+        return Err(invalid(
+            PropertyId::MaximumQoS,
+            "maximum QoS must be 0 or 1",
+        ));
+    }
+    let repeat = PropertyId::SubscriptionIdentifier;
+    if properties.subscription_identifiers.len() > 1 && !context.allows_repeat(repeat) {
+        return Err(invalid(repeat, "only one is allowed on this packet"));
+    }
     Ok(len)
 }
 
-/// Returns what is wrong with a property value the model allows but the wire does not.
-fn check_value(id: PropertyId, value: &Value<'_>) -> Result<(), &'static str> {
+/// Returns the property with the lowest identifier in the bit set `set`.
+fn lowest_property(set: u64) -> Option<PropertyId> {
+    if set == 0 {
+        return None;
+    }
+    PropertyId::try_from(set.trailing_zeros() as u8).ok()
+}
+
+/// Returns what is wrong with a property value the model allows but the wire does
+/// not, apart from Maximum QoS, which `properties_len` checks.
+fn check_value(value: &Value<'_>) -> Result<(), &'static str> {
     match *value {
-        Value::Byte(level) if id == PropertyId::MaximumQoS && level > 1 => {
-            Err("maximum QoS must be 0 or 1")
-        }
         Value::VariableByteInteger(number) if number > MAX_VARIABLE_BYTE_INTEGER => {
             Err("subscription identifier is above 268435455")
         }

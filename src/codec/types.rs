@@ -323,3 +323,38 @@ pub(crate) fn disallowed_character(value: &str) -> Option<char> {
             || code & 0xFFFE == 0xFFFE
     })
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn disallowed_characters_found() {
+        assert_eq!(disallowed_character("plain/topic"), None);
+        assert_eq!(disallowed_character("caf\u{e9}"), None);
+        assert_eq!(disallowed_character("a\u{0}b"), Some('\u{0}'));
+        assert_eq!(disallowed_character("tab\there"), Some('\t'));
+        assert_eq!(disallowed_character("x\u{85}"), Some('\u{85}'));
+        assert_eq!(disallowed_character("x\u{FDD0}"), Some('\u{FDD0}'));
+        assert_eq!(disallowed_character("x\u{1FFFF}"), Some('\u{1FFFF}'));
+    }
+
+    #[test]
+    fn mqtt_string_rules_checked() {
+        assert_eq!(check_mqtt_string("ok"), Ok(()));
+        assert_eq!(
+            check_mqtt_string("a\u{0}"),
+            Err(InvalidValue::NullCharacter)
+        );
+        assert_eq!(
+            check_mqtt_string("a\u{7f}"),
+            Err(InvalidValue::DisallowedCharacter('\u{7f}'))
+        );
+        let long = "a".repeat(65_536);
+        assert_eq!(
+            check_mqtt_string(&long),
+            Err(InvalidValue::StringTooLong(65_536))
+        );
+    }
+}
