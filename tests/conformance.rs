@@ -366,11 +366,18 @@ fn mosquitto_sequences_pass_through_driver() {
     let Some(binary) = driver_binary() else {
         return;
     };
-    let subset: Vec<Sequence> = sequences
+    let mut subset: Vec<Sequence> = sequences
         .into_iter()
         .filter(|sequence| deliberate_difference(sequence).is_none())
         .step_by(DRIVER_SUBSET_STEP)
         .collect();
+    // The Mosquitto sequences use only `publish-1`; these give the driver every command.
+    let with_commands = sequences::parse_file("mqttlink", MQTTLINK_SEQUENCES).unwrap();
+    subset.extend(
+        with_commands
+            .into_iter()
+            .filter(|sequence| sequence.command.is_some()),
+    );
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
