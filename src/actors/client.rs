@@ -479,6 +479,8 @@ impl Handler<GetStats> for ClientActor {
             bytes_out: self.counters.bytes_out.get(),
             packets_in: self.counters.packets_in.get(),
             packets_out: self.counters.packets_out.get(),
+            unmatched_messages: self.router.borrow().unmatched(),
+            dropped_messages: self.counters.dropped_messages.get(),
         })
     }
 }

@@ -41,6 +41,7 @@ pub(crate) struct Counters {
     pub packets_in: Cell<u64>,
     pub packets_out: Cell<u64>,
     pub inflight_in: Cell<usize>,
+    pub dropped_messages: Cell<u64>,
 }
 
 impl Counters {

@@ -357,6 +357,33 @@ impl From<crate::session::InboundMessage> for Message {
 
 /// A change of the connection, sent to every recipient registered with
 /// [`Client::subscribe_events`](crate::Client::subscribe_events).
+///
+/// ```no_run
+/// use actix::prelude::*;
+/// use mqttlink::Event;
+///
+/// struct Watcher;
+///
+/// impl Actor for Watcher {
+///     type Context = Context<Self>;
+/// }
+///
+/// impl Handler<Event> for Watcher {
+///     type Result = ();
+///
+///     fn handle(&mut self, event: Event, _: &mut Context<Self>) {
+///         match event {
+///             Event::Connected { session_present, .. } => println!("connected, session present: {session_present}"),
+///             Event::Disconnected { reason } => println!("disconnected: {reason}"),
+///             _ => {}
+///         }
+///     }
+/// }
+///
+/// # fn example(client: &mqttlink::Client) {
+/// client.subscribe_events(Watcher.start().recipient());
+/// # }
+/// ```
 #[derive(Debug, Clone, actix::Message)]
 #[rtype(result = "()")]
 #[non_exhaustive]
@@ -395,9 +422,21 @@ pub struct Stats {
     pub packets_in: u64,
     /// Packets encoded for the broker.
     pub packets_out: u64,
+    /// Messages that matched no route while no default recipient was set.
+    pub unmatched_messages: u64,
+    /// QoS 0 messages dropped because recipients were too slow to take them.
+    pub dropped_messages: u64,
 }
 
-/// Asks the client for its [`Stats`]; resolves at once.
+/// Requests the client's [`Stats`]; resolves at once.
+///
+/// ```no_run
+/// # async fn example(client: mqttlink::Client) -> Result<(), actix::MailboxError> {
+/// let stats = client.addr().send(mqttlink::GetStats).await?;
+/// println!("{} requests queued, {} bytes sent", stats.queued_requests, stats.bytes_out);
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug, Clone, Copy, Default, actix::Message)]
 #[rtype(result = "Stats")]
 pub struct GetStats;

@@ -155,9 +155,11 @@ impl SessionActor {
             );
         }
         if ack.is_none() && self.backlog.len() >= MAX_QOS0_BACKLOG {
+            Counters::add(&self.counters.dropped_messages, 1);
             tracing::warn!(
                 client_id = %self.client_id,
                 topic = %message.topic,
+                dropped = self.counters.dropped_messages.get(),
                 "qos 0 message dropped, recipients too slow"
             );
             return;
