@@ -203,16 +203,28 @@ impl Case {
             bytes: bytes.freeze(),
         };
         let mut buf = BytesMut::from(case.bytes.as_ref());
-        assert_eq!(
-            case.decode_ours(&mut buf),
-            case.ours,
-            "{name}: mqttlink decode"
-        );
+        let input = address_range(&buf);
+        let decoded = case.decode_ours(&mut buf);
+        assert_eq!(decoded, case.ours, "{name}: mqttlink decode");
+        if let Packet::Publish(publish) = &decoded {
+            assert_shares(&input, &publish.payload, name, "mqttlink");
+        }
+
         let mut buf = BytesMut::from(case.bytes.as_ref());
-        if version.is_v5() {
-            decode_theirs_v5(&mut buf);
+        let input = address_range(&buf);
+        let payload = if version.is_v5() {
+            match decode_theirs_v5(&mut buf) {
+                rumqtt_v5::Packet::Publish(publish) => Some(publish.payload),
+                _ => None,
+            }
         } else {
-            decode_theirs_v4(&mut buf);
+            match decode_theirs_v4(&mut buf) {
+                rumqtt_v4::Packet::Publish(publish) => Some(publish.payload),
+                _ => None,
+            }
+        };
+        if let Some(payload) = payload {
+            assert_shares(&input, &payload, name, "rumqttc");
         }
         case
     }
@@ -226,6 +238,20 @@ impl Case {
         };
         decoder.decode(buf).unwrap().unwrap()
     }
+}
+
+fn address_range(bytes: &[u8]) -> std::ops::Range<usize> {
+    let start = bytes.as_ptr() as usize;
+    start..start + bytes.len()
+}
+
+/// Checks that a decoded payload points into the input buffer, so it was not copied.
+fn assert_shares(input: &std::ops::Range<usize>, payload: &[u8], case: &str, library: &str) {
+    let payload = address_range(payload);
+    assert!(
+        input.start <= payload.start && payload.end <= input.end,
+        "{case}: {library} copied the payload on decode"
+    );
 }
 
 fn cases() -> Vec<Case> {
