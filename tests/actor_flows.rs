@@ -46,6 +46,14 @@ fn inbound(delivery: Delivery, topic: &str, payload: &'static [u8]) -> Packet {
     })
 }
 
+fn puback(packet_id: PacketId) -> Packet {
+    Packet::PubAck(PubAck {
+        packet_id,
+        reason: PubAckReason::Success,
+        properties: Properties::default(),
+    })
+}
+
 async fn answer_subscribe(connection: &mut BrokerConnection, reasons: Vec<SubAckReason>) {
     let Packet::Subscribe(subscribe) = connection.recv().await else {
         panic!("expected SUBSCRIBE");
@@ -512,4 +520,52 @@ async fn overlapping_copies_routed_by_automatic_identifier() {
         .await
         .unwrap();
     assert!(single_rx.try_recv().is_err(), "no second copy for a/+/c");
+}
+
+#[actix_rt::test]
+async fn publish_waits_for_room_in_queue() {
+    let _serial = SERIAL.lock().await;
+    let broker = FakeBroker::bind().await;
+    let client = ClientOptions::from_url(&broker.url())
+        .unwrap()
+        .client_id("waiter")
+        .max_pending_requests(1)
+        .start()
+        .unwrap();
+    let mut connection = broker.accept().await;
+    connection.handshake().await;
+
+    let topic: mqttlink::codec::TopicName = "w".parse().unwrap();
+    let first = client.publish(Publish::new(topic.clone(), "1").qos(QoS::AtLeastOnce));
+    let second = client.publish(Publish::new(topic, "2").qos(QoS::AtLeastOnce));
+    let broker_side = async {
+        let Packet::Publish(publish) = connection.recv().await else {
+            panic!("expected PUBLISH");
+        };
+        assert_eq!(&publish.payload[..], b"1");
+        let stats = client.stats().await.unwrap();
+        assert_eq!(stats.inflight_out, 1);
+        assert_eq!(
+            stats.queued_requests, 0,
+            "the second waits for room before queueing"
+        );
+
+        connection
+            .send(&puback(publish.delivery.packet_id().unwrap()))
+            .await;
+        let Packet::Publish(publish) = connection.recv().await else {
+            panic!("expected PUBLISH");
+        };
+        assert_eq!(&publish.payload[..], b"2");
+        connection
+            .send(&puback(publish.delivery.packet_id().unwrap()))
+            .await;
+    };
+    let (first, second, ()) = tokio::join!(first, second, broker_side);
+    assert_eq!(first.unwrap().reason, Some(PubAckReason::Success));
+    assert_eq!(second.unwrap().reason, Some(PubAckReason::Success));
+    client
+        .disconnect(mqttlink::Disconnect::new())
+        .await
+        .unwrap();
 }
