@@ -278,6 +278,7 @@ enum Value<'a> {
 }
 
 impl Value<'_> {
+    #[inline]
     fn len(&self) -> usize {
         match self {
             Self::Byte(_) => 1,
@@ -290,6 +291,7 @@ impl Value<'_> {
         }
     }
 
+    #[inline]
     fn put(&self, dst: &mut BytesMut) {
         match self {
             Self::Byte(value) => dst.put_u8(*value),
@@ -309,99 +311,95 @@ impl Value<'_> {
 /// Calls `visit` with every property present in `p`: the message properties in the
 /// order Mosquitto writes them, then the others by identifier, then the user
 /// properties in their stored order. Any order is valid (MQTT 5.0 section 2.2.2.2),
-/// but matching Mosquitto's lets byte-exact conformance tests pass. Stops at the
-/// first error `visit` returns.
-fn for_each_property<'a>(
-    p: &'a Properties,
-    mut visit: impl FnMut(PropertyId, Value<'a>) -> Result<(), EncodeError>,
-) -> Result<(), EncodeError> {
+/// but matching Mosquitto's lets byte-exact conformance tests pass.
+#[inline]
+fn for_each_property<'a>(p: &'a Properties, mut visit: impl FnMut(PropertyId, Value<'a>)) {
     use PropertyId as P;
     use Value as V;
     if let Some(format) = p.payload_format_indicator {
-        visit(P::PayloadFormatIndicator, V::Byte(format as u8))?;
+        visit(P::PayloadFormatIndicator, V::Byte(format as u8));
     }
     if let Some(value) = p.message_expiry_interval {
-        visit(P::MessageExpiryInterval, V::FourBytes(value))?;
+        visit(P::MessageExpiryInterval, V::FourBytes(value));
     }
     if let Some(value) = p.topic_alias {
-        visit(P::TopicAlias, V::TwoBytes(value.get()))?;
+        visit(P::TopicAlias, V::TwoBytes(value.get()));
     }
     if let Some(value) = &p.response_topic {
-        visit(P::ResponseTopic, V::String(value.as_str()))?;
+        visit(P::ResponseTopic, V::String(value.as_str()));
     }
     if let Some(value) = &p.correlation_data {
-        visit(P::CorrelationData, V::Binary(value))?;
+        visit(P::CorrelationData, V::Binary(value));
     }
     if let Some(value) = &p.content_type {
-        visit(P::ContentType, V::String(value))?;
+        visit(P::ContentType, V::String(value));
     }
     for value in &p.subscription_identifiers {
         visit(
             P::SubscriptionIdentifier,
             V::VariableByteInteger(value.get()),
-        )?;
+        );
     }
     if let Some(value) = p.session_expiry_interval {
-        visit(P::SessionExpiryInterval, V::FourBytes(value))?;
+        visit(P::SessionExpiryInterval, V::FourBytes(value));
     }
     if let Some(value) = &p.assigned_client_identifier {
-        visit(P::AssignedClientIdentifier, V::String(value))?;
+        visit(P::AssignedClientIdentifier, V::String(value));
     }
     if let Some(value) = p.server_keep_alive {
-        visit(P::ServerKeepAlive, V::TwoBytes(value))?;
+        visit(P::ServerKeepAlive, V::TwoBytes(value));
     }
     if let Some(value) = &p.authentication_method {
-        visit(P::AuthenticationMethod, V::String(value))?;
+        visit(P::AuthenticationMethod, V::String(value));
     }
     if let Some(value) = &p.authentication_data {
-        visit(P::AuthenticationData, V::Binary(value))?;
+        visit(P::AuthenticationData, V::Binary(value));
     }
     if let Some(value) = p.request_problem_information {
-        visit(P::RequestProblemInformation, V::Byte(u8::from(value)))?;
+        visit(P::RequestProblemInformation, V::Byte(u8::from(value)));
     }
     if let Some(value) = p.will_delay_interval {
-        visit(P::WillDelayInterval, V::FourBytes(value))?;
+        visit(P::WillDelayInterval, V::FourBytes(value));
     }
     if let Some(value) = p.request_response_information {
-        visit(P::RequestResponseInformation, V::Byte(u8::from(value)))?;
+        visit(P::RequestResponseInformation, V::Byte(u8::from(value)));
     }
     if let Some(value) = &p.response_information {
-        visit(P::ResponseInformation, V::String(value))?;
+        visit(P::ResponseInformation, V::String(value));
     }
     if let Some(value) = &p.server_reference {
-        visit(P::ServerReference, V::String(value))?;
+        visit(P::ServerReference, V::String(value));
     }
     if let Some(value) = &p.reason_string {
-        visit(P::ReasonString, V::String(value))?;
+        visit(P::ReasonString, V::String(value));
     }
     if let Some(value) = p.receive_maximum {
-        visit(P::ReceiveMaximum, V::TwoBytes(value.get()))?;
+        visit(P::ReceiveMaximum, V::TwoBytes(value.get()));
     }
     if let Some(value) = p.topic_alias_maximum {
-        visit(P::TopicAliasMaximum, V::TwoBytes(value))?;
+        visit(P::TopicAliasMaximum, V::TwoBytes(value));
     }
     if let Some(value) = p.maximum_qos {
-        visit(P::MaximumQoS, V::Byte(value.level()))?;
+        visit(P::MaximumQoS, V::Byte(value.level()));
     }
     if let Some(value) = p.retain_available {
-        visit(P::RetainAvailable, V::Byte(u8::from(value)))?;
+        visit(P::RetainAvailable, V::Byte(u8::from(value)));
     }
     if let Some(value) = p.maximum_packet_size {
-        visit(P::MaximumPacketSize, V::FourBytes(value.get()))?;
+        visit(P::MaximumPacketSize, V::FourBytes(value.get()));
     }
     if let Some(value) = p.wildcard_subscription_available {
-        visit(P::WildcardSubscriptionAvailable, V::Byte(u8::from(value)))?;
+        visit(P::WildcardSubscriptionAvailable, V::Byte(u8::from(value)));
     }
     if let Some(value) = p.subscription_identifier_available {
-        visit(P::SubscriptionIdentifierAvailable, V::Byte(u8::from(value)))?;
+        visit(P::SubscriptionIdentifierAvailable, V::Byte(u8::from(value)));
     }
     if let Some(value) = p.shared_subscription_available {
-        visit(P::SharedSubscriptionAvailable, V::Byte(u8::from(value)))?;
+        visit(P::SharedSubscriptionAvailable, V::Byte(u8::from(value)));
     }
     for (name, value) in &p.user_properties {
-        visit(P::UserProperty, V::Pair(name, value))?;
+        visit(P::UserProperty, V::Pair(name, value));
     }
-    Ok(())
 }
 
 /// Checks that `properties` may be sent in `context` and returns the length of the
@@ -427,8 +425,7 @@ pub(crate) fn properties_len(
         if let Err(text) = check_value(&value) {
             problem.get_or_insert((id, text));
         }
-        Ok(())
-    })?;
+    });
 
     let invalid = |property, problem| EncodeError::InvalidProperty {
         packet_type,
@@ -465,6 +462,7 @@ fn lowest_property(set: u64) -> Option<PropertyId> {
 
 /// Returns what is wrong with a property value the model allows but the wire does
 /// not, apart from Maximum QoS, which `properties_len` checks.
+#[inline]
 fn check_value(value: &Value<'_>) -> Result<(), &'static str> {
     match *value {
         Value::VariableByteInteger(number) if number > MAX_VARIABLE_BYTE_INTEGER => {
@@ -590,11 +588,10 @@ pub(crate) fn put_properties(dst: &mut BytesMut, properties: &Properties, len: u
     if len == 0 {
         return;
     }
-    // The visitor cannot fail here: `properties_len` accepted the same properties.
-    let _ = for_each_property(properties, |id, value| {
-        put_variable_byte_integer(dst, u32::from(id as u8));
+    // Every identifier is below 128, so it takes one byte.
+    for_each_property(properties, |id, value| {
+        dst.put_u8(id as u8);
         value.put(dst);
-        Ok(())
     });
 }
 
