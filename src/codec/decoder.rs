@@ -19,8 +19,8 @@ use super::wire::{parse_variable_byte_integer, Reader};
 /// Decodes a stream of packets received on one connection, keeping nothing between
 /// calls except the protocol version: a partial packet stays in the caller's buffer.
 ///
-/// A client uses [`Decoder::for_client`] with the version it connected with; a server
-/// (such as a test broker) uses [`Decoder::for_server`], which learns the version from
+/// A client uses [`Decoder::for_client`] with the version it connected with. A server,
+/// such as a test broker, uses [`Decoder::for_server`], which takes the version from
 /// the CONNECT packet. After an error the connection must be closed. An error in the
 /// fixed header leaves `buf` unchanged; an error in the body comes after the packet's
 /// bytes were split off `buf`, because decoding shares them instead of copying.
@@ -84,7 +84,7 @@ impl Decoder {
 
     /// Decodes the packet at the front of `buf`.
     ///
-    /// Returns `Ok(None)` when `buf` does not yet hold a whole packet; nothing is
+    /// Returns `Ok(None)` when `buf` does not yet contain a whole packet. Nothing is
     /// consumed then, and `buf` may be grown to fit the rest of the packet. On
     /// `Ok(Some(packet))` the packet's bytes are split off the front of `buf`, and the
     /// packet's payloads and strings share that memory instead of copying it.

@@ -1,7 +1,7 @@
 //! The encoder: turns a [`Packet`] into bytes for one protocol version.
 //!
 //! Encoding is two passes over the packet. The first checks everything the version
-//! and the protocol require and computes the exact size; only then is `dst` grown
+//! and the protocol require and computes the exact size. Only then is `dst` grown
 //! once and written, so a rejected packet leaves `dst` untouched. Packet layouts
 //! live in the `*_wire` modules; this module holds the dispatch and the fixed header.
 

@@ -345,7 +345,7 @@ pub enum EncodeError {
     /// properties or a failure reason code in MQTT 3.1.1, or AUTH before MQTT 5.0.
     #[error("{what} cannot be encoded in {version:?}")]
     NotInVersion {
-        /// What the version cannot carry.
+        /// Description of the value the version cannot carry.
         what: &'static str,
         /// The version requested.
         version: ProtocolVersion,
@@ -378,7 +378,7 @@ pub enum EncodeError {
         packet_type: PacketType,
         /// The property.
         property: super::properties::PropertyId,
-        /// What is wrong with it.
+        /// Description of the problem.
         problem: &'static str,
     },
 }
