@@ -325,6 +325,7 @@ fn connect_rows() -> Vec<Valid> {
     ]
 }
 
+#[rustfmt::skip] // One row per line reads as a table.
 fn connack_rows() -> Vec<Valid> {
     use Receiver::Client;
 
@@ -337,69 +338,15 @@ fn connack_rows() -> Vec<Valid> {
     };
 
     vec![
-        valid(
-            "3.1.1 CONNACK accepted",
-            V3_1_1,
-            Client,
-            &[0x20, 0x02, 0x00, 0x00],
-            connack(false, ConnectReason::Success),
-        ),
-        valid(
-            "3.1.1 CONNACK session present",
-            V3_1_1,
-            Client,
-            &[0x20, 0x02, 0x01, 0x00],
-            connack(true, ConnectReason::Success),
-        ),
-        valid(
-            "3.1.1 CONNACK return code 1",
-            V3_1_1,
-            Client,
-            &[0x20, 0x02, 0x00, 0x01],
-            connack(false, ConnectReason::UnsupportedProtocolVersion),
-        ),
-        valid(
-            "3.1.1 CONNACK return code 2",
-            V3_1_1,
-            Client,
-            &[0x20, 0x02, 0x00, 0x02],
-            connack(false, ConnectReason::ClientIdentifierNotValid),
-        ),
-        valid(
-            "3.1.1 CONNACK return code 3",
-            V3_1_1,
-            Client,
-            &[0x20, 0x02, 0x00, 0x03],
-            connack(false, ConnectReason::ServerUnavailable),
-        ),
-        valid(
-            "3.1.1 CONNACK return code 4",
-            V3_1_1,
-            Client,
-            &[0x20, 0x02, 0x00, 0x04],
-            connack(false, ConnectReason::BadUserNameOrPassword),
-        ),
-        valid(
-            "3.1.1 CONNACK return code 5",
-            V3_1_1,
-            Client,
-            &[0x20, 0x02, 0x00, 0x05],
-            connack(false, ConnectReason::NotAuthorized),
-        ),
-        valid(
-            "5.0 CONNACK success without properties",
-            V5,
-            Client,
-            &[0x20, 0x03, 0x00, 0x00, 0x00],
-            connack(false, ConnectReason::Success),
-        ),
-        valid(
-            "5.0 CONNACK not authorized",
-            V5,
-            Client,
-            &[0x20, 0x03, 0x00, 0x87, 0x00],
-            connack(false, ConnectReason::NotAuthorized),
-        ),
+        valid("3.1.1 CONNACK accepted", V3_1_1, Client, &[0x20, 0x02, 0x00, 0x00], connack(false, ConnectReason::Success)),
+        valid("3.1.1 CONNACK session present", V3_1_1, Client, &[0x20, 0x02, 0x01, 0x00], connack(true, ConnectReason::Success)),
+        valid("3.1.1 CONNACK return code 1", V3_1_1, Client, &[0x20, 0x02, 0x00, 0x01], connack(false, ConnectReason::UnsupportedProtocolVersion)),
+        valid("3.1.1 CONNACK return code 2", V3_1_1, Client, &[0x20, 0x02, 0x00, 0x02], connack(false, ConnectReason::ClientIdentifierNotValid)),
+        valid("3.1.1 CONNACK return code 3", V3_1_1, Client, &[0x20, 0x02, 0x00, 0x03], connack(false, ConnectReason::ServerUnavailable)),
+        valid("3.1.1 CONNACK return code 4", V3_1_1, Client, &[0x20, 0x02, 0x00, 0x04], connack(false, ConnectReason::BadUserNameOrPassword)),
+        valid("3.1.1 CONNACK return code 5", V3_1_1, Client, &[0x20, 0x02, 0x00, 0x05], connack(false, ConnectReason::NotAuthorized)),
+        valid("5.0 CONNACK success without properties", V5, Client, &[0x20, 0x03, 0x00, 0x00, 0x00], connack(false, ConnectReason::Success)),
+        valid("5.0 CONNACK not authorized", V5, Client, &[0x20, 0x03, 0x00, 0x87, 0x00], connack(false, ConnectReason::NotAuthorized)),
         valid(
             "5.0 CONNACK with every CONNACK property",
             V5,
@@ -606,6 +553,7 @@ fn publish_rows() -> Vec<Valid> {
     ]
 }
 
+#[rustfmt::skip] // One row per line reads as a table.
 fn acknowledgement_rows() -> Vec<Valid> {
     use Receiver::{Client, Server};
 
@@ -639,55 +587,13 @@ fn acknowledgement_rows() -> Vec<Valid> {
     };
 
     vec![
-        valid(
-            "3.1.1 PUBACK",
-            V3_1_1,
-            Client,
-            &[0x40, 0x02, 0x00, 0x0A],
-            puback(10, PubAckReason::Success, no_props()),
-        ),
-        valid(
-            "3.1.1 PUBREC",
-            V3_1_1,
-            Client,
-            &[0x50, 0x02, 0x00, 0x0B],
-            pubrec(11, PubAckReason::Success),
-        ),
-        valid(
-            "3.1.1 PUBREL",
-            V3_1_1,
-            Client,
-            &[0x62, 0x02, 0x00, 0x0C],
-            pubrel(12, PubCompReason::Success),
-        ),
-        valid(
-            "3.1.1 PUBCOMP",
-            V3_1_1,
-            Client,
-            &[0x70, 0x02, 0x00, 0x0D],
-            pubcomp(13, PubCompReason::Success),
-        ),
-        valid(
-            "3.1.1 PUBACK from a client",
-            V3_1_1,
-            Server,
-            &[0x40, 0x02, 0xFF, 0xFF],
-            puback(0xFFFF, PubAckReason::Success, no_props()),
-        ),
-        valid(
-            "5.0 PUBACK success short form",
-            V5,
-            Client,
-            &[0x40, 0x02, 0x00, 0x0A],
-            puback(10, PubAckReason::Success, no_props()),
-        ),
-        valid(
-            "5.0 PUBACK reason code only",
-            V5,
-            Client,
-            &[0x40, 0x03, 0x00, 0x0A, 0x10],
-            puback(10, PubAckReason::NoMatchingSubscribers, no_props()),
-        ),
+        valid("3.1.1 PUBACK", V3_1_1, Client, &[0x40, 0x02, 0x00, 0x0A], puback(10, PubAckReason::Success, no_props())),
+        valid("3.1.1 PUBREC", V3_1_1, Client, &[0x50, 0x02, 0x00, 0x0B], pubrec(11, PubAckReason::Success)),
+        valid("3.1.1 PUBREL", V3_1_1, Client, &[0x62, 0x02, 0x00, 0x0C], pubrel(12, PubCompReason::Success)),
+        valid("3.1.1 PUBCOMP", V3_1_1, Client, &[0x70, 0x02, 0x00, 0x0D], pubcomp(13, PubCompReason::Success)),
+        valid("3.1.1 PUBACK from a client", V3_1_1, Server, &[0x40, 0x02, 0xFF, 0xFF], puback(0xFFFF, PubAckReason::Success, no_props())),
+        valid("5.0 PUBACK success short form", V5, Client, &[0x40, 0x02, 0x00, 0x0A], puback(10, PubAckReason::Success, no_props())),
+        valid("5.0 PUBACK reason code only", V5, Client, &[0x40, 0x03, 0x00, 0x0A, 0x10], puback(10, PubAckReason::NoMatchingSubscribers, no_props())),
         valid(
             "5.0 PUBACK with reason string",
             V5,
@@ -704,48 +610,12 @@ fn acknowledgement_rows() -> Vec<Valid> {
                 },
             ),
         ),
-        decode_only(
-            "5.0 PUBACK success spelled out",
-            V5,
-            Client,
-            &[0x40, 0x03, 0x00, 0x0A, 0x00],
-            puback(10, PubAckReason::Success, no_props()),
-        ),
-        decode_only(
-            "5.0 PUBACK empty property length",
-            V5,
-            Client,
-            &[0x40, 0x04, 0x00, 0x0A, 0x00, 0x00],
-            puback(10, PubAckReason::Success, no_props()),
-        ),
-        valid(
-            "5.0 PUBREC packet identifier in use",
-            V5,
-            Client,
-            &[0x50, 0x03, 0x00, 0x0B, 0x91],
-            pubrec(11, PubAckReason::PacketIdentifierInUse),
-        ),
-        valid(
-            "5.0 PUBREL packet identifier not found",
-            V5,
-            Client,
-            &[0x62, 0x03, 0x00, 0x0C, 0x92],
-            pubrel(12, PubCompReason::PacketIdentifierNotFound),
-        ),
-        valid(
-            "5.0 PUBCOMP packet identifier not found",
-            V5,
-            Client,
-            &[0x70, 0x03, 0x00, 0x0D, 0x92],
-            pubcomp(13, PubCompReason::PacketIdentifierNotFound),
-        ),
-        valid(
-            "5.0 PUBCOMP success",
-            V5,
-            Server,
-            &[0x70, 0x02, 0x00, 0x0D],
-            pubcomp(13, PubCompReason::Success),
-        ),
+        decode_only("5.0 PUBACK success spelled out", V5, Client, &[0x40, 0x03, 0x00, 0x0A, 0x00], puback(10, PubAckReason::Success, no_props())),
+        decode_only("5.0 PUBACK empty property length", V5, Client, &[0x40, 0x04, 0x00, 0x0A, 0x00, 0x00], puback(10, PubAckReason::Success, no_props())),
+        valid("5.0 PUBREC packet identifier in use", V5, Client, &[0x50, 0x03, 0x00, 0x0B, 0x91], pubrec(11, PubAckReason::PacketIdentifierInUse)),
+        valid("5.0 PUBREL packet identifier not found", V5, Client, &[0x62, 0x03, 0x00, 0x0C, 0x92], pubrel(12, PubCompReason::PacketIdentifierNotFound)),
+        valid("5.0 PUBCOMP packet identifier not found", V5, Client, &[0x70, 0x03, 0x00, 0x0D, 0x92], pubcomp(13, PubCompReason::PacketIdentifierNotFound)),
+        valid("5.0 PUBCOMP success", V5, Server, &[0x70, 0x02, 0x00, 0x0D], pubcomp(13, PubCompReason::Success)),
     ]
 }
 
@@ -911,6 +781,7 @@ fn subscription_rows() -> Vec<Valid> {
     ]
 }
 
+#[rustfmt::skip] // One row per line reads as a table.
 fn session_end_rows() -> Vec<Valid> {
     use Receiver::{Client, Server};
 
@@ -918,57 +789,15 @@ fn session_end_rows() -> Vec<Valid> {
     let auth = |reason, properties| Packet::Auth(Auth { reason, properties });
 
     vec![
-        valid(
-            "3.1.1 PINGREQ",
-            V3_1_1,
-            Server,
-            &[0xC0, 0x00],
-            Packet::PingReq,
-        ),
-        valid(
-            "3.1.1 PINGRESP",
-            V3_1_1,
-            Client,
-            &[0xD0, 0x00],
-            Packet::PingResp,
-        ),
+        valid("3.1.1 PINGREQ", V3_1_1, Server, &[0xC0, 0x00], Packet::PingReq),
+        valid("3.1.1 PINGRESP", V3_1_1, Client, &[0xD0, 0x00], Packet::PingResp),
         valid("5.0 PINGREQ", V5, Server, &[0xC0, 0x00], Packet::PingReq),
         valid("5.0 PINGRESP", V5, Client, &[0xD0, 0x00], Packet::PingResp),
-        valid(
-            "3.1.1 DISCONNECT",
-            V3_1_1,
-            Server,
-            &[0xE0, 0x00],
-            disconnect(DisconnectReason::NormalDisconnection, no_props()),
-        ),
-        valid(
-            "5.0 DISCONNECT normal short form",
-            V5,
-            Server,
-            &[0xE0, 0x00],
-            disconnect(DisconnectReason::NormalDisconnection, no_props()),
-        ),
-        decode_only(
-            "5.0 DISCONNECT normal spelled out",
-            V5,
-            Server,
-            &[0xE0, 0x01, 0x00],
-            disconnect(DisconnectReason::NormalDisconnection, no_props()),
-        ),
-        valid(
-            "5.0 DISCONNECT with will message",
-            V5,
-            Server,
-            &[0xE0, 0x01, 0x04],
-            disconnect(DisconnectReason::DisconnectWithWillMessage, no_props()),
-        ),
-        decode_only(
-            "5.0 DISCONNECT with will message and empty property length",
-            V5,
-            Server,
-            &[0xE0, 0x02, 0x04, 0x00],
-            disconnect(DisconnectReason::DisconnectWithWillMessage, no_props()),
-        ),
+        valid("3.1.1 DISCONNECT", V3_1_1, Server, &[0xE0, 0x00], disconnect(DisconnectReason::NormalDisconnection, no_props())),
+        valid("5.0 DISCONNECT normal short form", V5, Server, &[0xE0, 0x00], disconnect(DisconnectReason::NormalDisconnection, no_props())),
+        decode_only("5.0 DISCONNECT normal spelled out", V5, Server, &[0xE0, 0x01, 0x00], disconnect(DisconnectReason::NormalDisconnection, no_props())),
+        valid("5.0 DISCONNECT with will message", V5, Server, &[0xE0, 0x01, 0x04], disconnect(DisconnectReason::DisconnectWithWillMessage, no_props())),
+        decode_only("5.0 DISCONNECT with will message and empty property length", V5, Server, &[0xE0, 0x02, 0x04, 0x00], disconnect(DisconnectReason::DisconnectWithWillMessage, no_props())),
         valid(
             "5.0 DISCONNECT with session expiry from a client",
             V5,
@@ -982,20 +811,8 @@ fn session_end_rows() -> Vec<Valid> {
                 },
             ),
         ),
-        valid(
-            "5.0 DISCONNECT session taken over",
-            V5,
-            Client,
-            &[0xE0, 0x01, 0x8E],
-            disconnect(DisconnectReason::SessionTakenOver, no_props()),
-        ),
-        decode_only(
-            "5.0 DISCONNECT session taken over and empty property length",
-            V5,
-            Client,
-            &[0xE0, 0x02, 0x8E, 0x00],
-            disconnect(DisconnectReason::SessionTakenOver, no_props()),
-        ),
+        valid("5.0 DISCONNECT session taken over", V5, Client, &[0xE0, 0x01, 0x8E], disconnect(DisconnectReason::SessionTakenOver, no_props())),
+        decode_only("5.0 DISCONNECT session taken over and empty property length", V5, Client, &[0xE0, 0x02, 0x8E, 0x00], disconnect(DisconnectReason::SessionTakenOver, no_props())),
         valid(
             "5.0 DISCONNECT with server reference",
             V5,
@@ -1009,13 +826,7 @@ fn session_end_rows() -> Vec<Valid> {
                 },
             ),
         ),
-        valid(
-            "5.0 AUTH success short form",
-            V5,
-            Client,
-            &[0xF0, 0x00],
-            auth(AuthReason::Success, no_props()),
-        ),
+        valid("5.0 AUTH success short form", V5, Client, &[0xF0, 0x00], auth(AuthReason::Success, no_props())),
         valid(
             "5.0 AUTH continue with method and data",
             V5,
