@@ -125,7 +125,9 @@ impl Decoder {
             }
             // The hot path returns straight into the caller's slot: the packet is large,
             // and each move of it costs more than parsing a small PUBLISH.
-            (PacketType::Publish, Some(version)) => decode_publish(reader, flags, version),
+            (PacketType::Publish, Some(version)) => {
+                decode_publish(reader, flags, version, self.sender)
+            }
             (_, Some(version)) => Ok(Some(self.decode_body(reader, version)?)),
             // `check_direction` lets only CONNECT through without a version.
             (_, None) => Err(Violation::FirstPacketNotConnect { packet_type }.into()),
@@ -684,6 +686,17 @@ mod tests {
         assert_eq!(error, DecodeError::Violation(Violation::SecondConnect));
         assert_eq!(error.rule(), Some("MQTT-3.1.0-2"));
         assert_eq!(decoder.version(), Some(ProtocolVersion::V3_1_1));
+    }
+
+    #[test]
+    fn server_rejects_subscription_identifier_from_client() {
+        let mut decoder = Decoder::for_server();
+        decoder.set_version(ProtocolVersion::V5);
+        // QoS 0 PUBLISH to "t" with Subscription Identifier 1.
+        let bytes = [0x30, 0x06, 0x00, 0x01, b't', 0x02, 0x0B, 0x01];
+        let error = decode_one(&mut decoder, &bytes).unwrap_err();
+        assert_eq!(error.rule(), Some("MQTT-3.3.4-6"));
+        assert_eq!(error.reason_code(), DisconnectReason::ProtocolError);
     }
 
     #[test]

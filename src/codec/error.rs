@@ -156,6 +156,9 @@ pub enum Violation {
         /// The value received.
         value: u32,
     },
+    /// A client sent a PUBLISH with a Subscription Identifier [MQTT-3.3.4-6].
+    #[error("PUBLISH from a client carries a subscription identifier")]
+    SubscriptionIdentifierFromClient,
     /// A Topic Alias of 0 [MQTT-3.3.2-8].
     #[error("topic alias 0")]
     ZeroTopicAlias,
@@ -289,7 +292,8 @@ impl Violation {
             | Self::InvalidRetainHandling
             | Self::NoLocalOnSharedSubscription
             | Self::UnsupportedProtocol { .. }
-            | Self::SessionExpiryFromServer => DisconnectReason::ProtocolError,
+            | Self::SessionExpiryFromServer
+            | Self::SubscriptionIdentifierFromClient => DisconnectReason::ProtocolError,
         }
     }
 
@@ -307,6 +311,7 @@ impl Violation {
             Self::InvalidUtf8 => "MQTT-1.5.4-1",
             Self::NullCharacter => "MQTT-1.5.4-2",
             Self::ZeroTopicAlias => "MQTT-3.3.2-8",
+            Self::SubscriptionIdentifierFromClient => "MQTT-3.3.4-6",
             Self::InvalidTopic(_) => "MQTT-3.3.2-2",
             Self::InvalidResponseTopic(_) => "MQTT-3.3.2-14",
             Self::ConnAckReservedFlags(_) => "MQTT-3.2.2-1",

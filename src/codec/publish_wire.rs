@@ -6,6 +6,7 @@
 
 use bytes::{BufMut, BytesMut};
 
+use super::control_wire::Sender;
 use super::encoder::Sizes;
 use super::error::{DecodeError, EncodeError, Violation};
 use super::packet::{Delivery, Packet, PacketType, PubAck, PubComp, PubRec, PubRel, Publish};
@@ -25,6 +26,7 @@ pub(crate) fn decode_publish(
     mut reader: Reader,
     flags: u8,
     version: ProtocolVersion,
+    sender: Sender,
 ) -> Result<Option<Packet>, DecodeError> {
     let qos_bits = (flags >> 1) & 0b11;
     let topic = reader.utf8()?;
@@ -36,6 +38,9 @@ pub(crate) fn decode_publish(
     let mut properties = Properties::default();
     if version.is_v5() {
         read_properties_into(&mut reader, PropertyContext::Publish, &mut properties)?;
+    }
+    if sender == Sender::Client && !properties.subscription_identifiers.is_empty() {
+        return Err(Violation::SubscriptionIdentifierFromClient.into());
     }
 
     // An empty topic name stands for the one a Topic Alias maps to (MQTT 5.0 section
