@@ -20,6 +20,10 @@ use super::Client;
 /// Port of unencrypted MQTT.
 const DEFAULT_PORT: u16 = 1883;
 
+/// Longest connect or disconnect timeout accepted: about 136 years, far beyond any use,
+/// and small enough that adding it to the current instant cannot overflow.
+const MAX_TIMEOUT: Duration = Duration::from_secs(u32::MAX as u64);
+
 /// How to reach the broker and what to announce to it; [`ClientOptions::start`] starts a
 /// client with them.
 ///
@@ -247,69 +251,23 @@ impl ClientOptions {
     }
 
     fn validate(self) -> Result<ClientConfig, ClientError> {
-        let invalid = |message: String| Err(ClientError::InvalidOptions(message));
         if self.reconnect {
-            return invalid(
-                "automatic reconnect is not implemented yet; use reconnect(false)".to_owned(),
-            );
+            return invalid("automatic reconnect is not implemented yet; use reconnect(false)");
         }
-        let client_id: ClientId = match self.client_id.parse() {
-            Ok(id) => id,
-            Err(error) => return invalid(format!("invalid client_id: {error}")),
-        };
-        // MQTT 3.1.1 requires clean session with an empty client identifier (section 3.1.3.1).
-        if client_id.is_empty() && !self.clean_start && !self.protocol.is_v5() {
-            return invalid("an empty client_id needs clean_start(true) before MQTT 5".to_owned());
-        }
-        // MQTT 3.1 limits the client identifier to 23 bytes.
-        if self.protocol == ProtocolVersion::V3_1
-            && (client_id.is_empty() || self.client_id.len() > 23)
-        {
-            return invalid("MQTT 3.1 needs a client_id of 1 to 23 bytes".to_owned());
-        }
-        // Before MQTT 5, a password needs a user name [MQTT-3.1.2-22].
-        if self.password.is_some() && self.username.is_none() && !self.protocol.is_v5() {
-            return invalid("a password needs a user name before MQTT 5".to_owned());
-        }
-        if self.keep_alive.as_secs() > u64::from(u16::MAX) {
-            return invalid(format!(
-                "keep_alive of {:?} exceeds 65535 s",
-                self.keep_alive
-            ));
-        }
-        let Some(receive_maximum) = NonZeroU16::new(self.receive_maximum) else {
-            return invalid("receive_maximum must not be 0".to_owned());
-        };
-        let Some(max_inflight) = NonZeroU16::new(self.max_inflight) else {
-            return invalid("max_inflight must not be 0".to_owned());
-        };
-        if self.max_pending_requests == 0 {
-            return invalid("max_pending_requests must not be 0".to_owned());
-        }
-        let session_expiry = match self
-            .session_expiry
-            .map(|expiry| u32::try_from(expiry.as_secs()))
-        {
-            Some(Ok(seconds)) => Some(seconds),
-            Some(Err(_)) => return invalid("session_expiry exceeds u32::MAX seconds".to_owned()),
-            None => None,
-        };
-        let max_packet_size = match self.max_packet_size.map(NonZeroU32::new) {
-            Some(None) => return invalid("max_packet_size must not be 0".to_owned()),
-            Some(Some(size)) => Some(size),
-            None => None,
-        };
+        let client_id = self.check_identity()?;
+        self.check_timing()?;
+        let limits = self.check_limits()?;
 
         let mut session = SessionConfig::new(client_id, self.protocol);
-        session.keep_alive = Duration::from_secs(self.keep_alive.as_secs());
+        session.keep_alive = self.keep_alive;
         session.clean_start = self.clean_start;
-        session.session_expiry = session_expiry;
+        session.session_expiry = limits.session_expiry;
         session.username = self.username.map(Into::into);
         session.password = self.password.map(Bytes::from);
         session.will = self.will;
-        session.receive_maximum = receive_maximum;
-        session.max_inflight = max_inflight;
-        session.max_packet_size = max_packet_size;
+        session.receive_maximum = limits.receive_maximum;
+        session.max_inflight = limits.max_inflight;
+        session.max_packet_size = limits.max_packet_size;
         session.connect_properties = self.connect_properties;
         session.connect_timeout = self.connect_timeout;
         session.disconnect_timeout = self.disconnect_timeout;
@@ -328,9 +286,108 @@ impl ClientOptions {
             },
             session,
             max_pending_requests: self.max_pending_requests,
-            max_packet_size_in: max_packet_size.map_or(DEFAULT_MAX_PACKET_SIZE, NonZeroU32::get),
+            max_packet_size_in: limits
+                .max_packet_size
+                .map_or(DEFAULT_MAX_PACKET_SIZE, NonZeroU32::get),
         })
     }
+
+    /// Parses the client identifier and checks the rules that tie it, and the password,
+    /// to the protocol version.
+    fn check_identity(&self) -> Result<ClientId, ClientError> {
+        let client_id: ClientId = self
+            .client_id
+            .parse()
+            .map_err(|error| ClientError::InvalidOptions(format!("invalid client_id: {error}")))?;
+        // MQTT 3.1.1 requires clean session with an empty client identifier (section 3.1.3.1).
+        if client_id.is_empty() && !self.clean_start && !self.protocol.is_v5() {
+            return invalid("an empty client_id needs clean_start(true) before MQTT 5");
+        }
+        // MQTT 3.1 limits the client identifier to 23 bytes.
+        if self.protocol == ProtocolVersion::V3_1
+            && (client_id.is_empty() || self.client_id.len() > 23)
+        {
+            return invalid("MQTT 3.1 needs a client_id of 1 to 23 bytes");
+        }
+        // Before MQTT 5, a password needs a user name [MQTT-3.1.2-22].
+        if self.password.is_some() && self.username.is_none() && !self.protocol.is_v5() {
+            return invalid("a password needs a user name before MQTT 5");
+        }
+        Ok(client_id)
+    }
+
+    /// Checks the keep-alive interval and the timeouts.
+    fn check_timing(&self) -> Result<(), ClientError> {
+        if self.keep_alive.as_secs() > u64::from(u16::MAX) {
+            return invalid(format!(
+                "keep_alive of {:?} exceeds 65535 s",
+                self.keep_alive
+            ));
+        }
+        if self.keep_alive.subsec_nanos() != 0 {
+            return invalid(format!(
+                "keep_alive of {:?} is not whole seconds; use 0 to turn it off",
+                self.keep_alive
+            ));
+        }
+        for (name, timeout) in [
+            ("connect_timeout", self.connect_timeout),
+            ("disconnect_timeout", self.disconnect_timeout),
+        ] {
+            if timeout > MAX_TIMEOUT {
+                return invalid(format!("{name} of {timeout:?} exceeds {MAX_TIMEOUT:?}"));
+            }
+        }
+        if self.connect_timeout.is_zero() {
+            return invalid("connect_timeout must be greater than 0");
+        }
+        Ok(())
+    }
+
+    /// Checks the flow-control and size limits and converts them to their session types.
+    fn check_limits(&self) -> Result<Limits, ClientError> {
+        let Some(receive_maximum) = NonZeroU16::new(self.receive_maximum) else {
+            return invalid("receive_maximum must not be 0");
+        };
+        let Some(max_inflight) = NonZeroU16::new(self.max_inflight) else {
+            return invalid("max_inflight must not be 0");
+        };
+        if self.max_pending_requests == 0 {
+            return invalid("max_pending_requests must not be 0");
+        }
+        let session_expiry = match self
+            .session_expiry
+            .map(|expiry| u32::try_from(expiry.as_secs()))
+        {
+            Some(Ok(seconds)) => Some(seconds),
+            Some(Err(_)) => return invalid("session_expiry exceeds 4294967295 s"),
+            None => None,
+        };
+        let max_packet_size = match self.max_packet_size.map(NonZeroU32::new) {
+            Some(None) => return invalid("max_packet_size must not be 0"),
+            Some(Some(size)) => Some(size),
+            None => None,
+        };
+        Ok(Limits {
+            receive_maximum,
+            max_inflight,
+            session_expiry,
+            max_packet_size,
+        })
+    }
+}
+
+/// The validated limits of [`ClientOptions`], in the types the session uses.
+struct Limits {
+    receive_maximum: NonZeroU16,
+    max_inflight: NonZeroU16,
+    session_expiry: Option<u32>,
+    max_packet_size: Option<NonZeroU32>,
+}
+
+/// Returns a [`ClientError::InvalidOptions`] error with `message`.
+fn invalid<T>(message: impl Into<String>) -> Result<T, ClientError> {
+    Err(ClientError::InvalidOptions(message.into()))
 }
 
 impl fmt::Debug for ClientOptions {
@@ -406,6 +463,11 @@ mod tests {
             base().receive_maximum(0),
             base().max_inflight(0),
             base().keep_alive(Duration::from_secs(70_000)),
+            base().keep_alive(Duration::from_millis(500)),
+            base().keep_alive(Duration::from_millis(1500)),
+            base().connect_timeout(Duration::ZERO),
+            base().connect_timeout(Duration::MAX),
+            base().disconnect_timeout(Duration::MAX),
             base().reconnect(true),
             base()
                 .client_id("")

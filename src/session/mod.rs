@@ -231,7 +231,7 @@ impl<S: Store> Session<S> {
     /// Creates a session that waits for its byte stream; the connect timeout runs from
     /// `now`.
     pub fn new(config: SessionConfig, store: S, now: Instant) -> Self {
-        let deadline = now + config.connect_timeout;
+        let deadline = deadline_after(now, config.connect_timeout);
         Self {
             config,
             store,
@@ -378,7 +378,7 @@ impl<S: Store> Session<S> {
                 self.close(CloseReason::Requested);
             }
             State::Connected(connection) => {
-                let deadline = now + self.config.disconnect_timeout;
+                let deadline = deadline_after(now, self.config.disconnect_timeout);
                 tracing::debug!(
                     client_id = %self.config.client_id,
                     inflight = self.store.outbound_len(),
@@ -491,7 +491,7 @@ impl<S: Store> Session<S> {
                 // specification only requires "a reasonable amount of time".
                 if let Some(connection) = self.connection_mut() {
                     connection.ping = Ping::AwaitingPingResp {
-                        deadline: now + interval,
+                        deadline: deadline_after(now, interval),
                     };
                 }
             }
@@ -587,6 +587,12 @@ impl<S: Store> Session<S> {
             _ => None,
         }
     }
+}
+
+/// Returns `now + timeout`, or `now` when that instant cannot be represented; the options
+/// builder rejects timeouts that long, so the fallback only guards against a panic.
+fn deadline_after(now: Instant, timeout: Duration) -> Instant {
+    now.checked_add(timeout).unwrap_or(now)
 }
 
 /// Returns the Reason String property as an owned string.
