@@ -42,7 +42,7 @@ use stats_alloc::{StatsAlloc, INSTRUMENTED_SYSTEM};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
-use fault_broker::{closed_port, connack_v3, connack_v5, BrokerReport, Delay, FaultBroker, Script};
+use fault_broker::{connack_v3, connack_v5, BrokerReport, ClosedPort, Delay, FaultBroker, Script};
 
 #[global_allocator]
 static ALLOCATOR: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
@@ -61,6 +61,9 @@ const LONG_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Connect timeout for kinds where the broker may never complete a packet.
 const SHORT_CONNECT_TIMEOUT: Duration = Duration::from_millis(20);
+
+/// Connect timeout that no attempt may wait for, because it exceeds `ATTEMPT_BOUND`.
+const UNREACHED_CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Keep-alive interval of every kind except the one that lets it expire. It is the
 /// client's default, so the timer is armed but never fires during an attempt.
@@ -104,6 +107,7 @@ async fn run_every_kind() {
         Kind::KeepAliveExpired,
         Kind::DisconnectRace,
         Kind::DropWhileConnecting,
+        Kind::CallerEndsSilent,
         Kind::DisconnectVersusFailure,
         Kind::DropVersusFailure,
         Kind::Mixed,
@@ -154,6 +158,11 @@ enum Kind {
     /// The broker accepts with CONNACK and then never replies to PINGREQ, so the keep-alive
     /// timeout of 1 s ends the connection.
     KeepAliveExpired,
+    /// The broker never replies and the connect timeout is longer than `ATTEMPT_BOUND`,
+    /// and the caller sends `Disconnect` or drops the client after a random delay. The
+    /// attempt ends in time only if the caller's request ends it without waiting for the
+    /// broker.
+    CallerEndsSilent,
     /// The caller sends `Disconnect` while the attempt is failing: a late refusing
     /// CONNACK, a late close, late garbage or a connect timeout of a few milliseconds.
     /// Both ends reach the group at about the same instant, and exactly one may win.
@@ -167,7 +176,7 @@ enum Kind {
 }
 
 /// The kinds that `Kind::Mixed` draws from.
-const MIXED_KINDS: [Kind; 11] = [
+const MIXED_KINDS: [Kind; 12] = [
     Kind::Refused,
     Kind::CloseAtOnce,
     Kind::Garbage,
@@ -177,6 +186,7 @@ const MIXED_KINDS: [Kind; 11] = [
     Kind::LostAfterConnAck,
     Kind::DisconnectRace,
     Kind::DropWhileConnecting,
+    Kind::CallerEndsSilent,
     Kind::DisconnectVersusFailure,
     Kind::DropVersusFailure,
 ];
@@ -194,6 +204,7 @@ impl Kind {
             Self::DropWhileConnecting => "drop while connecting",
             Self::LostAfterConnAck => "lost after connack",
             Self::KeepAliveExpired => "keep-alive expired",
+            Self::CallerEndsSilent => "caller ends silent attempt",
             Self::DisconnectVersusFailure => "disconnect versus failure",
             Self::DropVersusFailure => "drop versus failure",
             Self::Mixed => "mixed",
@@ -210,6 +221,7 @@ impl Kind {
             | Self::ConnAckRefusedV5
             | Self::DropWhileConnecting
             | Self::LostAfterConnAck
+            | Self::CallerEndsSilent
             | Self::DisconnectVersusFailure
             | Self::DropVersusFailure => (1_000, 1),
             // Each attempt lasts two keep-alive intervals of 1 s, so fewer run, all at once.
@@ -432,6 +444,18 @@ fn plan(kind: Kind, iteration: usize, random: &mut SplitMix64) -> Plan {
             connects: true,
             ..base
         },
+        Kind::CallerEndsSilent => {
+            let delay = random.delay();
+            Plan {
+                connect_timeout: UNREACHED_CONNECT_TIMEOUT,
+                action: if iteration % 2 == 0 {
+                    Action::Disconnect(delay)
+                } else {
+                    Action::Drop(delay)
+                },
+                ..base
+            }
+        }
         Kind::DisconnectVersusFailure => Plan {
             action: Action::Disconnect(random.delay()),
             ..late_failure_plan(random, &base)
@@ -736,17 +760,26 @@ async fn run_attempts(
     run
 }
 
+/// What a client connects to in one attempt.
+#[derive(Debug)]
+enum Peer {
+    Closed(ClosedPort),
+    Broker(FaultBroker),
+}
+
 /// Runs one attempt with its own broker, bounded by `ATTEMPT_BOUND`, and checks the
 /// caller's view and the broker's view of it.
 async fn run_attempt(iteration: usize, plan: Plan) -> Attempt {
     // A refused attempt needs a port without a listener, so it gets no broker.
-    let (broker, port) = if plan.expected == Expected::ConnectionRefused {
-        (None, closed_port().unwrap())
+    let peer = if plan.expected == Expected::ConnectionRefused {
+        Peer::Closed(ClosedPort::bind().unwrap())
     } else {
         let script = plan.script.clone();
-        let broker = FaultBroker::start(move |_| script.clone()).await.unwrap();
-        let port = broker.port();
-        (Some(broker), port)
+        Peer::Broker(FaultBroker::start(move |_| script.clone()).await.unwrap())
+    };
+    let port = match &peer {
+        Peer::Closed(closed) => closed.port(),
+        Peer::Broker(broker) => broker.port(),
     };
 
     let Ok(outcome) =
@@ -762,9 +795,9 @@ async fn run_attempt(iteration: usize, plan: Plan) -> Attempt {
         };
     };
 
-    let report = match broker {
-        Some(broker) => broker.stop().await,
-        None => BrokerReport::default(),
+    let report = match peer {
+        Peer::Closed(_) => BrokerReport::default(),
+        Peer::Broker(broker) => broker.stop().await,
     };
     let lingering = (report.lingering > 0).then(|| {
         format!(

@@ -12,13 +12,13 @@
 #![allow(dead_code)]
 
 use std::io;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::oneshot;
 use tokio::task::{JoinHandle, JoinSet};
 
@@ -168,11 +168,32 @@ impl FaultBroker {
     }
 }
 
-/// Returns a loopback port with no listener: it binds port 0 and closes the listener at
-/// once. Another process could take the port in between, which is unlikely on loopback.
-pub fn closed_port() -> io::Result<u16> {
-    let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
-    Ok(listener.local_addr()?.port())
+/// A loopback port that refuses connections: a socket bound to port 0 that never
+/// listens. A closed listener's port could be taken at once by another listener bound
+/// to port 0, but while this socket lives, no other socket can bind the port, because
+/// it does not set `SO_REUSEADDR`.
+#[derive(Debug)]
+pub struct ClosedPort {
+    _socket: TcpSocket,
+    port: u16,
+}
+
+impl ClosedPort {
+    /// Binds a socket to 127.0.0.1 port 0 without listening.
+    pub fn bind() -> io::Result<Self> {
+        let socket = TcpSocket::new_v4()?;
+        socket.bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))?;
+        let port = socket.local_addr()?.port();
+        Ok(Self {
+            _socket: socket,
+            port,
+        })
+    }
+
+    /// Returns the port, which refuses connections while `self` lives.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
 }
 
 /// Returns a v3.1.1 CONNACK packet with `session_present` false and `return_code`.
@@ -369,7 +390,6 @@ mod tests {
     )]
 
     use std::future::Future;
-    use std::net::SocketAddr;
 
     use super::*;
 
@@ -436,12 +456,16 @@ mod tests {
     #[test]
     fn closed_port_refuses_connections() {
         run_exclusive(async {
-            let port = closed_port().unwrap();
+            let closed = ClosedPort::bind().unwrap();
+            let address = SocketAddr::from((Ipv4Addr::LOCALHOST, closed.port()));
 
-            let result = TcpStream::connect(SocketAddr::from((Ipv4Addr::LOCALHOST, port))).await;
+            let result = TcpStream::connect(address).await;
+            let rebind = std::net::TcpListener::bind(address);
 
             let error = result.expect_err("connect to a closed port succeeded");
             assert_eq!(error.kind(), io::ErrorKind::ConnectionRefused);
+            let error = rebind.expect_err("a listener took the closed port");
+            assert_eq!(error.kind(), io::ErrorKind::AddrInUse);
         });
     }
 
