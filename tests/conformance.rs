@@ -347,6 +347,79 @@ fn mqttlink_sequences_pass() {
     check_outcomes(&sequences, &outcomes);
 }
 
+/// Rules for what the client sends that its types enforce before any packet exists:
+/// topic names and filters, and QoS values.
+#[test]
+fn topic_and_qos_rules_held_by_types() {
+    use mqttlink::codec::{QoS, TopicFilter, TopicName};
+
+    let long = "a".repeat(65_536);
+    let invalid_names = [
+        ("a/+", "[MQTT-4.7.0-1] wildcard in a topic name"),
+        ("a/#", "[MQTT-4.7.0-1] wildcard in a topic name"),
+        ("", "[MQTT-4.7.3-1] empty topic name"),
+        ("a\0b", "[MQTT-4.7.3-2] U+0000 in a topic name"),
+        (long.as_str(), "[MQTT-4.7.3-3] topic name over 65,535 bytes"),
+    ];
+    for (name, rule) in invalid_names {
+        assert!(TopicName::try_from(name).is_err(), "{rule}");
+    }
+    assert!(TopicName::try_from("a/b").is_ok());
+
+    let invalid_filters = [
+        ("a#", "[MQTT-4.7.1-1] # not alone in its level"),
+        ("a/#/b", "[MQTT-4.7.1-1] # not last"),
+        ("a+", "[MQTT-4.7.1-2] + not alone in its level"),
+        ("+a/b", "[MQTT-4.7.1-2] + not alone in its level"),
+        ("", "[MQTT-4.7.3-1] empty topic filter"),
+        ("$share//a", "[MQTT-4.8.2-1] empty share name"),
+        ("$share/g", "[MQTT-4.8.2-2] no filter after the share name"),
+        ("$share/g+/a", "[MQTT-4.8.2-2] + in the share name"),
+    ];
+    for (filter, rule) in invalid_filters {
+        assert!(TopicFilter::try_from(filter).is_err(), "{rule}");
+    }
+    for filter in ["#", "+", "a/+/b", "a/#", "+/+", "$share/g/a/#"] {
+        assert!(
+            TopicFilter::try_from(filter).is_ok(),
+            "valid filter {filter}"
+        );
+    }
+
+    assert!(QoS::try_from(3).is_err(), "[MQTT-3.1.2-14] QoS 3");
+}
+
+/// A 3.1.1 client with an empty client identifier must ask for a clean session
+/// [MQTT-3.1.3-7]. Under 5.0 the broker assigns an identifier instead.
+#[test]
+fn empty_client_id_needs_clean_session_before_5() {
+    use mqttlink::codec::ProtocolVersion;
+    use mqttlink::{ClientError, ClientOptions};
+
+    // The accepted client connects, so it gets a listener of this test to connect to.
+    let listener = std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap();
+    let port = listener.local_addr().unwrap().port();
+
+    let system = actix_rt::System::new();
+    system.block_on(async {
+        let options = |version| {
+            ClientOptions::new("127.0.0.1", port)
+                .client_id("")
+                .protocol(version)
+                .clean_start(false)
+                .reconnect(false)
+        };
+
+        let refused = options(ProtocolVersion::V3_1_1).start();
+        assert!(
+            matches!(refused, Err(ClientError::InvalidOptions(_))),
+            "{refused:?}"
+        );
+        let accepted = options(ProtocolVersion::V5).start();
+        assert!(accepted.is_ok(), "{accepted:?}");
+    });
+}
+
 #[test]
 fn mosquitto_sequences_pass_in_process() {
     let Some(sequences) = selected_sequences() else {
