@@ -77,8 +77,8 @@ impl Publish {
         self
     }
 
-    /// Sets the PUBLISH properties (v5); ignored by 3.1.1 brokers only if all are unset,
-    /// otherwise the request fails with [`ClientError::InvalidRequest`].
+    /// Sets the PUBLISH properties (v5). Before MQTT 5 a publish with any property set
+    /// fails with [`ClientError::InvalidRequest`].
     #[must_use]
     pub fn properties(mut self, properties: Properties) -> Self {
         self.properties = properties;
@@ -245,9 +245,9 @@ impl actix::Message for Unsubscribe {
 
 /// Disconnects and stops the client.
 ///
-/// Before CONNACK the attempt is abandoned at once. Once connected, no new request is
-/// sent; the client waits for outbound QoS 1 and 2 flows to complete, at most the
-/// disconnect timeout, then sends DISCONNECT and closes. The response resolves when every
+/// Before CONNACK the attempt is abandoned at once. Once connected, the client sends no
+/// new request and waits for outbound QoS 1 and 2 flows to complete, at most the
+/// disconnect timeout. Then it sends DISCONNECT and closes. The response resolves when every
 /// actor of the client has been told to stop; requests still pending fail with
 /// [`ClientError::Stopped`]. It returns `Ok` also when the client had already stopped.
 ///

@@ -8,7 +8,7 @@
 //!   SessionActor  KeepAliveActor  SocketActor     linked: one fate
 //! ```
 //!
-//! The three group members share a [`link`] whose first trigger stops them all and tells
+//! The three group members share a `Link` whose first trigger stops them all and tells
 //! the supervisor once. What must outlive a connection is in the supervisor's store,
 //! which the session updates as packets flow.
 

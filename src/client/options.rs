@@ -116,7 +116,8 @@ impl ClientOptions {
         Ok(options)
     }
 
-    /// Sets the client identifier; empty asks the broker to assign one (with clean start).
+    /// Sets the client identifier. With an empty one the broker assigns an identifier,
+    /// which needs clean start before MQTT 5.
     #[must_use]
     pub fn client_id(mut self, client_id: &str) -> Self {
         client_id.clone_into(&mut self.client_id);

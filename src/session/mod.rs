@@ -16,8 +16,8 @@
 //!    [`Session::poll_event`] (what the application must learn) and read
 //!    [`Session::poll_timeout`] again.
 //!
-//! State that must survive the connection lives in the [`Store`](crate::store::Store)
-//! given to [`Session::new`], which is updated as each packet is sent or received.
+//! State that must survive the connection lives in the [`Store`] given to
+//! [`Session::new`], which is updated as each packet is sent or received.
 
 mod config;
 mod error;
