@@ -420,6 +420,69 @@ fn empty_client_id_needs_clean_session_before_5() {
     });
 }
 
+/// A CONNECT with a will and credentials carries each field its flags announce, in the
+/// order Client Identifier, Will Properties (5.0), Will Topic, Will Payload, User Name,
+/// Password [MQTT-3.1.2-9] [MQTT-3.1.3-1]. The flags byte 0xEE announces user name,
+/// password, will retain, will QoS 1, will and clean start.
+#[test]
+fn connect_carries_will_and_credentials() {
+    let expected = [
+        (
+            4,
+            "10 r49 s4 'MQTT' 04 EE k60 s7 'fuzzish' s10 'will/topic' s4 'gone' s4 'user' s4 'pass'",
+        ),
+        (
+            5,
+            "10 r54 s4 'MQTT' 05 EE k60 v3 21 H20 s7 'fuzzish' v0 s10 'will/topic' s4 'gone' \
+             s4 'user' s4 'pass'",
+        ),
+    ];
+
+    let system = actix_rt::System::new();
+    for (version, bytes) in expected {
+        let expected = notation::parse_payload(bytes).unwrap();
+        let received = system.block_on(connect_packet_with_will(version)).unwrap();
+        assert_eq!(
+            notation::to_hex(&received),
+            notation::to_hex(&expected),
+            "CONNECT of protocol level {version}"
+        );
+    }
+}
+
+/// Starts a client with a will and credentials and returns the first packet it sends.
+async fn connect_packet_with_will(version: u8) -> Result<Vec<u8>, String> {
+    use mqttlink::codec::{LastWill, Properties, QoS, TopicName};
+
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
+        .await
+        .map_err(|error| error.to_string())?;
+    let port = listener
+        .local_addr()
+        .map_err(|error| error.to_string())?
+        .port();
+    let will = LastWill {
+        topic: TopicName::try_from("will/topic").map_err(|error| error.to_string())?,
+        payload: "gone".into(),
+        qos: QoS::AtLeastOnce,
+        retain: true,
+        properties: Properties::default(),
+    };
+    let client = commands::client_options(port, commands::protocol_version(version)?, true)
+        .credentials("user", Some(b"pass".to_vec()))
+        .last_will(will)
+        .start()
+        .map_err(|error| error.to_string())?;
+
+    let (mut stream, _) = tokio::time::timeout(player::STEP_TIMEOUT, listener.accept())
+        .await
+        .map_err(|_| "the client did not connect".to_owned())?
+        .map_err(|error| error.to_string())?;
+    let connect = player::read_one_packet(&mut stream).await;
+    drop(client);
+    connect
+}
+
 #[test]
 fn mosquitto_sequences_pass_in_process() {
     let Some(sequences) = selected_sequences() else {

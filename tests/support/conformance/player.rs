@@ -189,6 +189,18 @@ pub fn accepted_forms(version: u8, expected: &[u8]) -> Vec<Vec<u8>> {
     forms
 }
 
+/// Reads the next packet from `stream` within [`STEP_TIMEOUT`], for tests that drive a
+/// connection without a sequence.
+pub async fn read_one_packet(stream: &mut TcpStream) -> Result<Vec<u8>, String> {
+    let incoming = timeout(STEP_TIMEOUT, read_packet(stream))
+        .await
+        .map_err(|_| format!("nothing arrived within {STEP_TIMEOUT:?}"))??;
+    match incoming {
+        Incoming::Packet(bytes) => Ok(bytes),
+        other => Err(other.describe()),
+    }
+}
+
 /// One accepted client connection and what is still to be read from it.
 struct Connection {
     stream: TcpStream,
