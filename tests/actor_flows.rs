@@ -569,3 +569,34 @@ async fn publish_waits_for_room_in_queue() {
         .await
         .unwrap();
 }
+
+#[actix_rt::test]
+async fn malformed_packet_closes_with_reason_per_version() {
+    let _serial = SERIAL.lock().await;
+    let baseline = live_actor_count();
+    for (protocol, expected) in [
+        (ProtocolVersion::V5, Some(DisconnectReason::MalformedPacket)),
+        (ProtocolVersion::V3_1_1, None),
+    ] {
+        let broker = FakeBroker::bind().await;
+        let client = ClientOptions::from_url(&broker.url())
+            .unwrap()
+            .client_id("malformed")
+            .protocol(protocol)
+            .start()
+            .unwrap();
+        let mut connection = broker.accept().await;
+        connection.handshake().await;
+
+        // A PUBACK whose remaining length ends inside the packet identifier.
+        connection.send_raw(&[0x40, 0x01, 0x00]).await;
+        let sent = connection.until_closed().await;
+        let reason = sent.iter().find_map(|packet| match packet {
+            Packet::Disconnect(disconnect) => Some(disconnect.reason),
+            _ => None,
+        });
+        assert_eq!(reason, expected, "{protocol:?} sent {sent:?}");
+        drop(client);
+    }
+    assert_actors_back_to(baseline).await;
+}
