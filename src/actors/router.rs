@@ -62,6 +62,15 @@ impl Router {
         self.routes.retain(|route| route.filter != *filter);
     }
 
+    /// Removes every route to `recipient`, and clears it as the default recipient, once
+    /// its actor has stopped.
+    pub fn remove_recipient(&mut self, recipient: &Recipient<Message>) {
+        self.routes.retain(|route| *route.recipient != *recipient);
+        if self.default.as_deref() == Some(recipient) {
+            self.default = None;
+        }
+    }
+
     /// Sets the recipient of messages that match no route.
     pub fn set_default(&mut self, recipient: Recipient<Message>) {
         self.default = Some(Rc::new(recipient));
@@ -213,7 +222,14 @@ mod tests {
             std::slice::from_ref(&fallback)
         );
         router.remove_filter(&"y".parse().unwrap());
-        assert_eq!(routed(&mut router, &message("y", &[])), [fallback]);
+        assert_eq!(
+            routed(&mut router, &message("y", &[])),
+            std::slice::from_ref(&fallback)
+        );
         assert_eq!(router.unmatched(), 0);
+
+        router.remove_recipient(&fallback);
+        assert!(routed(&mut router, &message("y", &[])).is_empty());
+        assert_eq!(router.unmatched(), 1);
     }
 }

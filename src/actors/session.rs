@@ -185,7 +185,11 @@ impl SessionActor {
                     Ok(()) => {}
                     Err(SendError::Full(_)) => full.push(recipient),
                     Err(SendError::Closed(_)) => {
-                        tracing::debug!(client_id = %self.client_id, "recipient stopped, message skipped");
+                        tracing::debug!(
+                            client_id = %self.client_id,
+                            "recipient stopped, its routes removed"
+                        );
+                        self.router.borrow_mut().remove_recipient(&recipient);
                     }
                 }
             }
