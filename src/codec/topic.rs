@@ -41,6 +41,16 @@ impl TryFrom<ByteString> for TopicName {
     type Error = InvalidValue;
 
     fn try_from(value: ByteString) -> Result<Self, InvalidValue> {
+        // Fast path for the common case: printable ASCII without wildcards passes every
+        // rule below, checked in one scan without early exit.
+        #[allow(clippy::needless_bitwise_bool)] // Bitwise on purpose, see above.
+        let plain = value.bytes().fold(true, |plain, byte| {
+            plain & (0x20..0x7F).contains(&byte) & (byte != b'+') & (byte != b'#')
+        });
+        if plain && !value.is_empty() && u16::try_from(value.len()).is_ok() {
+            return Ok(Self(value));
+        }
+
         check_mqtt_string(&value)?;
         if value.is_empty() {
             return Err(InvalidValue::EmptyTopic);
@@ -238,4 +248,64 @@ fn check_wildcards(filter: &str, full: &str) -> Result<(), InvalidValue> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topic_name_rules() {
+        assert_eq!(TopicName::try_from("a/b").unwrap().as_str(), "a/b");
+        assert!(TopicName::try_from("caf\u{e9}/\u{2A6D4}").is_ok());
+        assert_eq!(TopicName::try_from(""), Err(InvalidValue::EmptyTopic));
+        assert!(matches!(
+            TopicName::try_from("a/+"),
+            Err(InvalidValue::WildcardInTopicName(_))
+        ));
+        assert!(matches!(
+            TopicName::try_from("\u{e9}/#"),
+            Err(InvalidValue::WildcardInTopicName(_))
+        ));
+        assert_eq!(
+            TopicName::try_from("a\u{0}"),
+            Err(InvalidValue::NullCharacter)
+        );
+        assert_eq!(
+            TopicName::try_from("a\u{1f}"),
+            Err(InvalidValue::DisallowedCharacter('\u{1f}'))
+        );
+        let long = "a".repeat(65_536);
+        assert_eq!(
+            TopicName::try_from(long.as_str()),
+            Err(InvalidValue::StringTooLong(65_536))
+        );
+    }
+
+    #[test]
+    fn topic_filter_wildcards_and_shares() {
+        let shared = TopicFilter::try_from("$share/group/a/+/#").unwrap();
+        assert_eq!(shared.share_name(), Some("group"));
+        assert_eq!(shared.filter(), "a/+/#");
+        assert!(shared.has_wildcards());
+        assert!(TopicFilter::try_from("a/#/b").is_err());
+        assert!(TopicFilter::try_from("a+/b").is_err());
+        assert!(TopicFilter::try_from("$share//a").is_err());
+        assert!(TopicFilter::try_from("$share/g").is_err());
+    }
+
+    #[test]
+    fn topic_filter_matching() {
+        let topic = |name: &str| TopicName::try_from(name).unwrap();
+        let filter = |text: &str| TopicFilter::try_from(text).unwrap();
+        assert!(filter("a/+/c").matches(&topic("a/b/c")));
+        assert!(filter("a/#").matches(&topic("a")));
+        assert!(filter("a/#").matches(&topic("a/b/c")));
+        assert!(!filter("a/+").matches(&topic("a/b/c")));
+        assert!(!filter("#").matches(&topic("$SYS/x")));
+        assert!(!filter("+/x").matches(&topic("$SYS/x")));
+        assert!(filter("$SYS/#").matches(&topic("$SYS/x")));
+        assert!(filter("$share/g/a/+").matches(&topic("a/b")));
+    }
 }
