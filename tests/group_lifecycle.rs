@@ -595,6 +595,7 @@ struct KindSummary {
     broker: BrokerTotals,
     connected: usize,
     failed: usize,
+    requested: usize,
     wrong_outcomes: usize,
     kept_failures: Vec<String>,
 }
@@ -611,7 +612,7 @@ impl fmt::Display for KindSummary {
             formatter,
             "{}: {} attempts, actors {} -> {}, tasks {} -> {}, fds {} -> {}, \
              heap allocations {} -> {}, broker accepted {} read {} replied {}, \
-             connected {}, failed {}, wrong outcomes {}",
+             connected {}, failed {}, requested {}, wrong outcomes {}",
             self.kind.name(),
             self.attempts,
             self.baseline.actors,
@@ -627,6 +628,7 @@ impl fmt::Display for KindSummary {
             self.broker.replies_written,
             self.connected,
             self.failed,
+            self.requested,
             self.wrong_outcomes,
         )?;
         if let Some(error) = &self.settle_error {
@@ -694,6 +696,7 @@ async fn run_kind(kind: Kind) -> KindSummary {
         broker: run.broker,
         connected: run.connected,
         failed: run.failed,
+        requested: run.requested,
         wrong_outcomes: failures.len(),
         kept_failures: failures.into_iter().take(KEPT_FAILURES).collect(),
     }
@@ -709,6 +712,8 @@ struct Run {
     connected: usize,
     /// Attempts that ended with a failure rather than by the caller.
     failed: usize,
+    /// Attempts whose end the client reported with the cause `Requested`.
+    requested: usize,
     failures: Vec<String>,
 }
 
@@ -750,6 +755,7 @@ async fn run_attempts(
             run.broker.add(attempt.broker);
             run.connected += usize::from(attempt.observed.connected);
             run.failed += usize::from(attempt.observed.failed);
+            run.requested += usize::from(attempt.observed.requested);
             if let Some(failure) = attempt.failure {
                 run.failures
                     .push(format!("iteration {iteration}: {failure}"));
@@ -823,6 +829,8 @@ struct Observed {
     connected: bool,
     /// The client reported `Disconnected` with a failure as the cause.
     failed: bool,
+    /// The client reported `Disconnected` with the cause `Requested`.
+    requested: bool,
 }
 
 /// Starts a client against `port`, queues one QoS 1 publish, plays the plan's action
@@ -895,6 +903,9 @@ async fn drive_client(port: u16, iteration: usize, plan: &Plan) -> Result<Observ
             Event::Disconnected {
                 reason: DisconnectCause::Failed(_),
             } => observed.failed = true,
+            Event::Disconnected {
+                reason: DisconnectCause::Requested,
+            } => observed.requested = true,
             _ => {}
         }
     }
