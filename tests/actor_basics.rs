@@ -299,13 +299,22 @@ async fn dropping_last_handle_stops_everything() {
     let broker = FakeBroker::bind().await;
     let client = start(&broker, ProtocolVersion::V3_1_1);
     let copy = client.clone();
+    let (events, mut event_rx) = forward::<Event>();
+    client.subscribe_events(events.recipient());
     let mut connection = broker.accept().await;
     connection.handshake().await;
+    assert!(matches!(next(&mut event_rx).await, Event::Connected { .. }));
     assert_eq!(client.stats().await.unwrap().live_actors, baseline + 4);
 
     drop(client);
     drop(copy);
     connection.until_closed().await;
+    assert!(matches!(
+        next(&mut event_rx).await,
+        Event::Disconnected {
+            reason: DisconnectCause::Requested
+        }
+    ));
     assert_actors_back_to(baseline).await;
 }
 

@@ -298,8 +298,13 @@ impl Actor for ClientActor {
         // Closing the permits wakes callers waiting for room; dropping the pending
         // replies answers their callers. Both see `Stopped`.
         self.permits.close();
+        // Stopped with a group still up means every handle was dropped. The group's own
+        // report cannot arrive any more, so the listeners hear of the end from here.
         if let Group::Up { link, .. } = std::mem::replace(&mut self.group, Group::Down) {
             link.take_down(DisconnectCause::Requested);
+            self.emit(&Event::Disconnected {
+                reason: DisconnectCause::Requested,
+            });
         }
         tracing::info!(client_id = %self.client_id(), "client stopped");
         actor_stopped();
