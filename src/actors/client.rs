@@ -188,8 +188,9 @@ impl ClientActor {
             .push_request(QueuedRequest { token, request })
             .map_err(|_| ClientError::QueueFull)?;
         if let Group::Up { session, .. } = &self.group {
-            // A full mailbox already holds a wake-up that drains the whole queue.
-            let _ = session.try_send(RequestsQueued);
+            // One wake-up per request, so the number in the mailbox is bounded by
+            // `max_pending_requests`; a dropped wake-up could leave a request unsent.
+            session.do_send(RequestsQueued);
         }
         Ok(token)
     }
