@@ -137,6 +137,7 @@ pub(crate) fn measure_connect(
     // NOTE: two client rules are not enforced yet, because the codec round-trip tests
     // generate such packets: an empty client identifier needs clean session before
     // 5.0 [MQTT-3.1.3-7], and Authentication Data needs an Authentication Method.
+
     // [MQTT-3.1.2-22]: before 5.0 a password requires a user name.
     if !version.is_v5() && connect.password.is_some() && connect.username.is_none() {
         return Err(EncodeError::NotInVersion {

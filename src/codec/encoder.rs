@@ -3,7 +3,7 @@
 //! Encoding is two passes over the packet. The first checks everything the version
 //! and the protocol require and computes the exact size. Only then is `dst` grown
 //! once and written, so a rejected packet leaves `dst` untouched. Packet layouts
-//! live in the `*_wire` modules; this module holds the dispatch and the fixed header.
+//! live in the `*_wire` modules; this module contains the dispatch and the fixed header.
 
 use bytes::{BufMut, BytesMut};
 

@@ -80,10 +80,10 @@ pub enum Violation {
         /// The four flag bits received.
         flags: u8,
     },
-    /// This side of the connection never receives this packet type: a client does not
-    /// receive CONNECT, SUBSCRIBE, UNSUBSCRIBE or PINGREQ, a server does not receive
-    /// CONNACK, SUBACK, UNSUBACK or PINGRESP, and an MQTT 3.1.1 client does not receive
-    /// DISCONNECT (section 2.1.2).
+    /// This side of the connection never receives this packet type (section 2.1.2).
+    /// A client does not receive CONNECT, SUBSCRIBE, UNSUBSCRIBE or PINGREQ. A server
+    /// does not receive CONNACK, SUBACK, UNSUBACK or PINGRESP. An MQTT 3.1.1 client
+    /// does not receive DISCONNECT.
     #[error("{packet_type:?} is not sent in this direction")]
     UnexpectedPacketType {
         /// Type of the packet.

@@ -519,9 +519,9 @@ pub(crate) fn section_len(len: usize, version: ProtocolVersion) -> usize {
     }
 }
 
-/// Returns `true` when any property is set. Faster than comparing with the default
-/// or walking the properties, which matters on the PUBLISH hot path; the exhaustive
-/// pattern makes a new field a compile error here.
+/// Returns `true` when any property is set. It is faster than comparing with the
+/// default, which matters on the PUBLISH hot path. The exhaustive pattern makes a new
+/// field a compile error here.
 #[inline]
 pub(crate) fn has_properties(properties: &Properties) -> bool {
     let Properties {
