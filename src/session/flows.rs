@@ -39,6 +39,7 @@ impl<S: Store> Session<S> {
         }
     }
 
+    /// Sends one request, completes it with an error, or hands it back when it must wait.
     fn dispatch(
         &mut self,
         mut queued: QueuedRequest,
@@ -49,32 +50,12 @@ impl<S: Store> Session<S> {
         if !limits.subscription_identifiers {
             remove_automatic_identifier(&mut queued.request);
         }
-        let checked = match &queued.request {
-            Request::Publish(publish) => check_publish(publish, limits),
-            Request::Subscribe {
-                filters,
-                properties,
-                ..
-            } => check_subscribe(filters, properties, limits),
-            Request::Unsubscribe { .. } => Ok(()),
-        };
-        if let Err(error) = checked {
+        if let Err(error) = check_request(&queued.request, limits) {
             self.complete(token, Err(error));
             return Dispatch::Done;
         }
-
-        let needs_window =
-            matches!(&queued.request, Request::Publish(p) if p.qos != QoS::AtMostOnce);
-        let window = usize::from(self.config.max_inflight.get().min(limits.receive_maximum));
-        if needs_window && self.store.outbound_publish_len() >= window {
+        let Some(packet_id) = self.reserve_packet_id(&queued.request, limits) else {
             return Dispatch::Blocked(queued);
-        }
-        let packet_id = match &queued.request {
-            Request::Publish(p) if p.qos == QoS::AtMostOnce => PacketId::MIN,
-            _ => match self.allocate_packet_id() {
-                Some(id) => id,
-                None => return Dispatch::Blocked(queued),
-            },
         };
 
         let (packet, flow) = build_packet(queued, packet_id);
@@ -91,6 +72,26 @@ impl<S: Store> Session<S> {
             None => self.transmit_with(packet, Some(token), now),
         }
         Dispatch::Done
+    }
+
+    /// Returns the packet identifier for `request`, or `None` when it must wait for room
+    /// in the in-flight window or for a free identifier. QoS 0 publishes need neither and
+    /// get a placeholder the packet does not carry.
+    fn reserve_packet_id(&self, request: &Request, limits: BrokerLimits) -> Option<PacketId> {
+        let qos = match request {
+            Request::Publish(publish) => publish.qos,
+            Request::Subscribe { .. } | Request::Unsubscribe { .. } => {
+                return self.allocate_packet_id();
+            }
+        };
+        if qos == QoS::AtMostOnce {
+            return Some(PacketId::MIN);
+        }
+        let window = usize::from(self.config.max_inflight.get().min(limits.receive_maximum));
+        if self.store.outbound_publish_len() >= window {
+            return None;
+        }
+        self.allocate_packet_id()
     }
 
     /// Finds a packet identifier no outbound flow uses, starting at the cursor; PUBLISH,
@@ -482,6 +483,19 @@ fn build_packet(queued: QueuedRequest, packet_id: PacketId) -> (Packet, Option<O
             };
             (Packet::Unsubscribe(packet), Some(flow))
         }
+    }
+}
+
+/// Refuses a request the broker's limits forbid, before it takes a packet identifier.
+fn check_request(request: &Request, limits: BrokerLimits) -> Result<(), RequestError> {
+    match request {
+        Request::Publish(publish) => check_publish(publish, limits),
+        Request::Subscribe {
+            filters,
+            properties,
+            ..
+        } => check_subscribe(filters, properties, limits),
+        Request::Unsubscribe { .. } => Ok(()),
     }
 }
 
