@@ -600,3 +600,41 @@ async fn malformed_packet_closes_with_reason_per_version() {
     }
     assert_actors_back_to(baseline).await;
 }
+
+/// Counts the open file descriptors of this process.
+fn open_descriptors() -> usize {
+    std::fs::read_dir("/proc/self/fd").map_or(0, Iterator::count)
+}
+
+#[actix_rt::test]
+async fn sockets_closed_after_disconnect() {
+    let _serial = SERIAL.lock().await;
+    let broker = FakeBroker::bind().await;
+    let baseline = open_descriptors();
+    let client = ClientOptions::from_url(&broker.url())
+        .unwrap()
+        .client_id("fds")
+        .start()
+        .unwrap();
+    let mut connection = broker.accept().await;
+    connection.handshake().await;
+    client
+        .disconnect(mqttlink::Disconnect::new())
+        .await
+        .unwrap();
+    connection.until_closed().await;
+    drop(connection);
+    drop(client);
+
+    let settled = async {
+        while open_descriptors() > baseline {
+            tokio::task::yield_now().await;
+        }
+    };
+    let settled = tokio::time::timeout(STEP, settled).await;
+    assert!(
+        settled.is_ok(),
+        "{} descriptors open, {baseline} before",
+        open_descriptors()
+    );
+}
