@@ -638,3 +638,66 @@ async fn sockets_closed_after_disconnect() {
         open_descriptors()
     );
 }
+
+#[actix_rt::test]
+async fn acknowledged_flood_leaves_no_socket() {
+    let _serial = SERIAL.lock().await;
+    let broker = FakeBroker::bind().await;
+    let baseline = open_descriptors();
+    let client = ClientOptions::from_url(&broker.url())
+        .unwrap()
+        .client_id("flood")
+        .max_pending_requests(64)
+        .start()
+        .unwrap();
+    let mut connection = broker.accept().await;
+    connection.handshake().await;
+
+    let topic: mqttlink::codec::TopicName = "flood".parse().unwrap();
+    let mut replies = Vec::new();
+    for index in 0..1_000 {
+        let publish = Publish::new(topic.clone(), format!("{index}")).qos(QoS::AtLeastOnce);
+        if let Ok(reply) = client.try_publish(publish) {
+            replies.push(reply);
+        }
+    }
+    assert!(!replies.is_empty());
+    assert!(replies.len() <= 64, "{} accepted", replies.len());
+
+    let accepted = replies.len();
+    let broker_side = async {
+        for _ in 0..accepted {
+            let Packet::Publish(publish) = connection.recv().await else {
+                panic!("expected PUBLISH");
+            };
+            connection
+                .send(&puback(publish.delivery.packet_id().unwrap()))
+                .await;
+        }
+    };
+    let callers = async {
+        for reply in replies {
+            reply.await.unwrap();
+        }
+    };
+    tokio::join!(broker_side, callers);
+
+    client
+        .disconnect(mqttlink::Disconnect::new())
+        .await
+        .unwrap();
+    connection.until_closed().await;
+    drop(connection);
+    drop(client);
+    let settled = async {
+        while open_descriptors() > baseline {
+            tokio::task::yield_now().await;
+        }
+    };
+    let settled = tokio::time::timeout(STEP, settled).await;
+    assert!(
+        settled.is_ok(),
+        "{} descriptors open, {baseline} before",
+        open_descriptors()
+    );
+}
