@@ -64,6 +64,7 @@ pub mod actors;
 mod client;
 pub mod codec;
 mod error;
+pub mod reconnect;
 pub mod session;
 pub mod store;
 pub mod transport;
