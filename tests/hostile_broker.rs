@@ -1640,3 +1640,44 @@ async fn v5_only_requests_rejected_under_v3() {
     assert!(within(allowed).await.is_ok());
     within(client.disconnect(Disconnect::new())).await.unwrap();
 }
+
+#[actix_rt::test]
+async fn repeated_pubrec_resends_pubrel() {
+    let _serial = SERIAL.lock().await;
+    let (_broker, started, mut peer) =
+        connected(ProtocolVersion::V5, Properties::default(), |o| o).await;
+    let reply = started
+        .client
+        .try_publish(Publish::new(topic("t"), "x").qos(QoS::ExactlyOnce))
+        .unwrap();
+    let packet_id = expect_publish(&mut peer).await.unwrap();
+    for _ in 0..2 {
+        peer.send(&pubrec(packet_id)).await;
+        assert!(matches!(peer.recv().await, Packet::PubRel(r) if r.packet_id == packet_id));
+    }
+    peer.send(&pubcomp(packet_id)).await;
+    peer.send(&pubcomp(packet_id)).await;
+    assert_eq!(
+        within(reply).await.unwrap().reason,
+        Some(PubAckReason::Success)
+    );
+    let stats = within(started.client.stats()).await.unwrap();
+    assert_eq!(stats.inflight_out, 0);
+    within(started.client.disconnect(Disconnect::new()))
+        .await
+        .unwrap();
+    peer.expect_disconnect_with(DisconnectReason::NormalDisconnection)
+        .await;
+}
+
+#[actix_rt::test]
+async fn malformed_broker_disconnect_closes() {
+    let _serial = SERIAL.lock().await;
+    let (_broker, mut started, mut peer) =
+        connected(ProtocolVersion::V5, Properties::default(), |o| o).await;
+    // DISCONNECT with reason code 0x05, which DISCONNECT does not allow.
+    peer.send_raw(&[0xE0, 0x01, 0x05]).await;
+    peer.expect_disconnect_with(DisconnectReason::MalformedPacket)
+        .await;
+    assert!(is_violation(&failure(&mut started.events).await));
+}
