@@ -5,6 +5,7 @@
 //! packet without properties; encoding writes straight into the reserved buffer.
 
 use bytes::{BufMut, BytesMut};
+use bytestring::ByteString;
 
 use super::control_wire::Sender;
 use super::encoder::Sizes;
@@ -14,7 +15,7 @@ use super::properties::Properties;
 use super::property_wire::{
     measure_properties, put_properties, read_properties_into, section_len, PropertyContext,
 };
-use super::topic::TopicName;
+use super::topic::{is_plain_topic_name, TopicName};
 use super::types::{PacketId, ProtocolVersion};
 use super::wire::{put_prefixed, value_violation, Reader};
 
@@ -29,25 +30,68 @@ pub(crate) fn decode_publish(
     sender: Sender,
 ) -> Result<Option<Packet>, DecodeError> {
     let qos_bits = (flags >> 1) & 0b11;
-    let topic = reader.utf8()?;
+    let topic = reader.binary()?;
+    let plain_topic = is_plain_topic_name(&topic);
+    let topic = ByteString::try_from(topic).map_err(|_| Violation::InvalidUtf8)?;
     let delivery = match qos_bits {
         0 => Delivery::AtMostOnce,
         1 => Delivery::AtLeastOnce(reader.packet_id()?),
         _ => Delivery::ExactlyOnce(reader.packet_id()?),
     };
+    // DUP must be 0 on QoS 0 [MQTT-3.3.1-2], but clients such as Mosquitto's accept
+    // such a packet, so the flag is dropped instead of closing the connection.
+    let dup = flags & 0b1000 != 0 && qos_bits != 0;
+    let retain = flags & 1 != 0;
+
+    // The common packet has a plain topic and no properties (a property length of 0 is
+    // the single byte 0), so nothing is left to check. The packet is built in place:
+    // moving it, `Properties` and all, would cost more than parsing it.
+    let no_properties = !version.is_v5() || reader.peek_u8() == Some(0);
+    if !plain_topic || !no_properties {
+        let publish = decode_publish_rest(reader, topic, version, sender)?;
+        return Ok(Some(Packet::Publish(Publish {
+            dup,
+            delivery,
+            retain,
+            ..publish
+        })));
+    }
+    if version.is_v5() {
+        reader.skip(1);
+    }
+    Ok(Some(Packet::Publish(Publish {
+        dup,
+        delivery,
+        retain,
+        topic: Some(TopicName::from_plain(topic)),
+        properties: Properties::default(),
+        payload: reader.take_rest(),
+    })))
+}
+
+/// Decodes what follows the packet identifier of a PUBLISH that has properties or a
+/// topic that needs the full topic checks. `dup`, `delivery` and `retain` of the
+/// result are placeholders the caller replaces.
+#[inline(never)]
+fn decode_publish_rest(
+    mut reader: Reader,
+    topic: ByteString,
+    version: ProtocolVersion,
+    sender: Sender,
+) -> Result<Publish, Violation> {
     let mut properties = Properties::default();
     if version.is_v5() {
         read_properties_into(&mut reader, PropertyContext::Publish, &mut properties)?;
     }
     if sender == Sender::Client && !properties.subscription_identifiers.is_empty() {
-        return Err(Violation::SubscriptionIdentifierFromClient.into());
+        return Err(Violation::SubscriptionIdentifierFromClient);
     }
 
     // An empty topic name stands for the one a Topic Alias maps to (MQTT 5.0 section
     // 3.3.2.3.4). Without an alias, or before 5.0, the topic is missing.
     let topic = if topic.is_empty() {
         if properties.topic_alias.is_none() {
-            return Err(Violation::MissingTopic.into());
+            return Err(Violation::MissingTopic);
         }
         None
     } else {
@@ -55,18 +99,14 @@ pub(crate) fn decode_publish(
             .map_err(|error| value_violation(error, Violation::InvalidTopic))?;
         Some(topic)
     };
-
-    // DUP must be 0 on QoS 0 [MQTT-3.3.1-2], but clients such as Mosquitto's accept
-    // such a packet, so the flag is dropped instead of closing the connection.
-    let dup = flags & 0b1000 != 0 && qos_bits != 0;
-    Ok(Some(Packet::Publish(Publish {
-        dup,
-        delivery,
-        retain: flags & 1 != 0,
+    Ok(Publish {
+        dup: false,
+        delivery: Delivery::AtMostOnce,
+        retain: false,
         topic,
         properties,
         payload: reader.take_rest(),
-    })))
+    })
 }
 
 #[inline]

@@ -8,7 +8,7 @@ use std::str::FromStr;
 
 use bytestring::ByteString;
 
-use super::types::{check_mqtt_string, InvalidValue};
+use super::types::{check_mqtt_string, is_printable_byte, no_byte_flagged, InvalidValue};
 
 const SHARE_PREFIX: &str = "$share/";
 
@@ -35,19 +35,20 @@ impl TopicName {
     pub fn is_system(&self) -> bool {
         self.0.starts_with('$')
     }
+
+    /// Wraps `value`, which the caller has found plain with [`is_plain_topic_name`]
+    /// and which fits a two-byte length prefix, so no rule needs checking again.
+    pub(crate) fn from_plain(value: ByteString) -> Self {
+        debug_assert!(is_plain_topic_name(value.as_bytes()) && value.len() <= 65_535);
+        Self(value)
+    }
 }
 
 impl TryFrom<ByteString> for TopicName {
     type Error = InvalidValue;
 
     fn try_from(value: ByteString) -> Result<Self, InvalidValue> {
-        // Fast path for the common case: printable ASCII without wildcards passes every
-        // rule below, checked in one scan without early exit.
-        #[allow(clippy::needless_bitwise_bool)] // Bitwise on purpose, see above.
-        let plain = value.bytes().fold(true, |plain, byte| {
-            plain & (0x20..0x7F).contains(&byte) & (byte != b'+') & (byte != b'#')
-        });
-        if plain && !value.is_empty() && u16::try_from(value.len()).is_ok() {
+        if is_plain_topic_name(value.as_bytes()) && u16::try_from(value.len()).is_ok() {
             return Ok(Self(value));
         }
 
@@ -66,6 +67,19 @@ impl TryFrom<ByteString> for TopicName {
         }
         Ok(Self(value))
     }
+}
+
+/// Returns `true` for the common topic name that passes every topic rule and the
+/// UTF-8 check in one byte scan: not empty, printable ASCII only, no `+` or `#`.
+#[inline]
+pub(crate) fn is_plain_topic_name(bytes: &[u8]) -> bool {
+    // `+` (0x2B) and `#` (0x23) differ only in bit 3, so clearing that bit finds both
+    // with one comparison. No lazy `||`: a branch would stop the check vectorizing.
+    #[allow(clippy::needless_bitwise_bool)]
+    fn not_plain(byte: u8) -> bool {
+        !is_printable_byte(byte) | (byte & !0x08 == b'#')
+    }
+    !bytes.is_empty() && no_byte_flagged(bytes, not_plain)
 }
 
 impl FromStr for TopicName {
@@ -251,7 +265,7 @@ fn check_wildcards(filter: &str, full: &str) -> Result<(), InvalidValue> {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
 mod tests {
     use super::*;
 
@@ -281,6 +295,32 @@ mod tests {
             TopicName::try_from(long.as_str()),
             Err(InvalidValue::StringTooLong(65_536))
         );
+    }
+
+    #[test]
+    fn plain_topic_names_found_per_byte() {
+        assert!(!is_plain_topic_name(b""));
+        assert!(is_plain_topic_name(b"a"));
+        assert!(is_plain_topic_name(b"sensors/device-0042/temperature"));
+        // Every position in names that take each way through the byte blocks.
+        for len in [1, 3, 4, 7, 8, 9, 15, 16, 17, 31, 32, 33] {
+            for position in 0..len {
+                for other in [b'+', b'#', 0x00, 0x1F, 0x7F, 0xC3] {
+                    let mut name = vec![b'a'; len];
+                    name[position] = other;
+                    assert!(
+                        !is_plain_topic_name(&name),
+                        "byte {other:#04x} at {position} of {len}"
+                    );
+                }
+                // Bytes one bit away from `+` and `#` are plain.
+                for neighbour in [b'!', b'\'', b'*', b'/', b'3', b'k'] {
+                    let mut name = vec![b'a'; len];
+                    name[position] = neighbour;
+                    assert!(is_plain_topic_name(&name), "{name:?}");
+                }
+            }
+        }
     }
 
     #[test]

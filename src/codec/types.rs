@@ -66,6 +66,7 @@ impl PacketId {
 
     /// Returns the identifier as sent on the wire.
     #[must_use]
+    #[inline]
     pub fn get(self) -> u16 {
         self.0.get()
     }
@@ -88,6 +89,7 @@ impl TryFrom<u16> for PacketId {
 }
 
 impl From<NonZeroU16> for PacketId {
+    #[inline]
     fn from(value: NonZeroU16) -> Self {
         Self(value)
     }
@@ -307,12 +309,7 @@ pub(crate) fn check_mqtt_string(value: &str) -> Result<(), InvalidValue> {
 /// Unicode noncharacter (U+FDD0 to U+FDEF, and U+xFFFE and U+xFFFF in every plane).
 pub(crate) fn disallowed_character(value: &str) -> Option<char> {
     // Printable ASCII is by far the common case and needs no per-character decoding.
-    // A fold without early exit lets the compiler check many bytes at once.
-    #[allow(clippy::needless_bitwise_bool)] // Bitwise on purpose, see above.
-    let printable = value
-        .bytes()
-        .fold(true, |all, byte| all & (0x20..0x7F).contains(&byte));
-    if printable {
+    if is_printable_ascii(value.as_bytes()) {
         return None;
     }
     value.chars().find(|&character| {
@@ -322,6 +319,62 @@ pub(crate) fn disallowed_character(value: &str) -> Option<char> {
             || (0xFDD0..=0xFDEF).contains(&code)
             || code & 0xFFFE == 0xFFFE
     })
+}
+
+/// Returns `true` when every byte of `bytes` is printable ASCII, 0x20 to 0x7E.
+#[inline]
+pub(crate) fn is_printable_ascii(bytes: &[u8]) -> bool {
+    no_byte_flagged(bytes, |byte| !is_printable_byte(byte))
+}
+
+/// Returns `true` for a printable ASCII byte, 0x20 to 0x7E.
+#[inline]
+pub(crate) fn is_printable_byte(byte: u8) -> bool {
+    (0x20..0x7F).contains(&byte)
+}
+
+/// Returns `true` when `flagged` returns `false` for every byte of `bytes`.
+///
+/// The bytes are tested in blocks of 16 without early exit, which the compiler turns
+/// into a few SIMD instructions per block. Blocks may overlap and a slice shorter than
+/// 16 bytes is padded with spaces, so `flagged` must not flag a space, and it may see
+/// a byte twice.
+#[inline]
+pub(crate) fn no_byte_flagged(bytes: &[u8], flagged: impl Fn(u8) -> bool + Copy) -> bool {
+    const SPACES: u64 = u64::from_le_bytes([b' '; 8]);
+
+    // Kept out of line: inlined, the compiler assembles a padded block byte by byte.
+    #[inline(never)]
+    fn block_flagged(block: &[u8; 16], flagged: impl Fn(u8) -> bool) -> bool {
+        #[allow(clippy::needless_bitwise_bool)] // Bitwise on purpose, see above.
+        block.iter().fold(false, |any, &byte| any | flagged(byte))
+    }
+
+    if let Some(last) = bytes.last_chunk::<16>() {
+        let blocks = bytes.chunks_exact(16).fold(false, |any, chunk| {
+            any | <&[u8; 16]>::try_from(chunk).is_ok_and(|block| block_flagged(block, flagged))
+        });
+        return !(blocks | block_flagged(last, flagged));
+    }
+    // A shorter slice fits one block as two eight-byte halves, which overlap when it
+    // is shorter than the block.
+    let (low, high) = if let (Some(first), Some(last)) =
+        (bytes.first_chunk::<8>(), bytes.last_chunk::<8>())
+    {
+        (u64::from_le_bytes(*first), u64::from_le_bytes(*last))
+    } else if let (Some(first), Some(last)) = (bytes.first_chunk::<4>(), bytes.last_chunk::<4>()) {
+        let first = u64::from(u32::from_le_bytes(*first));
+        let last = u64::from(u32::from_le_bytes(*last));
+        (first | last << 32, SPACES)
+    } else {
+        let mut padded = [b' '; 8];
+        for (slot, &byte) in padded.iter_mut().zip(bytes) {
+            *slot = byte;
+        }
+        (u64::from_le_bytes(padded), SPACES)
+    };
+    let block = (u128::from(low) | u128::from(high) << 64).to_le_bytes();
+    !block_flagged(&block, flagged)
 }
 
 #[cfg(test)]
@@ -338,6 +391,26 @@ mod tests {
         assert_eq!(disallowed_character("x\u{85}"), Some('\u{85}'));
         assert_eq!(disallowed_character("x\u{FDD0}"), Some('\u{FDD0}'));
         assert_eq!(disallowed_character("x\u{1FFFF}"), Some('\u{1FFFF}'));
+    }
+
+    #[test]
+    fn printable_ascii_checked_per_byte() {
+        assert!(is_printable_ascii(b""));
+        assert!(is_printable_ascii(b" ~"));
+        assert!(is_printable_ascii(b"sensors/device-0042/temperature"));
+        // Every position in slices that take each way through the blocks.
+        for len in [1, 3, 4, 7, 8, 9, 15, 16, 17, 31, 32, 33, 100] {
+            for position in 0..len {
+                for bad in [0x00, 0x1F, 0x7F, 0x80, 0xC3, 0xFF] {
+                    let mut bytes = vec![b'a'; len];
+                    bytes[position] = bad;
+                    assert!(
+                        !is_printable_ascii(&bytes),
+                        "byte {bad:#04x} at {position} of {len}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]

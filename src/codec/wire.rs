@@ -5,6 +5,8 @@
 //! short read as a truncated packet. Writing assumes the caller has already checked
 //! lengths and limits; it only appends to a `BytesMut`.
 
+use std::num::NonZeroU16;
+
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use bytestring::ByteString;
 
@@ -49,6 +51,7 @@ pub(crate) fn put_prefixed(dst: &mut BytesMut, value: &[u8]) {
 
 /// Parses a Variable Byte Integer at the start of `bytes`. Returns `Ok(None)` when
 /// `bytes` ends before the integer does, else the value and the number of bytes used.
+#[inline]
 pub(crate) fn parse_variable_byte_integer(bytes: &[u8]) -> Result<Option<(u32, usize)>, Violation> {
     let mut value: u32 = 0;
     for (index, &byte) in bytes.iter().take(4).enumerate() {
@@ -101,20 +104,24 @@ pub(crate) struct Reader {
 
 impl Reader {
     /// Starts reading `buf`, the body of a packet of type `packet_type`.
+    #[inline]
     pub(crate) fn new(buf: Bytes, packet_type: PacketType) -> Self {
         Self { buf, packet_type }
     }
 
     /// Returns the type of the packet being read.
+    #[inline]
     pub(crate) fn packet_type(&self) -> PacketType {
         self.packet_type
     }
 
     /// Returns `true` when every byte has been read.
+    #[inline]
     pub(crate) fn is_empty(&self) -> bool {
         self.buf.is_empty()
     }
 
+    #[inline]
     fn need(&self, len: usize) -> Result<(), Violation> {
         if self.buf.len() < len {
             return Err(self.truncated());
@@ -129,21 +136,34 @@ impl Reader {
         }
     }
 
+    /// Returns the next byte without reading it, `None` at the end.
+    #[inline]
+    pub(crate) fn peek_u8(&self) -> Option<u8> {
+        self.buf.first().copied()
+    }
+
+    #[inline]
     pub(crate) fn u8(&mut self) -> Result<u8, Violation> {
         self.need(1)?;
         Ok(self.buf.get_u8())
     }
 
+    #[inline]
     pub(crate) fn u16(&mut self) -> Result<u16, Violation> {
-        self.need(2)?;
-        Ok(self.buf.get_u16())
+        let Some(&[high, low]) = self.buf.first_chunk::<2>() else {
+            return Err(self.truncated());
+        };
+        self.buf.advance(2);
+        Ok(u16::from_be_bytes([high, low]))
     }
 
+    #[inline]
     pub(crate) fn u32(&mut self) -> Result<u32, Violation> {
         self.need(4)?;
         Ok(self.buf.get_u32())
     }
 
+    #[inline]
     pub(crate) fn variable_byte_integer(&mut self) -> Result<u32, Violation> {
         match parse_variable_byte_integer(&self.buf)? {
             Some((value, len)) => {
@@ -155,20 +175,31 @@ impl Reader {
     }
 
     /// Reads a packet identifier, which must not be 0 [MQTT-2.2.1-3].
+    #[inline]
     pub(crate) fn packet_id(&mut self) -> Result<PacketId, Violation> {
         let value = self.u16()?;
-        PacketId::try_from(value).map_err(|_| Violation::ZeroPacketId {
-            packet_type: self.packet_type,
-        })
+        NonZeroU16::new(value)
+            .map(PacketId::from)
+            .ok_or(Violation::ZeroPacketId {
+                packet_type: self.packet_type,
+            })
+    }
+
+    /// Skips `len` bytes, which the caller knows are there.
+    #[inline]
+    pub(crate) fn skip(&mut self, len: usize) {
+        self.buf.advance(len.min(self.buf.len()));
     }
 
     /// Splits off the next `len` bytes without copying.
+    #[inline]
     pub(crate) fn bytes(&mut self, len: usize) -> Result<Bytes, Violation> {
         self.need(len)?;
         Ok(self.buf.split_to(len))
     }
 
     /// Reads Binary Data: a two-byte length, then that many bytes.
+    #[inline]
     pub(crate) fn binary(&mut self) -> Result<Bytes, Violation> {
         let len = self.u16()?;
         self.bytes(usize::from(len))
@@ -188,17 +219,20 @@ impl Reader {
     }
 
     /// Splits off the next `len` bytes as a reader of their own.
+    #[inline]
     pub(crate) fn sub_reader(&mut self, len: usize) -> Result<Self, Violation> {
         let buf = self.bytes(len)?;
         Ok(Self::new(buf, self.packet_type))
     }
 
     /// Takes every unread byte without copying.
+    #[inline]
     pub(crate) fn take_rest(&mut self) -> Bytes {
         std::mem::take(&mut self.buf)
     }
 
     /// Checks that every byte has been read.
+    #[inline]
     pub(crate) fn finish(&self) -> Result<(), Violation> {
         if self.buf.is_empty() {
             return Ok(());
