@@ -15,16 +15,15 @@ use super::packet::{
     Subscribe, UnsubAck, Unsubscribe,
 };
 use super::publish_wire::{
-    measure_acknowledgement, measure_publish, put_acknowledgement, put_publish,
+    encode_simple_publish, is_simple_publish, measure_acknowledgement, measure_publish,
+    put_acknowledgement, put_publish,
 };
 use super::subscribe_wire::{
     measure_suback, measure_subscribe, measure_unsuback, measure_unsubscribe, put_suback,
     put_subscribe, put_unsuback, put_unsubscribe,
 };
 use super::types::{disallowed_character, ProtocolVersion};
-use super::wire::{
-    put_variable_byte_integer, variable_byte_integer_len, MAX_VARIABLE_BYTE_INTEGER,
-};
+use super::wire::{put_variable_byte_integer, MAX_VARIABLE_BYTE_INTEGER};
 
 /// Sizes found by the checking pass and reused by the writing pass.
 #[derive(Debug, Default, Clone, Copy)]
@@ -59,27 +58,42 @@ pub fn encode(
     max_packet_size: u32,
     dst: &mut BytesMut,
 ) -> Result<(), EncodeError> {
-    let first_byte = first_byte(packet);
     match packet {
-        // PUBLISH gets its own statically dispatched copy, which the compiler inlines.
-        Packet::Publish(publish) => encode_body(publish, first_byte, version, max_packet_size, dst),
-        _ => encode_body(body(packet), first_byte, version, max_packet_size, dst),
+        // Most messages take this path, which the compiler inlines whole.
+        Packet::Publish(publish) if is_simple_publish(publish) => {
+            encode_simple_publish(publish, version, max_packet_size, dst)
+        }
+        _ => {
+            let body = body(packet);
+            let sizes = body.measure(version)?;
+            write_packet(first_byte(packet), &sizes, max_packet_size, dst, |dst| {
+                body.put(version, &sizes, dst);
+            })
+        }
     }
 }
 
-fn encode_body<B: WireBody + ?Sized>(
-    body: &B,
+/// Checks the size limit, then appends the fixed header and, through `put_body`, the
+/// rest of the packet.
+#[inline]
+fn write_packet(
     first_byte: u8,
-    version: ProtocolVersion,
+    sizes: &Sizes,
     max_packet_size: u32,
     dst: &mut BytesMut,
+    put_body: impl FnOnce(&mut BytesMut),
 ) -> Result<(), EncodeError> {
-    let sizes = body.measure(version)?;
     let total = checked_total(sizes.remaining, max_packet_size)?;
     dst.reserve(total);
-    dst.put_u8(first_byte);
-    put_variable_byte_integer(dst, sizes.remaining as u32);
-    body.put(version, &sizes, dst);
+    // A remaining length below 128 is one byte, and one write for both bytes saves
+    // a capacity check.
+    if sizes.remaining < 128 {
+        dst.put_slice(&[first_byte, sizes.remaining as u8]);
+    } else {
+        dst.put_u8(first_byte);
+        put_variable_byte_integer(dst, sizes.remaining as u32);
+    }
+    put_body(dst);
     Ok(())
 }
 
@@ -91,23 +105,29 @@ pub fn encoded_len(packet: &Packet, version: ProtocolVersion) -> Result<usize, E
 }
 
 fn total_len(remaining: usize) -> usize {
-    let remaining_len = u32::try_from(remaining).map_or(4, variable_byte_integer_len);
+    // A length above the Variable Byte Integer range counts as four bytes, because
+    // the error for it reports a size.
+    let remaining_len = match remaining {
+        0..=127 => 1,
+        128..=16_383 => 2,
+        16_384..=2_097_151 => 3,
+        _ => 4,
+    };
     1 + remaining_len + remaining
 }
 
 /// Returns the total size, or the error for a packet above `max` or above what a
 /// remaining length can express.
-fn checked_total(remaining: usize, max: u32) -> Result<usize, EncodeError> {
+pub(crate) fn checked_total(remaining: usize, max: u32) -> Result<usize, EncodeError> {
     let size = total_len(remaining);
-    let protocol_max = total_len(MAX_VARIABLE_BYTE_INTEGER as usize);
-    let limit = (max as usize).min(protocol_max);
-    if size > limit {
-        return Err(EncodeError::PacketTooLarge {
-            size,
-            max: limit as u32,
-        });
+    if size <= max as usize && remaining <= MAX_VARIABLE_BYTE_INTEGER as usize {
+        return Ok(size);
     }
-    Ok(size)
+    let protocol_max = total_len(MAX_VARIABLE_BYTE_INTEGER as usize);
+    Err(EncodeError::PacketTooLarge {
+        size,
+        max: (max as usize).min(protocol_max) as u32,
+    })
 }
 
 /// Returns the first byte of the fixed header: packet type and flags (section 2.1.3).

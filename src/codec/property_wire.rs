@@ -497,16 +497,28 @@ pub(crate) fn measure_properties(
     context: PropertyContext,
     packet_type: PacketType,
 ) -> Result<usize, EncodeError> {
-    if version.is_v5() {
-        return properties_len(properties, context, packet_type);
+    // Most packets carry no property, and this test inlines where the slow path
+    // below would cost a call.
+    if !has_properties(properties) {
+        return Ok(0);
     }
-    if has_properties(properties) {
+    measure_present_properties(properties, version, context, packet_type)
+}
+
+#[inline(never)]
+fn measure_present_properties(
+    properties: &Properties,
+    version: ProtocolVersion,
+    context: PropertyContext,
+    packet_type: PacketType,
+) -> Result<usize, EncodeError> {
+    if !version.is_v5() {
         return Err(EncodeError::NotInVersion {
             what: "properties",
             version,
         });
     }
-    Ok(0)
+    properties_len(properties, context, packet_type)
 }
 
 /// Returns the bytes a property list of `len` bytes takes with its length prefix:
@@ -522,7 +534,8 @@ pub(crate) fn section_len(len: usize, version: ProtocolVersion) -> usize {
 /// Returns `true` when any property is set. It is faster than comparing with the
 /// default, which matters on the PUBLISH hot path. The exhaustive pattern makes a new
 /// field a compile error here.
-#[inline]
+#[allow(clippy::inline_always)] // Out of line it costs a call on every PUBLISH.
+#[inline(always)]
 pub(crate) fn has_properties(properties: &Properties) -> bool {
     let Properties {
         payload_format_indicator,
@@ -569,25 +582,32 @@ pub(crate) fn has_properties(properties: &Properties) -> bool {
         | wildcard_subscription_available.is_some()
         | subscription_identifier_available.is_some()
         | shared_subscription_available.is_some();
-    let data = content_type.is_some()
-        | response_topic.is_some()
-        | correlation_data.is_some()
-        | assigned_client_identifier.is_some()
-        | authentication_method.is_some()
-        | authentication_data.is_some()
-        | response_information.is_some()
-        | server_reference.is_some()
-        | reason_string.is_some();
-    integers | data | !subscription_identifiers.is_empty() | !user_properties.is_empty()
+    // Groups of three measured fastest: `|` across all nine makes the compiler build
+    // slow vector code, and `||` everywhere branches on every field.
+    let data = (content_type.is_some() | response_topic.is_some() | correlation_data.is_some())
+        || (assigned_client_identifier.is_some()
+            | authentication_method.is_some()
+            | authentication_data.is_some())
+        || (response_information.is_some()
+            | server_reference.is_some()
+            | reason_string.is_some());
+    integers || data || !subscription_identifiers.is_empty() || !user_properties.is_empty()
 }
 
 /// Appends the property length `len`, as returned by [`properties_len`], and the
 /// property list.
+#[inline]
 pub(crate) fn put_properties(dst: &mut BytesMut, properties: &Properties, len: usize) {
-    put_variable_byte_integer(dst, len as u32);
     if len == 0 {
+        dst.put_u8(0);
         return;
     }
+    put_property_list(dst, properties, len);
+}
+
+#[inline(never)]
+fn put_property_list(dst: &mut BytesMut, properties: &Properties, len: usize) {
+    put_variable_byte_integer(dst, len as u32);
     // Every identifier is below 128, so it takes one byte.
     for_each_property(properties, |id, value| {
         dst.put_u8(id as u8);
