@@ -307,11 +307,18 @@ pub(crate) fn check_mqtt_string(value: &str) -> Result<(), InvalidValue> {
 /// Returns the first character of `value` that an MQTT string must or should not
 /// contain: U+0000, a control character (U+0001 to U+001F, U+007F to U+009F) or a
 /// Unicode noncharacter (U+FDD0 to U+FDEF, and U+xFFFE and U+xFFFF in every plane).
+#[inline]
 pub(crate) fn disallowed_character(value: &str) -> Option<char> {
-    // Printable ASCII is by far the common case and needs no per-character decoding.
+    // Printable ASCII is by far the common case and needs no per-character decoding,
+    // so only that test is inlined.
     if is_printable_ascii(value.as_bytes()) {
         return None;
     }
+    find_disallowed_character(value)
+}
+
+#[inline(never)]
+fn find_disallowed_character(value: &str) -> Option<char> {
     value.chars().find(|&character| {
         let code = u32::from(character);
         code <= 0x1F
