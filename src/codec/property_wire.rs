@@ -291,7 +291,8 @@ impl Value<'_> {
         }
     }
 
-    #[inline]
+    #[allow(clippy::inline_always)] // Called from `WriteVisitor`, see there.
+    #[inline(always)]
     fn put(&self, dst: &mut BytesMut) {
         match self {
             Self::Byte(value) => dst.put_u8(*value),
@@ -308,97 +309,141 @@ impl Value<'_> {
     }
 }
 
-/// Calls `visit` with every property present in `p`: the message properties in the
+/// Receives the properties of a list from [`for_each_property`]. A trait in place of
+/// a closure lets each implementation force inlining, so that every call site
+/// compiles to the code for its one kind of value.
+trait PropertyVisitor<'a> {
+    fn visit(&mut self, id: PropertyId, value: Value<'a>);
+}
+
+/// Sums the encoded length of a property list and notes what it contains.
+#[derive(Default)]
+struct LengthVisitor {
+    /// Bytes of the list, without its length prefix.
+    len: usize,
+    /// One bit per identifier present.
+    present: u64,
+    /// The first value the wire cannot carry, with what is wrong with it.
+    problem: Option<(PropertyId, &'static str)>,
+}
+
+impl<'a> PropertyVisitor<'a> for LengthVisitor {
+    #[allow(clippy::inline_always)] // See the trait.
+    #[inline(always)]
+    fn visit(&mut self, id: PropertyId, value: Value<'a>) {
+        // Every identifier is below 128, so it takes one byte.
+        self.present |= 1 << id as u8;
+        self.len += 1 + value.len();
+        if let Err(text) = check_value(&value) {
+            self.problem.get_or_insert((id, text));
+        }
+    }
+}
+
+/// Appends each property, identifier first.
+struct WriteVisitor<'d>(&'d mut BytesMut);
+
+impl<'a> PropertyVisitor<'a> for WriteVisitor<'_> {
+    #[allow(clippy::inline_always)] // See the trait.
+    #[inline(always)]
+    fn visit(&mut self, id: PropertyId, value: Value<'a>) {
+        // Every identifier is below 128, so it takes one byte.
+        self.0.put_u8(id as u8);
+        value.put(self.0);
+    }
+}
+
+/// Calls `visitor` with every property present in `p`: the message properties in the
 /// order Mosquitto writes them, then the others by identifier, then the user
 /// properties in their stored order. Any order is valid (MQTT 5.0 section 2.2.2.2),
 /// but matching Mosquitto's lets byte-exact conformance tests pass.
 #[inline]
-fn for_each_property<'a>(p: &'a Properties, mut visit: impl FnMut(PropertyId, Value<'a>)) {
+fn for_each_property<'a>(p: &'a Properties, visitor: &mut impl PropertyVisitor<'a>) {
     use PropertyId as P;
     use Value as V;
     if let Some(format) = p.payload_format_indicator {
-        visit(P::PayloadFormatIndicator, V::Byte(format as u8));
+        visitor.visit(P::PayloadFormatIndicator, V::Byte(format as u8));
     }
     if let Some(value) = p.message_expiry_interval {
-        visit(P::MessageExpiryInterval, V::FourBytes(value));
+        visitor.visit(P::MessageExpiryInterval, V::FourBytes(value));
     }
     if let Some(value) = p.topic_alias {
-        visit(P::TopicAlias, V::TwoBytes(value.get()));
+        visitor.visit(P::TopicAlias, V::TwoBytes(value.get()));
     }
     if let Some(value) = &p.response_topic {
-        visit(P::ResponseTopic, V::String(value.as_str()));
+        visitor.visit(P::ResponseTopic, V::String(value.as_str()));
     }
     if let Some(value) = &p.correlation_data {
-        visit(P::CorrelationData, V::Binary(value));
+        visitor.visit(P::CorrelationData, V::Binary(value));
     }
     if let Some(value) = &p.content_type {
-        visit(P::ContentType, V::String(value));
+        visitor.visit(P::ContentType, V::String(value));
     }
     for value in &p.subscription_identifiers {
-        visit(
+        visitor.visit(
             P::SubscriptionIdentifier,
             V::VariableByteInteger(value.get()),
         );
     }
     if let Some(value) = p.session_expiry_interval {
-        visit(P::SessionExpiryInterval, V::FourBytes(value));
+        visitor.visit(P::SessionExpiryInterval, V::FourBytes(value));
     }
     if let Some(value) = &p.assigned_client_identifier {
-        visit(P::AssignedClientIdentifier, V::String(value));
+        visitor.visit(P::AssignedClientIdentifier, V::String(value));
     }
     if let Some(value) = p.server_keep_alive {
-        visit(P::ServerKeepAlive, V::TwoBytes(value));
+        visitor.visit(P::ServerKeepAlive, V::TwoBytes(value));
     }
     if let Some(value) = &p.authentication_method {
-        visit(P::AuthenticationMethod, V::String(value));
+        visitor.visit(P::AuthenticationMethod, V::String(value));
     }
     if let Some(value) = &p.authentication_data {
-        visit(P::AuthenticationData, V::Binary(value));
+        visitor.visit(P::AuthenticationData, V::Binary(value));
     }
     if let Some(value) = p.request_problem_information {
-        visit(P::RequestProblemInformation, V::Byte(u8::from(value)));
+        visitor.visit(P::RequestProblemInformation, V::Byte(u8::from(value)));
     }
     if let Some(value) = p.will_delay_interval {
-        visit(P::WillDelayInterval, V::FourBytes(value));
+        visitor.visit(P::WillDelayInterval, V::FourBytes(value));
     }
     if let Some(value) = p.request_response_information {
-        visit(P::RequestResponseInformation, V::Byte(u8::from(value)));
+        visitor.visit(P::RequestResponseInformation, V::Byte(u8::from(value)));
     }
     if let Some(value) = &p.response_information {
-        visit(P::ResponseInformation, V::String(value));
+        visitor.visit(P::ResponseInformation, V::String(value));
     }
     if let Some(value) = &p.server_reference {
-        visit(P::ServerReference, V::String(value));
+        visitor.visit(P::ServerReference, V::String(value));
     }
     if let Some(value) = &p.reason_string {
-        visit(P::ReasonString, V::String(value));
+        visitor.visit(P::ReasonString, V::String(value));
     }
     if let Some(value) = p.receive_maximum {
-        visit(P::ReceiveMaximum, V::TwoBytes(value.get()));
+        visitor.visit(P::ReceiveMaximum, V::TwoBytes(value.get()));
     }
     if let Some(value) = p.topic_alias_maximum {
-        visit(P::TopicAliasMaximum, V::TwoBytes(value));
+        visitor.visit(P::TopicAliasMaximum, V::TwoBytes(value));
     }
     if let Some(value) = p.maximum_qos {
-        visit(P::MaximumQoS, V::Byte(value.level()));
+        visitor.visit(P::MaximumQoS, V::Byte(value.level()));
     }
     if let Some(value) = p.retain_available {
-        visit(P::RetainAvailable, V::Byte(u8::from(value)));
+        visitor.visit(P::RetainAvailable, V::Byte(u8::from(value)));
     }
     if let Some(value) = p.maximum_packet_size {
-        visit(P::MaximumPacketSize, V::FourBytes(value.get()));
+        visitor.visit(P::MaximumPacketSize, V::FourBytes(value.get()));
     }
     if let Some(value) = p.wildcard_subscription_available {
-        visit(P::WildcardSubscriptionAvailable, V::Byte(u8::from(value)));
+        visitor.visit(P::WildcardSubscriptionAvailable, V::Byte(u8::from(value)));
     }
     if let Some(value) = p.subscription_identifier_available {
-        visit(P::SubscriptionIdentifierAvailable, V::Byte(u8::from(value)));
+        visitor.visit(P::SubscriptionIdentifierAvailable, V::Byte(u8::from(value)));
     }
     if let Some(value) = p.shared_subscription_available {
-        visit(P::SharedSubscriptionAvailable, V::Byte(u8::from(value)));
+        visitor.visit(P::SharedSubscriptionAvailable, V::Byte(u8::from(value)));
     }
     for (name, value) in &p.user_properties {
-        visit(P::UserProperty, V::Pair(name, value));
+        visitor.visit(P::UserProperty, V::Pair(name, value));
     }
 }
 
@@ -413,19 +458,15 @@ pub(crate) fn properties_len(
         return Ok(0);
     }
 
-    // The walk stays small enough to be inlined at each property: it records which
-    // identifiers are present and leaves the rules on fixed-size values to the checks
-    // after it. Every identifier is below 128, so it takes one byte.
-    let mut len = 0;
-    let mut present: u64 = 0;
-    let mut problem = None;
-    for_each_property(properties, |id, value| {
-        present |= 1 << id as u8;
-        len += 1 + value.len();
-        if let Err(text) = check_value(&value) {
-            problem.get_or_insert((id, text));
-        }
-    });
+    // The walk records which identifiers are present and leaves the rules on
+    // fixed-size values to the checks after it.
+    let mut visitor = LengthVisitor::default();
+    for_each_property(properties, &mut visitor);
+    let LengthVisitor {
+        len,
+        present,
+        problem,
+    } = visitor;
 
     let invalid = |property, problem| EncodeError::InvalidProperty {
         packet_type,
@@ -462,7 +503,8 @@ fn lowest_property(set: u64) -> Option<PropertyId> {
 
 /// Returns what is wrong with a property value the model allows but the wire does
 /// not, apart from Maximum QoS, which `properties_len` checks.
-#[inline]
+#[allow(clippy::inline_always)] // Called from `LengthVisitor`, see there.
+#[inline(always)]
 fn check_value(value: &Value<'_>) -> Result<(), &'static str> {
     match *value {
         Value::VariableByteInteger(number) if number > MAX_VARIABLE_BYTE_INTEGER => {
@@ -477,6 +519,8 @@ fn check_value(value: &Value<'_>) -> Result<(), &'static str> {
     }
 }
 
+#[allow(clippy::inline_always)] // Called from `LengthVisitor`, see there.
+#[inline(always)]
 fn check_string(text: &str) -> Result<(), &'static str> {
     if text.len() > usize::from(u16::MAX) {
         return Err("value is longer than 65535 bytes");
@@ -588,9 +632,7 @@ pub(crate) fn has_properties(properties: &Properties) -> bool {
         || (assigned_client_identifier.is_some()
             | authentication_method.is_some()
             | authentication_data.is_some())
-        || (response_information.is_some()
-            | server_reference.is_some()
-            | reason_string.is_some());
+        || (response_information.is_some() | server_reference.is_some() | reason_string.is_some());
     integers || data || !subscription_identifiers.is_empty() || !user_properties.is_empty()
 }
 
@@ -608,11 +650,7 @@ pub(crate) fn put_properties(dst: &mut BytesMut, properties: &Properties, len: u
 #[inline(never)]
 fn put_property_list(dst: &mut BytesMut, properties: &Properties, len: usize) {
     put_variable_byte_integer(dst, len as u32);
-    // Every identifier is below 128, so it takes one byte.
-    for_each_property(properties, |id, value| {
-        dst.put_u8(id as u8);
-        value.put(dst);
-    });
+    for_each_property(properties, &mut WriteVisitor(dst));
 }
 
 #[cfg(test)]
