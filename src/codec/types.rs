@@ -331,7 +331,37 @@ fn find_disallowed_character(value: &str) -> Option<char> {
 /// Returns `true` when every byte of `bytes` is printable ASCII, 0x20 to 0x7E.
 #[inline]
 pub(crate) fn is_printable_ascii(bytes: &[u8]) -> bool {
-    no_byte_flagged(bytes, |byte| !is_printable_byte(byte))
+    // Most strings in a packet are short: up to 16 bytes, two eight-byte words (which
+    // overlap below 16) are tested in general registers, without the block function.
+    let words = if let (Some(first), Some(last)) =
+        (bytes.first_chunk::<8>(), bytes.last_chunk::<8>())
+    {
+        (u64::from_le_bytes(*first), u64::from_le_bytes(*last))
+    } else if let (Some(first), Some(last)) = (bytes.first_chunk::<4>(), bytes.last_chunk::<4>()) {
+        let first = u64::from(u32::from_le_bytes(*first));
+        let last = u64::from(u32::from_le_bytes(*last));
+        let word = first | last << 32;
+        (word, word)
+    } else {
+        return no_byte_flagged(bytes, |byte| !is_printable_byte(byte));
+    };
+    if bytes.len() > 16 {
+        return no_byte_flagged(bytes, |byte| !is_printable_byte(byte));
+    }
+    unprintable_flags(words.0) | unprintable_flags(words.1) == 0
+}
+
+/// Returns a word that is not 0 when some byte of `word` is outside 0x20 to 0x7E. A
+/// byte below 0x20 borrows into its high bit when 0x20 is subtracted, and a byte
+/// above 0x7E sets its high bit when 1 is added or has it set already. A carry or
+/// borrow can flag a higher byte by mistake only after a lower byte was flagged, so
+/// the test is exact, but the flags do not say which byte it was.
+#[inline]
+fn unprintable_flags(word: u64) -> u64 {
+    const EVERY_BYTE: u64 = 0x0101_0101_0101_0101;
+    let below = word.wrapping_sub(EVERY_BYTE * 0x20) & !word;
+    let above = word.wrapping_add(EVERY_BYTE) | word;
+    (below | above) & (EVERY_BYTE * 0x80)
 }
 
 /// Returns `true` for a printable ASCII byte, 0x20 to 0x7E.
@@ -405,8 +435,11 @@ mod tests {
         assert!(is_printable_ascii(b""));
         assert!(is_printable_ascii(b" ~"));
         assert!(is_printable_ascii(b"sensors/device-0042/temperature"));
-        // Every position in slices that take each way through the blocks.
-        for len in [1, 3, 4, 7, 8, 9, 15, 16, 17, 31, 32, 33, 100] {
+        for len in 0..40 {
+            assert!(is_printable_ascii(&vec![b'a'; len]), "length {len}");
+        }
+        // Every position in slices that take each way through the words and blocks.
+        for len in [1, 3, 4, 5, 7, 8, 9, 15, 16, 17, 31, 32, 33, 100] {
             for position in 0..len {
                 for bad in [0x00, 0x1F, 0x7F, 0x80, 0xC3, 0xFF] {
                     let mut bytes = vec![b'a'; len];
