@@ -1681,3 +1681,236 @@ async fn malformed_broker_disconnect_closes() {
         .await;
     assert!(is_violation(&failure(&mut started.events).await));
 }
+
+// ---------------------------------------------------------------------------------------
+// Limits announced through connect_properties, identifier reuse, client rules
+// ---------------------------------------------------------------------------------------
+
+/// Options that announce `properties` through `connect_properties` only.
+fn announcing(properties: Properties) -> impl FnOnce(ClientOptions) -> ClientOptions {
+    move |o: ClientOptions| o.connect_properties(properties)
+}
+
+/// Starts a v5 client that announces `properties` through `connect_properties`,
+/// completes the handshake and returns the CONNECT the client sent.
+async fn connected_announcing(
+    properties: Properties,
+) -> (Hostile, Started, Peer, mqttlink::codec::Connect) {
+    let broker = Hostile::bind().await;
+    let mut started = start(announcing(properties)(options(
+        &broker,
+        ProtocolVersion::V5,
+    )));
+    let mut peer = broker.accept().await;
+    let connect = peer.handshake(Properties::default()).await;
+    assert!(matches!(
+        next(&mut started.events).await,
+        Event::Connected { .. }
+    ));
+    (broker, started, peer, connect)
+}
+
+#[actix_rt::test]
+async fn connect_properties_topic_alias_accepted() {
+    let _serial = SERIAL.lock().await;
+    let properties = Properties {
+        topic_alias_maximum: Some(2),
+        ..Properties::default()
+    };
+    let (_broker, started, mut peer) = connected(
+        ProtocolVersion::V5,
+        Properties::default(),
+        announcing(properties),
+    )
+    .await;
+    let (recipient, mut messages) = forward::<mqttlink::Message>();
+    started.client.set_default_recipient(recipient.recipient());
+
+    // PUBLISH "a" defining Topic Alias 1, then a PUBLISH with an empty topic using it.
+    peer.send_raw(&[0x30, 0x07, 0x00, 0x01, b'a', 0x03, 0x23, 0x00, 0x01])
+        .await;
+    peer.send_raw(&[0x30, 0x06, 0x00, 0x00, 0x03, 0x23, 0x00, 0x01])
+        .await;
+    assert_eq!(next(&mut messages).await.topic.as_str(), "a");
+    assert_eq!(next(&mut messages).await.topic.as_str(), "a");
+    within(started.client.disconnect(Disconnect::new()))
+        .await
+        .unwrap();
+    peer.expect_disconnect_with(DisconnectReason::NormalDisconnection)
+        .await;
+}
+
+#[actix_rt::test]
+async fn connect_properties_undefined_alias_closes() {
+    let _serial = SERIAL.lock().await;
+    // Empty topic with Topic Alias 1, which the broker never defined.
+    let bytes = [0x30, 0x06, 0x00, 0x00, 0x03, 0x23, 0x00, 0x01];
+    let properties = Properties {
+        topic_alias_maximum: Some(2),
+        ..Properties::default()
+    };
+    inbound_closes(
+        &bytes,
+        announcing(properties),
+        DisconnectReason::ProtocolError,
+    )
+    .await;
+}
+
+#[actix_rt::test]
+async fn connect_properties_receive_maximum_enforced() {
+    let _serial = SERIAL.lock().await;
+    let properties = Properties {
+        receive_maximum: NonZeroU16::new(2),
+        ..Properties::default()
+    };
+    let (_broker, mut started, mut peer, connect) = connected_announcing(properties).await;
+    assert_eq!(connect.properties.receive_maximum, NonZeroU16::new(2));
+
+    // Three QoS 2 messages, never released.
+    for number in 1..=3 {
+        peer.send(&inbound(Delivery::ExactlyOnce(id(number)), "rm", b"x"))
+            .await;
+    }
+    peer.expect_disconnect_with(DisconnectReason::ReceiveMaximumExceeded)
+        .await;
+    assert!(is_violation(&failure(&mut started.events).await));
+}
+
+#[actix_rt::test]
+async fn connect_properties_maximum_packet_size_enforced() {
+    let _serial = SERIAL.lock().await;
+    let properties = Properties {
+        maximum_packet_size: NonZeroU32::new(1024),
+        ..Properties::default()
+    };
+    let (_broker, mut started, mut peer, connect) = connected_announcing(properties).await;
+    assert_eq!(
+        connect.properties.maximum_packet_size,
+        NonZeroU32::new(1024)
+    );
+
+    peer.send(&inbound(Delivery::AtMostOnce, "big", &BIG)).await;
+    peer.expect_disconnect_with(DisconnectReason::PacketTooLarge)
+        .await;
+    assert!(is_violation(&failure(&mut started.events).await));
+}
+
+#[actix_rt::test]
+async fn repeated_qos1_packet_id_closes() {
+    let _serial = SERIAL.lock().await;
+    let (_broker, mut started, mut peer) =
+        connected(ProtocolVersion::V5, Properties::default(), |o| {
+            o.receive_maximum(10)
+        })
+        .await;
+    let (stalled, recipient, mut messages) = hostile::Stalled::start();
+    started.client.set_default_recipient(recipient.recipient());
+
+    // 50 QoS 1 PUBLISH packets in one write, all with packet identifier 1.
+    let mut flood = Vec::new();
+    for _ in 0..50 {
+        let packet = inbound(Delivery::AtLeastOnce(id(1)), "dup", b"x");
+        flood.extend_from_slice(&peer.encode(&packet));
+    }
+    peer.send_raw(&flood).await;
+    peer.expect_disconnect_with(DisconnectReason::ProtocolError)
+        .await;
+    assert!(is_violation(&failure(&mut started.events).await));
+
+    stalled.release();
+    let mut delivered = 0;
+    while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(200), messages.recv()).await
+    {
+        delivered += 1;
+    }
+    assert!(delivered <= 1, "{delivered} copies delivered");
+}
+
+#[actix_rt::test]
+async fn try_publish_after_stop_fails_stopped() {
+    let _serial = SERIAL.lock().await;
+    let (_broker, started, mut peer) =
+        connected(ProtocolVersion::V5, Properties::default(), |o| o).await;
+    within(started.client.disconnect(Disconnect::new()))
+        .await
+        .unwrap();
+    peer.expect_disconnect_with(DisconnectReason::NormalDisconnection)
+        .await;
+
+    // Once the supervisor stopped, its semaphore is closed.
+    let stopped = async {
+        while started.client.stats().await.is_ok() {
+            tokio::task::yield_now().await;
+        }
+    };
+    within(stopped).await;
+    let result = started.client.try_publish(Publish::new(topic("t"), "x"));
+    assert!(matches!(result, Err(ClientError::Stopped)));
+}
+
+#[actix_rt::test]
+async fn disconnect_session_expiry_removed_after_zero() {
+    let _serial = SERIAL.lock().await;
+    let (_broker, started, mut peer) =
+        connected(ProtocolVersion::V5, Properties::default(), |o| o).await;
+    // CONNECT sent no Session Expiry Interval, so DISCONNECT must not set a non-zero one.
+    within(
+        started
+            .client
+            .disconnect(Disconnect::new().session_expiry(60)),
+    )
+    .await
+    .unwrap();
+    let packets = peer.until_closed().await;
+    match packets.last() {
+        Some(Packet::Disconnect(disconnect)) => {
+            assert_eq!(disconnect.reason, DisconnectReason::NormalDisconnection);
+            assert_eq!(disconnect.properties.session_expiry_interval, None);
+        }
+        other => panic!("expected DISCONNECT, got {other:?}"),
+    }
+}
+
+#[actix_rt::test]
+async fn disconnect_session_expiry_kept_after_non_zero() {
+    let _serial = SERIAL.lock().await;
+    let (_broker, started, mut peer) = connected(ProtocolVersion::V5, Properties::default(), |o| {
+        o.session_expiry(Duration::from_secs(10))
+    })
+    .await;
+    within(
+        started
+            .client
+            .disconnect(Disconnect::new().session_expiry(60)),
+    )
+    .await
+    .unwrap();
+    let packets = peer.until_closed().await;
+    match packets.last() {
+        Some(Packet::Disconnect(disconnect)) => {
+            assert_eq!(disconnect.properties.session_expiry_interval, Some(60));
+        }
+        other => panic!("expected DISCONNECT, got {other:?}"),
+    }
+}
+
+#[actix_rt::test]
+async fn server_only_disconnect_reason_not_sent() {
+    let _serial = SERIAL.lock().await;
+    let (_broker, started, mut peer) =
+        connected(ProtocolVersion::V5, Properties::default(), |o| o).await;
+    // 0x8B Server shutting down is sent only by a server (MQTT 5.0 section 3.14.2.1).
+    let disconnect = Disconnect::new().reason(DisconnectReason::ServerShuttingDown);
+    let result = within(started.client.disconnect(disconnect)).await;
+    // NOTE: the supervisor does not check the request yet, so the session replaces the
+    // reason code. Once it does, `result` is InvalidRequest and the client stays up.
+    match result {
+        Err(ClientError::InvalidRequest(_)) => {}
+        Ok(()) => {
+            peer.expect_disconnect_with(DisconnectReason::UnspecifiedError)
+                .await;
+        }
+        Err(other) => panic!("expected Ok or InvalidRequest, got {other:?}"),
+    }
+}

@@ -7,7 +7,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use actix::prelude::*;
-use tokio::sync::{oneshot, Semaphore};
+use tokio::sync::{oneshot, Semaphore, TryAcquireError};
 
 use crate::actors::{
     ClientActor, Disconnect, Event, GetStats, Message, Publish, SetDefaultRecipient, Stats, Submit,
@@ -59,15 +59,20 @@ impl Client {
     }
 
     /// Queues a message without waiting: fails at once with [`ClientError::QueueFull`]
-    /// when the request queue or the supervisor's mailbox is full. The returned future
-    /// resolves like [`Client::publish`].
+    /// when the request queue or the supervisor's mailbox is full, and with
+    /// [`ClientError::Stopped`] once the client stopped. The returned future resolves
+    /// like [`Client::publish`].
     pub fn try_publish(
         &self,
         mut publish: Publish,
     ) -> Result<impl Future<Output = Result<PublishOutcome, ClientError>>, ClientError> {
-        let permit = Arc::clone(&self.permits)
-            .try_acquire_owned()
-            .map_err(|_| ClientError::QueueFull)?;
+        // `ClientActor::stopped` closes the semaphore, so a closed one means the client
+        // stopped; a caller that retries on QueueFull would otherwise retry forever.
+        let permit = match Arc::clone(&self.permits).try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(TryAcquireError::NoPermits) => return Err(ClientError::QueueFull),
+            Err(TryAcquireError::Closed) => return Err(ClientError::Stopped),
+        };
         publish.permit = Some(permit);
         let (reply, response) = oneshot::channel();
         self.addr

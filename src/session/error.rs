@@ -81,6 +81,21 @@ pub enum ProtocolViolation {
     /// this client announced (MQTT 5.0 section 4.9).
     #[error("more than {0} unacknowledged QoS 1 and 2 messages from broker")]
     ReceiveMaximumExceeded(u16),
+    /// A QoS 1 or 2 PUBLISH reused a packet identifier whose earlier message this client
+    /// has not acknowledged yet. A server must pick an unused identifier [MQTT-2.2.1-4]
+    /// (3.1.1 section 2.3.1), and under v5 it must not resend a message on the same
+    /// connection [MQTT-4.4.0-1]. Only a QoS 2 redelivery awaiting PUBREL is accepted.
+    #[error("PUBLISH reused packet identifier {0} before it was acknowledged")]
+    PacketIdInUse(PacketId),
+    /// A packet was larger than the Maximum Packet Size this client announced (MQTT 5.0
+    /// section 3.1.2.11.4).
+    #[error("packet of {size} bytes exceeds the announced maximum packet size of {maximum} bytes")]
+    PacketTooLarge {
+        /// Size of the packet in bytes, as the codec encodes it.
+        size: usize,
+        /// The Maximum Packet Size this client announced.
+        maximum: u32,
+    },
 }
 
 impl ProtocolViolation {
@@ -91,6 +106,7 @@ impl ProtocolViolation {
             Self::Decode(error) => error.reason_code(),
             Self::TopicAliasOutOfRange { .. } => DisconnectReason::TopicAliasInvalid,
             Self::ReceiveMaximumExceeded(_) => DisconnectReason::ReceiveMaximumExceeded,
+            Self::PacketTooLarge { .. } => DisconnectReason::PacketTooLarge,
             Self::PacketBeforeConnAck(_)
             | Self::SecondConnAck
             | Self::SessionPresentOnCleanStart
@@ -100,7 +116,8 @@ impl ProtocolViolation {
             | Self::UnknownPacketId { .. }
             | Self::ReasonCountMismatch { .. }
             | Self::MissingTopic
-            | Self::UndefinedTopicAlias(_) => DisconnectReason::ProtocolError,
+            | Self::UndefinedTopicAlias(_)
+            | Self::PacketIdInUse(_) => DisconnectReason::ProtocolError,
         }
     }
 }

@@ -15,6 +15,16 @@ use super::{
     SubscribeOutcome, UnsubscribeOutcome,
 };
 
+/// Status of the packet identifier of an inbound QoS 1 or 2 PUBLISH.
+enum InboundId {
+    /// No unacknowledged message of the broker uses the identifier.
+    Unused,
+    /// A permitted redelivery of a message still being delivered; it is dropped.
+    Redelivery,
+    /// A reuse of an identifier still in use, which closes the connection.
+    InUse,
+}
+
 /// Whether the request at the head of the queue was handled or must wait.
 #[allow(clippy::large_enum_variant)] // Lives on the stack for one call; boxing would allocate per request.
 enum Dispatch {
@@ -153,6 +163,7 @@ impl<S: Store> Session<S> {
 
     pub(super) fn on_publish(&mut self, publish: Publish, now: Instant) {
         let delivery = publish.delivery;
+        let dup = publish.dup;
         let message = match self.resolve_topic(&publish) {
             Ok(topic) => inbound_message(topic, publish),
             Err(violation) => return self.violate(violation, now),
@@ -169,25 +180,27 @@ impl<S: Store> Session<S> {
         let ack = InboundAck { packet_id, qos };
 
         // A QoS 2 message already delivered is acknowledged again, not delivered again
-        // (MQTT 5.0 section 4.3.3); one still being delivered gets its PUBREC when delivery ends.
+        // (MQTT 5.0 section 4.3.3).
         if qos == QoS::ExactlyOnce && self.store.contains_inbound(packet_id) {
             return self.send_inbound_ack(ack, now);
         }
-        let receive_maximum = self.config.receive_maximum.get();
-        let unacked = self.inflight_in();
-        let enforce_maximum = self.config.protocol.is_v5();
-        let Some(connection) = self.connection_mut() else {
-            return;
-        };
-        if let Some(&delivering_qos) = connection.delivering.get(&packet_id) {
-            if qos == QoS::ExactlyOnce && delivering_qos == QoS::ExactlyOnce {
-                return;
+        match self.inbound_id_use(packet_id, qos, dup) {
+            InboundId::Unused => {}
+            // The acknowledgement follows when the delivery of the first copy ends.
+            InboundId::Redelivery => return,
+            InboundId::InUse => {
+                return self.violate(ProtocolViolation::PacketIdInUse(packet_id), now);
             }
-        } else {
-            if unacked >= usize::from(receive_maximum) && enforce_maximum {
-                let violation = ProtocolViolation::ReceiveMaximumExceeded(receive_maximum);
-                return self.violate(violation, now);
-            }
+        }
+
+        // The broker must not send more unacknowledged messages than announced
+        // [MQTT-3.3.4-9]; 3.1.1 has no such limit.
+        let receive_maximum = self.limits.receive_maximum.get();
+        if self.inflight_in() >= usize::from(receive_maximum) && self.config.protocol.is_v5() {
+            let violation = ProtocolViolation::ReceiveMaximumExceeded(receive_maximum);
+            return self.violate(violation, now);
+        }
+        if let Some(connection) = self.connection_mut() {
             connection.delivering.insert(packet_id, qos);
         }
         self.events.push_back(SessionEvent::Message {
@@ -196,10 +209,33 @@ impl<S: Store> Session<S> {
         });
     }
 
+    /// Classifies the packet identifier of an inbound QoS 1 or 2 PUBLISH against the
+    /// messages this client has not acknowledged yet. Only these repeats are accepted:
+    /// a QoS 2 message being delivered, and under 3.1.1 a QoS 1 message being delivered
+    /// and sent again with DUP set, because 3.1.1 does not forbid resending on the same
+    /// connection (section 4.4). Any other reuse breaks [MQTT-2.2.1-4].
+    fn inbound_id_use(&self, packet_id: PacketId, qos: QoS, dup: bool) -> InboundId {
+        let delivering = self
+            .connection()
+            .and_then(|connection| connection.delivering.get(&packet_id).copied());
+        match delivering {
+            Some(QoS::ExactlyOnce) if qos == QoS::ExactlyOnce => InboundId::Redelivery,
+            Some(QoS::AtLeastOnce)
+                if qos == QoS::AtLeastOnce && dup && !self.config.protocol.is_v5() =>
+            {
+                InboundId::Redelivery
+            }
+            Some(_) => InboundId::InUse,
+            // An identifier awaiting PUBREL is still in use by the broker's QoS 2 flow.
+            None if self.store.contains_inbound(packet_id) => InboundId::InUse,
+            None => InboundId::Unused,
+        }
+    }
+
     /// Returns the topic of an inbound PUBLISH, defining or applying a topic alias
     /// (MQTT 5.0 section 3.3.2.3.4).
     fn resolve_topic(&mut self, publish: &Publish) -> Result<codec::TopicName, ProtocolViolation> {
-        let maximum = self.config.topic_alias_maximum;
+        let maximum = self.limits.topic_alias_maximum;
         let Some(alias) = publish
             .properties
             .topic_alias

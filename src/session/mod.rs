@@ -32,7 +32,7 @@ use crate::codec::{
 };
 use crate::store::{RequestToken, Store};
 
-pub use config::SessionConfig;
+pub use config::{EffectiveLimits, SessionConfig};
 pub use error::{CloseReason, ProtocolViolation, RejectReason, RequestError};
 
 /// A packet to write, in order, with the caller to tell once it is written.
@@ -219,6 +219,8 @@ enum State {
 #[derive(Debug)]
 pub struct Session<S> {
     config: SessionConfig,
+    /// The limits CONNECT announces, computed once from `config`.
+    limits: EffectiveLimits,
     store: S,
     state: State,
     /// When the last packet was handed out for writing, for keep-alive.
@@ -233,6 +235,7 @@ impl<S: Store> Session<S> {
     pub fn new(config: SessionConfig, store: S, now: Instant) -> Self {
         let deadline = deadline_after(now, config.connect_timeout);
         Self {
+            limits: config.effective_limits(),
             config,
             store,
             state: State::AwaitingTransport { deadline },
@@ -310,6 +313,12 @@ impl<S: Store> Session<S> {
 
     /// Processes one packet from the broker.
     pub fn handle_packet(&mut self, packet: Packet, now: Instant) {
+        if matches!(self.state, State::AwaitingTransport { .. } | State::Closed) {
+            return;
+        }
+        if let Err(violation) = self.check_inbound_size(&packet) {
+            return self.violate(violation, now);
+        }
         match &self.state {
             State::AwaitingTransport { .. } | State::Closed => {}
             State::AwaitingConnAck { .. } => match packet {
@@ -372,7 +381,14 @@ impl<S: Store> Session<S> {
     /// Starts a disconnect requested by the application. Before CONNACK the session
     /// closes at once. After CONNACK it sends no new requests and waits for outbound flows
     /// to complete, at most the disconnect timeout, then sends `disconnect` and closes.
+    ///
+    /// A `disconnect` that fails [`SessionConfig::check_disconnect`] is corrected before
+    /// it is sent, because the caller has no way to get an error from here: a
+    /// server-only reason code becomes Unspecified error (0x80), which still makes the
+    /// broker publish the will, and a forbidden Session Expiry Interval is removed.
+    /// Callers should run that check first and reject the request instead.
     pub fn handle_disconnect(&mut self, disconnect: Disconnect, now: Instant) {
+        let disconnect = self.correct_disconnect(disconnect);
         match std::mem::replace(&mut self.state, State::Closed) {
             State::AwaitingTransport { .. } | State::AwaitingConnAck { .. } => {
                 self.close(CloseReason::Requested);
@@ -393,6 +409,52 @@ impl<S: Store> Session<S> {
             }
             other => self.state = other,
         }
+    }
+
+    /// Returns `disconnect` changed as [`Session::handle_disconnect`] describes when it
+    /// breaks a rule for a client's DISCONNECT.
+    fn correct_disconnect(&self, mut disconnect: Disconnect) -> Disconnect {
+        let Err(error) = self.config.check_disconnect(&disconnect) else {
+            return disconnect;
+        };
+        tracing::warn!(
+            client_id = %self.config.client_id,
+            %error,
+            "invalid disconnect corrected before sending"
+        );
+        if self.limits.session_expiry == 0 {
+            disconnect.properties.session_expiry_interval = None;
+        }
+        if self.config.check_disconnect(&disconnect).is_err() {
+            disconnect.reason = DisconnectReason::UnspecifiedError;
+        }
+        disconnect
+    }
+
+    /// Rejects a packet larger than the Maximum Packet Size this client announced
+    /// (MQTT 5.0 section 3.1.2.11.4). The decoder checks the size on the wire against
+    /// the limit the client options give it, which can be larger than the one announced.
+    ///
+    /// NOTE: the session sees decoded packets, so it measures the packet encoded
+    /// again. That equals the wire size of a PUBLISH. An acknowledgement that the broker
+    /// sent in a longer form than the shortest can exceed the limit by a few bytes
+    /// unnoticed.
+    fn check_inbound_size(&self, packet: &Packet) -> Result<(), ProtocolViolation> {
+        let Some(maximum) = self.limits.maximum_packet_size else {
+            return Ok(());
+        };
+        // A packet the codec cannot measure was still decoded within the decoder's own
+        // limit, so there is nothing to compare.
+        let Ok(size) = crate::codec::encoded_len(packet, self.config.protocol) else {
+            return Ok(());
+        };
+        if size > maximum.get() as usize {
+            return Err(ProtocolViolation::PacketTooLarge {
+                size,
+                maximum: maximum.get(),
+            });
+        }
+        Ok(())
     }
 
     fn on_connack(&mut self, connack: ConnAck, now: Instant) {

@@ -1184,6 +1184,318 @@ fn automatic_identifier_removed_without_broker_support() {
     );
 }
 
+#[test]
+fn repeated_qos1_packet_id_is_violation() {
+    let now = Instant::now();
+    let qos1 = inbound_publish(
+        Delivery::AtLeastOnce(id(1)),
+        Some("t"),
+        Properties::default(),
+    );
+    for protocol in [ProtocolVersion::V5, ProtocolVersion::V3_1_1] {
+        let mut session = connected(protocol, now);
+        session.handle_packet(qos1.clone(), now);
+        assert_eq!(events(&mut session).len(), 1, "{protocol:?}");
+        session.handle_packet(qos1.clone(), now);
+        assert_violation(&mut session, DisconnectReason::ProtocolError);
+    }
+
+    // QoS 2 reusing the identifier of a QoS 1 message being delivered.
+    let mut session = connected(ProtocolVersion::V5, now);
+    session.handle_packet(qos1.clone(), now);
+    events(&mut session);
+    session.handle_packet(
+        inbound_publish(
+            Delivery::ExactlyOnce(id(1)),
+            Some("t"),
+            Properties::default(),
+        ),
+        now,
+    );
+    assert_violation(&mut session, DisconnectReason::ProtocolError);
+}
+
+#[test]
+fn repeated_qos1_flood_stays_within_receive_maximum() {
+    let now = Instant::now();
+    let mut limited = config(ProtocolVersion::V5);
+    limited.receive_maximum = NonZeroU16::new(10).unwrap();
+    let mut session = connected_with(limited, Properties::default(), now);
+    let qos1 = inbound_publish(
+        Delivery::AtLeastOnce(id(1)),
+        Some("t"),
+        Properties::default(),
+    );
+    for _ in 0..100 {
+        session.handle_packet(qos1.clone(), now);
+    }
+    let messages = events(&mut session)
+        .iter()
+        .filter(|event| matches!(event, SessionEvent::Message { .. }))
+        .count();
+    assert_eq!(messages, 1);
+    assert!(session.is_closed());
+}
+
+#[test]
+fn v3_qos1_redelivery_with_dup_acknowledged_once() {
+    let now = Instant::now();
+    let mut session = connected(ProtocolVersion::V3_1_1, now);
+    let Packet::Publish(first) = inbound_publish(
+        Delivery::AtLeastOnce(id(3)),
+        Some("t"),
+        Properties::default(),
+    ) else {
+        unreachable!()
+    };
+    session.handle_packet(Packet::Publish(first.clone()), now);
+    let Some(SessionEvent::Message { ack: Some(ack), .. }) = session.poll_event() else {
+        panic!("expected a message with an ack");
+    };
+    let again = Publish { dup: true, ..first };
+    session.handle_packet(Packet::Publish(again), now);
+    assert!(events(&mut session).is_empty(), "redelivery not delivered");
+    assert!(!session.is_closed());
+
+    session.handle_delivered(ack, now);
+    assert!(matches!(&packets(&mut session)[..], [Packet::PubAck(a)] if a.packet_id == id(3)));
+    assert_eq!(session.inflight_in(), 0);
+}
+
+#[test]
+fn qos1_reusing_id_awaiting_pubrel_is_violation() {
+    let now = Instant::now();
+    let mut session = connected(ProtocolVersion::V5, now);
+    session.handle_packet(
+        inbound_publish(
+            Delivery::ExactlyOnce(id(2)),
+            Some("t"),
+            Properties::default(),
+        ),
+        now,
+    );
+    let Some(SessionEvent::Message { ack: Some(ack), .. }) = session.poll_event() else {
+        panic!("expected a message with an ack");
+    };
+    session.handle_delivered(ack, now);
+    assert!(matches!(&packets(&mut session)[..], [Packet::PubRec(_)]));
+
+    session.handle_packet(
+        inbound_publish(
+            Delivery::AtLeastOnce(id(2)),
+            Some("t"),
+            Properties::default(),
+        ),
+        now,
+    );
+    assert_violation(&mut session, DisconnectReason::ProtocolError);
+}
+
+#[test]
+fn effective_limits_merge_options_and_connect_properties() {
+    let mut merged = config(ProtocolVersion::V5);
+    merged.connect_properties = Properties {
+        receive_maximum: NonZeroU16::new(2),
+        topic_alias_maximum: Some(3),
+        maximum_packet_size: NonZeroU32::new(1024),
+        session_expiry_interval: Some(60),
+        ..Properties::default()
+    };
+    let limits = merged.effective_limits();
+    assert_eq!(limits.receive_maximum.get(), 2);
+    assert_eq!(limits.topic_alias_maximum, 3);
+    assert_eq!(limits.maximum_packet_size, NonZeroU32::new(1024));
+    assert_eq!(limits.session_expiry, 60);
+
+    // Explicit options win over the extra properties.
+    merged.receive_maximum = NonZeroU16::new(5).unwrap();
+    merged.topic_alias_maximum = 4;
+    merged.max_packet_size = NonZeroU32::new(4096);
+    merged.session_expiry = Some(30);
+    let limits = merged.effective_limits();
+    assert_eq!(limits.receive_maximum.get(), 5);
+    assert_eq!(limits.topic_alias_maximum, 4);
+    assert_eq!(limits.maximum_packet_size, NonZeroU32::new(4096));
+    assert_eq!(limits.session_expiry, 30);
+
+    let connect = merged.connect_packet();
+    assert_eq!(connect.properties.receive_maximum, NonZeroU16::new(5));
+    assert_eq!(connect.properties.topic_alias_maximum, Some(4));
+    assert_eq!(
+        connect.properties.maximum_packet_size,
+        NonZeroU32::new(4096)
+    );
+    assert_eq!(connect.properties.session_expiry_interval, Some(30));
+}
+
+/// Returns a v5 session connected with `extra` as its CONNECT properties.
+fn connected_with_properties(extra: Properties, now: Instant) -> Session<MemoryStore> {
+    let mut with_extra = config(ProtocolVersion::V5);
+    with_extra.connect_properties = extra;
+    connected_with(with_extra, Properties::default(), now)
+}
+
+#[test]
+fn connect_properties_limits_enforced() {
+    let now = Instant::now();
+    let aliases = Properties {
+        topic_alias_maximum: Some(2),
+        ..Properties::default()
+    };
+    let alias = |n| Properties {
+        topic_alias: NonZeroU16::new(n),
+        ..Properties::default()
+    };
+    let mut session = connected_with_properties(aliases.clone(), now);
+    session.handle_packet(
+        inbound_publish(Delivery::AtMostOnce, Some("a"), alias(1)),
+        now,
+    );
+    session.handle_packet(inbound_publish(Delivery::AtMostOnce, None, alias(1)), now);
+    assert_eq!(events(&mut session).len(), 2);
+    assert!(!session.is_closed());
+    session.handle_packet(inbound_publish(Delivery::AtMostOnce, None, alias(2)), now);
+    assert_violation(&mut session, DisconnectReason::ProtocolError);
+
+    let receive = Properties {
+        receive_maximum: NonZeroU16::new(2),
+        ..Properties::default()
+    };
+    let mut session = connected_with_properties(receive, now);
+    for packet_id in 1..=3 {
+        session.handle_packet(
+            inbound_publish(
+                Delivery::ExactlyOnce(id(packet_id)),
+                Some("t"),
+                Properties::default(),
+            ),
+            now,
+        );
+    }
+    assert_violation(&mut session, DisconnectReason::ReceiveMaximumExceeded);
+
+    let size = Properties {
+        maximum_packet_size: NonZeroU32::new(1024),
+        ..Properties::default()
+    };
+    let mut session = connected_with_properties(size, now);
+    let Packet::Publish(small) =
+        inbound_publish(Delivery::AtMostOnce, Some("t"), Properties::default())
+    else {
+        unreachable!()
+    };
+    let big = Publish {
+        payload: Bytes::from(vec![b'x'; 2000]),
+        ..small.clone()
+    };
+    session.handle_packet(Packet::Publish(small), now);
+    assert_eq!(events(&mut session).len(), 1);
+    session.handle_packet(Packet::Publish(big), now);
+    assert_violation(&mut session, DisconnectReason::PacketTooLarge);
+}
+
+#[test]
+fn check_disconnect_rejects_client_rule_breaks() {
+    let mut plain = config(ProtocolVersion::V5);
+    let disconnect = |reason, session_expiry_interval| Disconnect {
+        reason,
+        properties: Properties {
+            session_expiry_interval,
+            ..Properties::default()
+        },
+    };
+    assert!(plain
+        .check_disconnect(&disconnect(DisconnectReason::NormalDisconnection, None))
+        .is_ok());
+    assert!(plain
+        .check_disconnect(&disconnect(
+            DisconnectReason::DisconnectWithWillMessage,
+            Some(0)
+        ))
+        .is_ok());
+    for reason in [
+        DisconnectReason::ServerShuttingDown,
+        DisconnectReason::SessionTakenOver,
+        DisconnectReason::KeepAliveTimeout,
+        DisconnectReason::UseAnotherServer,
+    ] {
+        assert!(
+            matches!(
+                plain.check_disconnect(&disconnect(reason, None)),
+                Err(RequestError::Invalid(_))
+            ),
+            "{reason:?}"
+        );
+    }
+    assert!(matches!(
+        plain.check_disconnect(&disconnect(DisconnectReason::NormalDisconnection, Some(60))),
+        Err(RequestError::Invalid(_))
+    ));
+
+    plain.session_expiry = Some(10);
+    assert!(plain
+        .check_disconnect(&disconnect(DisconnectReason::NormalDisconnection, Some(60)))
+        .is_ok());
+
+    let v3 = config(ProtocolVersion::V3_1_1);
+    assert!(v3
+        .check_disconnect(&disconnect(DisconnectReason::ServerShuttingDown, Some(60)))
+        .is_ok());
+}
+
+#[test]
+fn invalid_disconnect_corrected_before_sending() {
+    let now = Instant::now();
+    let cases = [
+        (
+            DisconnectReason::ServerShuttingDown,
+            None,
+            DisconnectReason::UnspecifiedError,
+        ),
+        (
+            DisconnectReason::DisconnectWithWillMessage,
+            Some(60),
+            DisconnectReason::DisconnectWithWillMessage,
+        ),
+        (
+            DisconnectReason::SessionTakenOver,
+            Some(60),
+            DisconnectReason::UnspecifiedError,
+        ),
+    ];
+    for (requested, session_expiry_interval, sent) in cases {
+        let mut session = connected(ProtocolVersion::V5, now);
+        let disconnect = Disconnect {
+            reason: requested,
+            properties: Properties {
+                session_expiry_interval,
+                ..Properties::default()
+            },
+        };
+        session.handle_disconnect(disconnect, now);
+        let packets = packets(&mut session);
+        let [Packet::Disconnect(disconnect)] = &packets[..] else {
+            panic!("expected DISCONNECT, got {packets:?}");
+        };
+        assert_eq!(disconnect.reason, sent, "{requested:?}");
+        assert_eq!(disconnect.properties.session_expiry_interval, None);
+    }
+
+    // With a Session Expiry Interval in CONNECT, DISCONNECT may change it.
+    let mut expiring = config(ProtocolVersion::V5);
+    expiring.session_expiry = Some(10);
+    let mut session = connected_with(expiring, Properties::default(), now);
+    let disconnect = Disconnect {
+        reason: DisconnectReason::NormalDisconnection,
+        properties: Properties {
+            session_expiry_interval: Some(60),
+            ..Properties::default()
+        },
+    };
+    session.handle_disconnect(disconnect.clone(), now);
+    assert_eq!(packets(&mut session), [Packet::Disconnect(disconnect)]);
+}
+
 /// Arbitrary inputs in arbitrary order: the session must never panic, answer each
 /// request at most once, respect the in-flight window, and stay silent once closed.
 mod arbitrary_inputs {
