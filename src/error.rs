@@ -40,8 +40,9 @@ pub enum ClientError {
     #[error("connection closed: {0}")]
     ConnectionClosed(ClosedBy),
     /// The request needs a connection and the client has none. Not returned today:
-    /// requests made before CONNACK wait in the queue, and after the connection ends the
-    /// client stops, so later requests fail with [`ClientError::Stopped`].
+    /// requests made before CONNACK, or while automatic reconnect waits, wait in the
+    /// queue. Without reconnect the client stops when the connection ends, so later
+    /// requests fail with [`ClientError::Stopped`].
     #[error("not connected")]
     NotConnected,
     /// The client's queue of pending requests is full; try again after some complete.

@@ -30,6 +30,19 @@ pub struct ReconnectConfig {
     pub reset_after: Duration,
 }
 
+/// Reconnect settings of a client, built from [`ClientOptions`](crate::ClientOptions)
+/// when reconnect is on.
+#[derive(Debug, Clone)]
+pub(crate) struct ReconnectSettings {
+    /// Servers, backoff bounds and reset time.
+    pub policy: ReconnectConfig,
+    /// Whether every attempt after the first accepted connection requests to resume the
+    /// session (clean start 0).
+    pub resume_on_reconnect: bool,
+    /// Whether granted subscriptions are sent again when a reconnect finds no session.
+    pub resubscribe: bool,
+}
+
 /// The kind of response a connection's end calls for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {

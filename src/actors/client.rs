@@ -1,9 +1,15 @@
 //! The client supervisor: lives as long as the application wants the client. It owns the
 //! durable session state, the subscription routes, the pending requests and the event
-//! listeners, and starts one linked group of actors per connection attempt.
+//! listeners, and starts one linked group of actors per connection attempt. With
+//! automatic reconnect it decides, when a group goes down, whether and when to start the
+//! next one. The pending requests and the store outlive the groups.
+
+mod granted;
+mod retry;
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::hash::BuildHasher;
 use std::num::NonZeroU32;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -13,12 +19,14 @@ use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 
 use crate::codec::{ClientId, TopicFilter};
 use crate::error::{ClientError, DisconnectCause};
+use crate::reconnect::{Decision, ReconnectPolicy, ReconnectSettings};
 use crate::session::{
     Outcome, PublishOutcome, RequestError, Session, SubscribeOutcome, UnsubscribeOutcome,
 };
 use crate::store::{
     MemoryStore, OutgoingPublish, QueuedRequest, Request, RequestToken, SharedStore, Store,
 };
+use crate::transport::Endpoint;
 
 use super::group::{
     actor_started, actor_stopped, now, Counters, RequestsQueued, SessionUpdate, StartDisconnect,
@@ -35,10 +43,16 @@ use super::session::{SessionActor, SessionParts};
 use super::socket::{SocketActor, SocketSettings};
 use super::ClientConfig;
 
+use granted::Granted;
+
 type Reply<T> = oneshot::Sender<Result<T, ClientError>>;
 
 /// The largest subscription identifier MQTT 5.0 allows (section 3.8.2.1.2).
 const MAX_SUBSCRIPTION_IDENTIFIER: u32 = 268_435_455;
+
+/// How often a client waiting to reconnect checks whether every handle was dropped, so
+/// that it stops without waiting out a long backoff delay.
+const HANDLE_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// A caller waiting for its request, with the room it holds in the request queue.
 #[derive(Debug)]
@@ -50,13 +64,27 @@ enum Pending {
     Subscribe {
         reply: Reply<SubscribeOutcome>,
         routes: Vec<RouteId>,
+        /// A copy of the request, queued again when the connection ends before SUBACK.
+        request: Request,
         _permit: OwnedSemaphorePermit,
     },
     Unsubscribe {
         reply: Reply<UnsubscribeOutcome>,
         filters: Vec<TopicFilter>,
+        /// A copy of the request, queued again when the connection ends before UNSUBACK.
+        request: Request,
         _permit: OwnedSemaphorePermit,
     },
+    /// A SUBSCRIBE the client sent on its own after a reconnect found no session.
+    Resubscribe,
+}
+
+/// Automatic reconnect: the policy and the settings that shape each attempt.
+#[derive(Debug)]
+struct AutoReconnect {
+    policy: ReconnectPolicy,
+    resume_on_reconnect: bool,
+    resubscribe: bool,
 }
 
 /// The running connection group, if any.
@@ -67,6 +95,12 @@ enum Group {
         generation: u64,
         link: Link,
         session: Addr<SessionActor>,
+    },
+    /// The last group went down and automatic reconnect waits for `timer` to start the
+    /// next; `handle_check` stops the client early when every handle is dropped.
+    AwaitingRetry {
+        timer: SpawnHandle,
+        handle_check: SpawnHandle,
     },
     /// No group runs; the client is stopping.
     Down,
@@ -89,11 +123,31 @@ pub struct ClientActor {
     generation: u64,
     /// The next subscription identifier to add to a v5 subscribe that has none.
     next_subscription_identifier: NonZeroU32,
+    /// Automatic reconnect; `None` when it is off or the application asked to disconnect.
+    reconnect: Option<AutoReconnect>,
+    /// Whether a connection of this client has reached CONNACK.
+    connected_before: bool,
+    /// Subscriptions the broker granted, restored after a reconnect without a session.
+    granted: Granted,
 }
 
 impl ClientActor {
-    pub(crate) fn new(config: ClientConfig) -> Self {
+    /// Creates the supervisor; `reconnect` is `None` when automatic reconnect is off.
+    pub(crate) fn with_reconnect(
+        config: ClientConfig,
+        reconnect: Option<ReconnectSettings>,
+    ) -> Self {
         let capacity = config.max_pending_requests;
+        let reconnect = reconnect.map(|settings| {
+            // The seed only spreads the retries of many clients; it need not be secret.
+            let seed = std::collections::hash_map::RandomState::new()
+                .hash_one(config.session.client_id.as_str());
+            AutoReconnect {
+                policy: ReconnectPolicy::new(settings.policy, seed),
+                resume_on_reconnect: settings.resume_on_reconnect,
+                resubscribe: settings.resubscribe,
+            }
+        });
         Self {
             config,
             store: SharedStore::new(MemoryStore::new(capacity)),
@@ -107,6 +161,9 @@ impl ClientActor {
             group: Group::Down,
             generation: 0,
             next_subscription_identifier: NonZeroU32::MIN,
+            reconnect,
+            connected_before: false,
+            granted: Granted::default(),
         }
     }
 
@@ -124,13 +181,27 @@ impl ClientActor {
         self.generation += 1;
         let generation = self.generation;
         let link = Link::new(generation, ctx.address().downgrade().recipient());
-        let session = Session::new(self.config.session.clone(), self.store.clone(), now());
+        let endpoint = self
+            .reconnect
+            .as_ref()
+            .and_then(|reconnect| reconnect.policy.server().cloned())
+            .unwrap_or_else(|| self.config.endpoint.clone());
+        let mut session_config = self.config.session.clone();
+        if self.connected_before
+            && self
+                .reconnect
+                .as_ref()
+                .is_some_and(|reconnect| reconnect.resume_on_reconnect)
+        {
+            session_config.clean_start = false;
+        }
+        let session = Session::new(session_config, self.store.clone(), now());
 
         let session_context = Context::<SessionActor>::new();
         let session_addr = session_context.address();
         let keep_alive = KeepAliveActor::new(link.clone(), session_addr.clone()).start();
         let socket = SocketActor::new(
-            self.socket_settings(),
+            self.socket_settings(endpoint),
             link.clone(),
             session_addr.clone(),
             ctx.address().downgrade(),
@@ -155,9 +226,9 @@ impl ClientActor {
         };
     }
 
-    fn socket_settings(&self) -> SocketSettings {
+    fn socket_settings(&self, endpoint: Endpoint) -> SocketSettings {
         SocketSettings {
-            endpoint: self.config.endpoint.clone(),
+            endpoint,
             protocol: self.config.session.protocol,
             client_id: self.client_id().clone(),
             max_packet_size: self.config.max_packet_size_in,
@@ -180,10 +251,15 @@ impl ClientActor {
         }
     }
 
-    /// Queues a request for the session and returns its token.
-    fn enqueue(&mut self, request: Request) -> Result<RequestToken, ClientError> {
+    fn next_token(&mut self) -> RequestToken {
         let token = RequestToken(self.next_token);
         self.next_token += 1;
+        token
+    }
+
+    /// Queues a request for the session and returns its token.
+    fn enqueue(&mut self, request: Request) -> Result<RequestToken, ClientError> {
+        let token = self.next_token();
         self.store
             .push_request(QueuedRequest { token, request })
             .map_err(|_| ClientError::QueueFull)?;
@@ -230,7 +306,16 @@ impl ClientActor {
             (Pending::Publish { reply, .. }, Ok(Outcome::Publish(outcome))) => {
                 let _ = reply.send(Ok(outcome));
             }
-            (Pending::Subscribe { reply, routes, .. }, Ok(Outcome::Subscribe(outcome))) => {
+            (
+                Pending::Subscribe {
+                    reply,
+                    routes,
+                    request,
+                    ..
+                },
+                Ok(Outcome::Subscribe(outcome)),
+            ) => {
+                self.granted.record(&request, &outcome.reasons);
                 let refused: Vec<RouteId> = routes
                     .iter()
                     .zip(&outcome.reasons)
@@ -241,6 +326,7 @@ impl ClientActor {
                 let _ = reply.send(Ok(outcome));
             }
             (Pending::Unsubscribe { reply, filters, .. }, Ok(Outcome::Unsubscribe(outcome))) => {
+                self.granted.remove(&filters, &outcome.reasons);
                 let mut router = self.router.borrow_mut();
                 for (index, filter) in filters.iter().enumerate() {
                     let removed = outcome
@@ -252,6 +338,16 @@ impl ClientActor {
                     }
                 }
                 let _ = reply.send(Ok(outcome));
+            }
+            (Pending::Resubscribe, Ok(Outcome::Subscribe(outcome))) => {
+                let rejected = outcome
+                    .reasons
+                    .iter()
+                    .filter(|reason| !reason.is_success())
+                    .count();
+                if rejected > 0 {
+                    tracing::warn!(client_id = %self.client_id(), rejected, "broker rejected filters subscribed again after reconnect");
+                }
             }
             (pending, Err(error)) => self.fail_pending(pending, error),
             (pending, Ok(_)) => {
@@ -269,6 +365,9 @@ impl ClientActor {
                 drop(reply.send(Err(error)));
             }
             Pending::Unsubscribe { reply, .. } => drop(reply.send(Err(error))),
+            Pending::Resubscribe => {
+                tracing::warn!(client_id = %self.client_id(), %error, "subscribe again after reconnect failed");
+            }
         }
     }
 
@@ -299,13 +398,20 @@ impl Actor for ClientActor {
         // Closing the permits wakes callers waiting for room; dropping the pending
         // replies answers their callers. Both see `Stopped`.
         self.permits.close();
-        // Stopped with a group still up means every handle was dropped. The group's own
-        // report cannot arrive any more, so the listeners hear of the end from here.
-        if let Group::Up { link, .. } = std::mem::replace(&mut self.group, Group::Down) {
-            link.take_down(DisconnectCause::Requested);
-            self.emit(&Event::Disconnected {
+        // Stopped with a group still up, or waiting to reconnect, means every handle was
+        // dropped. The group's own report cannot arrive any more, so the listeners hear
+        // of the end from here.
+        match std::mem::replace(&mut self.group, Group::Down) {
+            Group::Up { link, .. } => {
+                link.take_down(DisconnectCause::Requested);
+                self.emit(&Event::Disconnected {
+                    reason: DisconnectCause::Requested,
+                });
+            }
+            Group::AwaitingRetry { .. } => self.emit(&Event::Disconnected {
                 reason: DisconnectCause::Requested,
-            });
+            }),
+            Group::Down => {}
         }
         tracing::info!(client_id = %self.client_id(), "client stopped");
         actor_stopped();
@@ -374,12 +480,13 @@ impl ClientActor {
             properties: std::mem::take(&mut subscribe.properties),
             automatic_identifier,
         };
-        match self.enqueue(request) {
+        match self.enqueue(request.clone()) {
             Ok(token) => {
                 let (reply, response) = oneshot::channel();
                 let pending = Pending::Subscribe {
                     reply,
                     routes,
+                    request,
                     _permit: permit,
                 };
                 self.pending.insert(token, pending);
@@ -429,11 +536,12 @@ impl ClientActor {
             filters: std::mem::take(&mut unsubscribe.filters),
             properties: std::mem::take(&mut unsubscribe.properties),
         };
-        let token = self.enqueue(request)?;
+        let token = self.enqueue(request.clone())?;
         let (reply, response) = oneshot::channel();
         let pending = Pending::Unsubscribe {
             reply,
             filters,
+            request,
             _permit: permit,
         };
         self.pending.insert(token, pending);
@@ -458,9 +566,17 @@ impl Handler<Unsubscribe> for ClientActor {
 impl Handler<Disconnect> for ClientActor {
     type Result = ResponseFuture<Result<(), ClientError>>;
 
-    fn handle(&mut self, disconnect: Disconnect, _: &mut Self::Context) -> Self::Result {
-        let Group::Up { session, .. } = &self.group else {
-            return Box::pin(async { Ok(()) });
+    fn handle(&mut self, disconnect: Disconnect, ctx: &mut Self::Context) -> Self::Result {
+        // Whatever happens to the connection from here on, the client does not reconnect.
+        self.reconnect = None;
+        let session = match &self.group {
+            Group::Up { session, .. } => session,
+            Group::AwaitingRetry { .. } => {
+                tracing::info!(client_id = %self.client_id(), "disconnect requested while waiting to reconnect");
+                self.finish(DisconnectCause::Requested, ctx);
+                return Box::pin(async { Ok(()) });
+            }
+            Group::Down => return Box::pin(async { Ok(()) }),
         };
         tracing::info!(client_id = %self.client_id(), "disconnect requested");
         let packet = disconnect.packet(self.config.session.protocol);
@@ -519,10 +635,13 @@ impl Handler<SessionUpdate> for ClientActor {
             SessionUpdate::Connected {
                 session_present,
                 properties,
-            } => self.emit(&Event::Connected {
-                session_present,
-                properties,
-            }),
+            } => {
+                self.emit(&Event::Connected {
+                    session_present,
+                    properties,
+                });
+                self.on_connected(session_present);
+            }
             SessionUpdate::Completed { token, outcome } => self.on_completed(token, outcome),
         }
     }
@@ -548,8 +667,8 @@ impl Handler<Written> for ClientActor {
 impl Handler<GroupDown> for ClientActor {
     type Result = ();
 
-    /// Answers every waiting caller, reports the end and stops. This is where automatic
-    /// reconnect will start the next group instead, keeping the store for resending.
+    /// Starts the wait for the next attempt when automatic reconnect calls for one.
+    /// Otherwise fails every pending caller, reports the end and stops.
     fn handle(&mut self, down: GroupDown, ctx: &mut Self::Context) {
         let Group::Up { generation, .. } = &self.group else {
             return;
@@ -567,18 +686,23 @@ impl Handler<GroupDown> for ClientActor {
             }
         }
 
-        let error = match &down.cause {
-            DisconnectCause::Requested => ClientError::Stopped,
-            DisconnectCause::Failed(error) => error.clone(),
+        let decision = match &mut self.reconnect {
+            // NOTE: the session does not pass on the Server Reference of a v5 CONNACK or
+            // DISCONNECT, so a redirect moves on to the next server of the list instead
+            // of the server the broker named.
+            Some(reconnect) => reconnect.policy.handle_down(&down.cause, None, now()),
+            None => Decision::Stop,
         };
-        self.store.take_all_requests();
-        for (_, pending) in std::mem::take(&mut self.pending) {
-            self.fail_pending(pending, error.clone());
+        match (decision, down.cause) {
+            (
+                Decision::Retry {
+                    delay,
+                    server,
+                    attempt,
+                },
+                DisconnectCause::Failed(error),
+            ) => self.schedule_retry(&error, delay, &server, attempt, ctx),
+            (_, cause) => self.finish(cause, ctx),
         }
-        for waiter in self.disconnect_waiters.drain(..) {
-            let _ = waiter.send(Ok(()));
-        }
-        self.emit(&Event::Disconnected { reason: down.cause });
-        ctx.stop();
     }
 }

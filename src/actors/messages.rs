@@ -396,10 +396,29 @@ pub enum Event {
         /// CONNACK properties (v5).
         properties: Properties,
     },
-    /// The connection ended; without automatic reconnect the client has stopped.
+    /// The connection ended. Without automatic reconnect the client has stopped; with
+    /// it, [`Event::Reconnecting`] follows unless the client stops for good.
     Disconnected {
         /// Cause of the disconnect.
         reason: DisconnectCause,
+    },
+    /// Automatic reconnect connects to `host` and `port` after `delay`.
+    Reconnecting {
+        /// Wait before the attempt.
+        delay: std::time::Duration,
+        /// Host of the server the attempt connects to.
+        host: String,
+        /// Port of that server.
+        port: u16,
+        /// Number of the attempt since the last stable connection, starting at 1.
+        attempt: u32,
+    },
+    /// A reconnect found no session on the broker (Session Present 0), so the client
+    /// sent SUBSCRIBE again for every filter the broker had granted. Follows the
+    /// [`Event::Connected`] of that connection.
+    Resubscribed {
+        /// Number of topic filters subscribed again.
+        filters: usize,
     },
 }
 

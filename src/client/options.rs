@@ -12,6 +12,7 @@ use crate::codec::{
     self, ClientId, LastWill, Packet, Properties, ProtocolVersion, DEFAULT_MAX_PACKET_SIZE,
 };
 use crate::error::ClientError;
+use crate::reconnect::{ReconnectConfig, ReconnectSettings};
 use crate::session::SessionConfig;
 use crate::transport::Endpoint;
 
@@ -43,6 +44,7 @@ const MAX_TIMEOUT: Duration = Duration::from_secs(u32::MAX as u64);
 /// # }
 /// ```
 #[derive(Clone)]
+#[allow(clippy::struct_excessive_bools)] // Each flag is one independent builder option.
 pub struct ClientOptions {
     host: String,
     port: u16,
@@ -62,6 +64,12 @@ pub struct ClientOptions {
     max_packet_size: Option<u32>,
     connect_properties: Properties,
     reconnect: bool,
+    backoff_base: Duration,
+    backoff_max: Duration,
+    reset_after: Duration,
+    fallback_servers: Vec<Endpoint>,
+    resume_on_reconnect: bool,
+    resubscribe: bool,
 }
 
 impl ClientOptions {
@@ -87,6 +95,12 @@ impl ClientOptions {
             max_packet_size: None,
             connect_properties: Properties::default(),
             reconnect: false,
+            backoff_base: Duration::from_millis(500),
+            backoff_max: Duration::from_secs(30),
+            reset_after: Duration::from_secs(30),
+            fallback_servers: Vec::new(),
+            resume_on_reconnect: false,
+            resubscribe: true,
         }
     }
 
@@ -224,11 +238,70 @@ impl ClientOptions {
         self
     }
 
-    /// Asks for automatic reconnect. Not implemented yet: `true` makes
-    /// [`ClientOptions::start`] fail with [`ClientError::InvalidOptions`].
+    /// Turns automatic reconnect on or off; off by default.
+    ///
+    /// Off, the client stops when the connection ends and every pending request fails.
+    /// On, a lost connection keeps the pending requests and the unacknowledged QoS 1
+    /// and 2 flows, reports [`Event::Disconnected`](crate::Event) and
+    /// [`Event::Reconnecting`](crate::Event), and connects again after a backoff delay
+    /// (see [`ClientOptions::reconnect_backoff`]). It stops for good on
+    /// [`Disconnect`](crate::Disconnect), when every handle is dropped, and when the
+    /// broker rejects CONNECT for a reason a retry cannot fix, such as bad credentials,
+    /// not authorized, banned, an invalid client identifier or an unsupported protocol
+    /// version.
     #[must_use]
     pub fn reconnect(mut self, reconnect: bool) -> Self {
         self.reconnect = reconnect;
+        self
+    }
+
+    /// Sets the backoff between reconnect attempts: the n-th attempt after a failure
+    /// waits a random time between zero and `min(max, base * 2^(n-1))`. `base` must be
+    /// greater than zero and `max` at least `base`; 500 ms and 30 s by default.
+    #[must_use]
+    pub fn reconnect_backoff(mut self, base: Duration, max: Duration) -> Self {
+        self.backoff_base = base;
+        self.backoff_max = max;
+        self
+    }
+
+    /// Sets how long a connection must stay up for the backoff to start again from its
+    /// base; 30 s by default.
+    #[must_use]
+    pub fn reconnect_reset_after(mut self, stable: Duration) -> Self {
+        self.reset_after = stable;
+        self
+    }
+
+    /// Adds a server that reconnect attempts try in turn after the first one, for
+    /// failover. A failed attempt moves on to the next server in the list, and a lost
+    /// connection is retried on the same server first.
+    #[must_use]
+    pub fn fallback_server(mut self, host: impl Into<String>, port: u16) -> Self {
+        self.fallback_servers.push(Endpoint {
+            host: host.into(),
+            port,
+        });
+        self
+    }
+
+    /// With automatic reconnect, starts clean only on the first connection and asks the
+    /// broker to resume the session on every reconnect; `false` by default, so every
+    /// attempt uses [`ClientOptions::clean_start`]. Needs a non-empty client identifier.
+    /// Under v5 a session outlives the connection only with a
+    /// [`ClientOptions::session_expiry`] above zero.
+    #[must_use]
+    pub fn resume_on_reconnect(mut self, resume: bool) -> Self {
+        self.resume_on_reconnect = resume;
+        self
+    }
+
+    /// With automatic reconnect, subscribes again to every filter the broker granted
+    /// when a reconnect finds no session on the broker (CONNACK Session Present 0). On by
+    /// default. [`Event::Resubscribed`](crate::Event) reports how many.
+    #[must_use]
+    pub fn resubscribe(mut self, resubscribe: bool) -> Self {
+        self.resubscribe = resubscribe;
         self
     }
 
@@ -240,23 +313,21 @@ impl ClientOptions {
     /// System runs. Connection errors arrive later, as [`Event::Disconnected`](crate::Event)
     /// and as the error of pending requests.
     pub fn start(self) -> Result<Client, ClientError> {
-        let config = self.validate()?;
+        let (config, reconnect) = self.validate()?;
         if actix_rt::System::try_current().is_none() {
             return Err(ClientError::InvalidOptions(
                 "start() must be called inside a running actix System".to_owned(),
             ));
         }
-        let actor = ClientActor::new(config);
+        let actor = ClientActor::with_reconnect(config, reconnect);
         let permits = actor.permits();
         Ok(Client::new(actor.start(), permits))
     }
 
-    fn validate(self) -> Result<ClientConfig, ClientError> {
-        if self.reconnect {
-            return invalid("automatic reconnect is not implemented yet; use reconnect(false)");
-        }
+    fn validate(self) -> Result<(ClientConfig, Option<ReconnectSettings>), ClientError> {
         let client_id = self.check_identity()?;
         self.check_timing()?;
+        let reconnect = self.check_reconnect(&client_id)?;
         let limits = self.check_limits()?;
 
         let mut session = SessionConfig::new(client_id, self.protocol);
@@ -280,7 +351,7 @@ impl ClientOptions {
             return invalid(format!("options cannot be sent in CONNECT: {error}"));
         }
 
-        Ok(ClientConfig {
+        let config = ClientConfig {
             endpoint: Endpoint {
                 host: self.host,
                 port: self.port,
@@ -290,7 +361,55 @@ impl ClientOptions {
             max_packet_size_in: limits
                 .max_packet_size
                 .map_or(DEFAULT_MAX_PACKET_SIZE, NonZeroU32::get),
-        })
+        };
+        Ok((config, reconnect))
+    }
+
+    /// Checks the reconnect options and builds the policy settings, or `None` when
+    /// reconnect is off.
+    fn check_reconnect(
+        &self,
+        client_id: &ClientId,
+    ) -> Result<Option<ReconnectSettings>, ClientError> {
+        if !self.reconnect {
+            return Ok(None);
+        }
+        if self.backoff_base.is_zero() {
+            return invalid("reconnect_backoff base must be greater than 0");
+        }
+        if self.backoff_max < self.backoff_base {
+            return invalid(format!(
+                "reconnect_backoff max of {:?} is below its base of {:?}",
+                self.backoff_max, self.backoff_base
+            ));
+        }
+        for (name, value) in [
+            ("reconnect_backoff max", self.backoff_max),
+            ("reconnect_reset_after", self.reset_after),
+        ] {
+            if value > MAX_TIMEOUT {
+                return invalid(format!("{name} of {value:?} exceeds {MAX_TIMEOUT:?}"));
+            }
+        }
+        if self.resume_on_reconnect && client_id.is_empty() {
+            return invalid("resume_on_reconnect(true) needs a non-empty client_id");
+        }
+
+        let mut servers = vec![Endpoint {
+            host: self.host.clone(),
+            port: self.port,
+        }];
+        servers.extend(self.fallback_servers.iter().cloned());
+        Ok(Some(ReconnectSettings {
+            policy: ReconnectConfig {
+                servers,
+                backoff_base: self.backoff_base,
+                backoff_max: self.backoff_max,
+                reset_after: self.reset_after,
+            },
+            resume_on_reconnect: self.resume_on_reconnect,
+            resubscribe: self.resubscribe,
+        }))
     }
 
     /// Parses the client identifier and checks the rules that tie it, and the password,
@@ -411,6 +530,12 @@ impl fmt::Debug for ClientOptions {
             .field("max_pending_requests", &self.max_pending_requests)
             .field("max_packet_size", &self.max_packet_size)
             .field("reconnect", &self.reconnect)
+            .field("backoff_base", &self.backoff_base)
+            .field("backoff_max", &self.backoff_max)
+            .field("reset_after", &self.reset_after)
+            .field("fallback_servers", &self.fallback_servers)
+            .field("resume_on_reconnect", &self.resume_on_reconnect)
+            .field("resubscribe", &self.resubscribe)
             .finish_non_exhaustive()
     }
 }
@@ -460,7 +585,7 @@ mod tests {
     #[test]
     fn invalid_options_rejected() {
         let base = || ClientOptions::new("h", 1).client_id("c");
-        let cases = [
+        let cases = vec![
             base().receive_maximum(0),
             base().max_inflight(0),
             base().keep_alive(Duration::from_secs(70_000)),
@@ -469,7 +594,20 @@ mod tests {
             base().connect_timeout(Duration::ZERO),
             base().connect_timeout(Duration::MAX),
             base().disconnect_timeout(Duration::MAX),
-            base().reconnect(true),
+            base()
+                .reconnect(true)
+                .reconnect_backoff(Duration::ZERO, Duration::from_secs(1)),
+            base()
+                .reconnect(true)
+                .reconnect_backoff(Duration::from_secs(2), Duration::from_secs(1)),
+            base()
+                .reconnect(true)
+                .reconnect_backoff(Duration::from_secs(1), Duration::MAX),
+            base().reconnect(true).reconnect_reset_after(Duration::MAX),
+            base()
+                .client_id("")
+                .reconnect(true)
+                .resume_on_reconnect(true),
             base()
                 .client_id("")
                 .clean_start(false)
@@ -492,6 +630,32 @@ mod tests {
                 "accepted {described}"
             );
         }
+    }
+
+    #[test]
+    fn reconnect_options_build_server_list() {
+        let (_, reconnect) = ClientOptions::new("first", 1)
+            .client_id("c")
+            .reconnect(true)
+            .fallback_server("second", 2)
+            .validate()
+            .unwrap();
+        let reconnect = reconnect.expect("reconnect settings");
+        let servers: Vec<_> = reconnect
+            .policy
+            .servers
+            .iter()
+            .map(|server| (server.host.as_str(), server.port))
+            .collect();
+        assert_eq!(servers, [("first", 1), ("second", 2)]);
+        assert!(reconnect.resubscribe);
+        assert!(!reconnect.resume_on_reconnect);
+
+        let (_, reconnect) = ClientOptions::new("h", 1)
+            .client_id("c")
+            .validate()
+            .unwrap();
+        assert!(reconnect.is_none(), "reconnect is off by default");
     }
 
     #[test]
