@@ -6,13 +6,15 @@
 //! Both sides do the same work per iteration. A decode copies the packet's bytes into
 //! a reused `BytesMut` and decodes one packet from it. An encode clears a reused
 //! `BytesMut` and encodes one packet into it. Run with `cargo bench --bench codec`.
+//! With `CODEC_BENCH_LOOP=operation/library/case/iterations` set, the binary runs that
+//! one loop instead, so that callgrind can count its instructions.
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::hint::black_box;
 
 use bytes::{Bytes, BytesMut};
 use bytestring::ByteString;
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
 use mqttlink::codec::{
     encode, ClientId, Connect, Decoder, Delivery, LastWill, Packet, PacketId, PayloadFormat,
     Properties, ProtocolVersion, Publish, QoS, DEFAULT_MAX_PACKET_SIZE,
@@ -264,6 +266,59 @@ fn cases() -> Vec<Case> {
     ]
 }
 
+/// One decode with mqttlink: refill `buf` with the case's bytes, decode a packet and
+/// drop it. `decoder` is `None` for the CONNECT case, which needs a new server
+/// decoder.
+#[inline]
+fn decode_mqttlink(case: &Case, decoder: Option<&mut Decoder>, buf: &mut BytesMut) {
+    buf.extend_from_slice(&case.bytes);
+    let packet = match decoder {
+        Some(decoder) => decoder.decode(buf),
+        None => Decoder::for_server().decode(buf),
+    };
+    black_box(packet.unwrap().unwrap());
+}
+
+/// One decode with rumqttc, the same way.
+#[inline]
+fn decode_rumqttc(case: &Case, buf: &mut BytesMut) {
+    buf.extend_from_slice(&case.bytes);
+    if case.version.is_v5() {
+        black_box(decode_theirs_v5(buf));
+    } else {
+        black_box(decode_theirs_v4(buf));
+    }
+}
+
+#[inline]
+fn encode_mqttlink(case: &Case, buf: &mut BytesMut) -> usize {
+    buf.clear();
+    encode(
+        black_box(&case.ours),
+        case.version,
+        DEFAULT_MAX_PACKET_SIZE,
+        buf,
+    )
+    .unwrap();
+    buf.len()
+}
+
+#[inline]
+fn encode_rumqttc(case: &Case, buf: &mut BytesMut) -> usize {
+    buf.clear();
+    black_box(&case.theirs).encode(buf);
+    buf.len()
+}
+
+/// Returns the decoder reused across iterations: a client decoder, or `None` for the
+/// CONNECT case, which needs a new server decoder per packet.
+fn reused_decoder(case: &Case) -> Option<Decoder> {
+    match case.ours {
+        Packet::Connect(_) => None,
+        _ => Some(Decoder::for_client(case.version)),
+    }
+}
+
 fn decode(c: &mut Criterion) {
     let mut group = c.benchmark_group("decode");
     for case in cases() {
@@ -271,32 +326,12 @@ fn decode(c: &mut Criterion) {
         let mut buf = BytesMut::with_capacity(case.bytes.len());
 
         group.bench_function(BenchmarkId::new("mqttlink", case.name), |b| {
-            let mut decoder = match case.ours {
-                Packet::Connect(_) => None,
-                _ => Some(Decoder::for_client(case.version)),
-            };
-            b.iter(|| {
-                buf.extend_from_slice(&case.bytes);
-                let packet = match decoder.as_mut() {
-                    Some(decoder) => decoder.decode(&mut buf),
-                    None => Decoder::for_server().decode(&mut buf),
-                };
-                black_box(packet.unwrap().unwrap())
-            });
+            let mut decoder = reused_decoder(&case);
+            b.iter(|| decode_mqttlink(&case, decoder.as_mut(), &mut buf));
         });
 
         group.bench_function(BenchmarkId::new("rumqttc", case.name), |b| {
-            if case.version.is_v5() {
-                b.iter(|| {
-                    buf.extend_from_slice(&case.bytes);
-                    black_box(decode_theirs_v5(&mut buf))
-                });
-            } else {
-                b.iter(|| {
-                    buf.extend_from_slice(&case.bytes);
-                    black_box(decode_theirs_v4(&mut buf))
-                });
-            }
+            b.iter(|| decode_rumqttc(&case, &mut buf));
         });
     }
     group.finish();
@@ -309,29 +344,56 @@ fn encode_packets(c: &mut Criterion) {
         let mut buf = BytesMut::with_capacity(case.bytes.len());
 
         group.bench_function(BenchmarkId::new("mqttlink", case.name), |b| {
-            b.iter(|| {
-                buf.clear();
-                encode(
-                    black_box(&case.ours),
-                    case.version,
-                    DEFAULT_MAX_PACKET_SIZE,
-                    &mut buf,
-                )
-                .unwrap();
-                black_box(buf.len())
-            });
+            b.iter(|| black_box(encode_mqttlink(&case, &mut buf)));
         });
 
         group.bench_function(BenchmarkId::new("rumqttc", case.name), |b| {
-            b.iter(|| {
-                buf.clear();
-                black_box(&case.theirs).encode(&mut buf);
-                black_box(buf.len())
-            });
+            b.iter(|| black_box(encode_rumqttc(&case, &mut buf)));
         });
     }
     group.finish();
 }
 
+/// Runs one benchmark's iteration `iterations` times without criterion, for counting
+/// instructions with callgrind: `spec` is `operation/library/case/iterations`, for
+/// example `decode/mqttlink/publish_64_v5/6000`.
+fn run_loop(spec: &str) {
+    let parts: Vec<&str> = spec.split('/').collect();
+    let [operation, library, name, iterations] = parts[..] else {
+        panic!("CODEC_BENCH_LOOP {spec:?}: expected operation/library/case/iterations");
+    };
+    let iterations: usize = iterations
+        .parse()
+        .unwrap_or_else(|_| panic!("CODEC_BENCH_LOOP {spec:?}: invalid iteration count"));
+    let case = cases()
+        .into_iter()
+        .find(|case| case.name == name)
+        .unwrap_or_else(|| panic!("CODEC_BENCH_LOOP {spec:?}: unknown case {name:?}"));
+    let mut buf = BytesMut::with_capacity(case.bytes.len());
+    let mut decoder = reused_decoder(&case);
+    for _ in 0..iterations {
+        match (operation, library) {
+            ("decode", "mqttlink") => decode_mqttlink(&case, decoder.as_mut(), &mut buf),
+            ("decode", "rumqttc") => decode_rumqttc(&case, &mut buf),
+            ("encode", "mqttlink") => {
+                black_box(encode_mqttlink(&case, &mut buf));
+            }
+            ("encode", "rumqttc") => {
+                black_box(encode_rumqttc(&case, &mut buf));
+            }
+            _ => panic!("CODEC_BENCH_LOOP {spec:?}: unknown operation or library"),
+        }
+    }
+}
+
 criterion_group!(benches, decode, encode_packets);
-criterion_main!(benches);
+
+fn main() {
+    // With CODEC_BENCH_LOOP set, run one loop for callgrind instead of criterion.
+    if let Ok(spec) = std::env::var("CODEC_BENCH_LOOP") {
+        run_loop(&spec);
+        return;
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}
