@@ -55,8 +55,15 @@
 //! # Limitations
 //!
 //! - Only plain TCP (`mqtt://`); TLS and WebSocket are not implemented yet.
-//! - No automatic reconnect: when the connection ends, pending requests fail, an
-//!   [`Event::Disconnected`] is sent and the client stops.
+//! - Automatic reconnect is off by default. Then, when the connection ends, pending
+//!   requests fail, an [`Event::Disconnected`] is sent and the client stops. With
+//!   [`ClientOptions::reconnect`] the client connects again after a backoff delay and
+//!   keeps its pending requests, but a QoS 0 publish handed to the socket when the
+//!   connection ended fails, because the client cannot tell whether it reached the broker.
+//! - Session state lives in this process only, so a resumed session survives a broker
+//!   restart (with broker persistence) but not a restart of the application.
+//! - A v5 Server Reference in CONNACK or DISCONNECT is not followed yet; a redirect
+//!   moves on to the next server of [`ClientOptions::fallback_server`] instead.
 //! - No enhanced authentication (AUTH), and no outbound topic aliases chosen by the client.
 //! - Session state is kept in memory only.
 
