@@ -16,6 +16,10 @@ use super::subscribe_wire::{decode_suback, decode_subscribe, decode_unsuback, de
 use super::types::ProtocolVersion;
 use super::wire::{parse_variable_byte_integer, Reader};
 
+/// Most bytes [`Decoder::decode`] reserves ahead for a packet that has not fully arrived.
+/// Larger packets grow the buffer as their bytes come in.
+const MAX_RESERVE_AHEAD: usize = 64 * 1024;
+
 /// Decodes a stream of packets received on one connection, keeping nothing between
 /// calls except the protocol version: a partial packet stays in the caller's buffer.
 ///
@@ -111,7 +115,9 @@ impl Decoder {
             });
         }
         if buf.len() < size {
-            buf.reserve(size - buf.len());
+            // Reserve at most a bounded step ahead: a peer announcing a large packet in
+            // a 5-byte header must not make us allocate its full size before it sends it.
+            buf.reserve((size - buf.len()).min(MAX_RESERVE_AHEAD));
             return Ok(None);
         }
 
@@ -783,5 +789,19 @@ mod tests {
             .collect();
         assert_eq!(identifiers, [5, 127]);
         assert_eq!(payload, Bytes::from_static(b"z"));
+    }
+
+    #[test]
+    fn large_announced_packet_reserves_bounded_step() {
+        // A PUBLISH header announcing 16,000,000 bytes, with no body yet.
+        let mut buf = BytesMut::from(&[0x30, 0x80, 0xC8, 0xD0, 0x07][..]);
+        let mut decoder = Decoder::for_client(ProtocolVersion::V3_1_1);
+
+        assert!(matches!(decoder.decode(&mut buf), Ok(None)));
+        assert!(
+            buf.capacity() <= 2 * MAX_RESERVE_AHEAD,
+            "{}",
+            buf.capacity()
+        );
     }
 }
