@@ -18,6 +18,11 @@ use crate::transport::Endpoint;
 
 use super::Client;
 
+/// Upper bound of `max_pending_requests`. Each pending request holds a permit of a
+/// tokio semaphore, which panics above about 2^61 permits; a million is far beyond any
+/// queue a broker connection drains in reasonable time.
+const MAX_PENDING_REQUESTS: usize = 1 << 20;
+
 /// Port of unencrypted MQTT.
 const DEFAULT_PORT: u16 = 1883;
 
@@ -215,7 +220,8 @@ impl ClientOptions {
     }
 
     /// Sets the most requests queued or in flight at once; beyond it `publish` waits and
-    /// `try_publish` fails with [`ClientError::QueueFull`]. 1,024 by default.
+    /// `try_publish` fails with [`ClientError::QueueFull`]. 1,024 by default; `start`
+    /// rejects 0 and values above 1,048,576.
     #[must_use]
     pub fn max_pending_requests(mut self, maximum: usize) -> Self {
         self.max_pending_requests = maximum;
@@ -351,6 +357,12 @@ impl ClientOptions {
             return invalid(format!("options cannot be sent in CONNECT: {error}"));
         }
 
+        // The decoder enforces the same Maximum Packet Size that CONNECT announces,
+        // whether it came from `max_packet_size` or from `connect_properties`.
+        let max_packet_size_in = session
+            .effective_limits()
+            .maximum_packet_size
+            .map_or(DEFAULT_MAX_PACKET_SIZE, NonZeroU32::get);
         let config = ClientConfig {
             endpoint: Endpoint {
                 host: self.host,
@@ -358,9 +370,7 @@ impl ClientOptions {
             },
             session,
             max_pending_requests: self.max_pending_requests,
-            max_packet_size_in: limits
-                .max_packet_size
-                .map_or(DEFAULT_MAX_PACKET_SIZE, NonZeroU32::get),
+            max_packet_size_in,
         };
         Ok((config, reconnect))
     }
@@ -475,6 +485,12 @@ impl ClientOptions {
         if self.max_pending_requests == 0 {
             return invalid("max_pending_requests must not be 0");
         }
+        if self.max_pending_requests > MAX_PENDING_REQUESTS {
+            return invalid(format!(
+                "max_pending_requests {} is above the maximum {MAX_PENDING_REQUESTS}",
+                self.max_pending_requests
+            ));
+        }
         let session_expiry = match self
             .session_expiry
             .map(|expiry| u32::try_from(expiry.as_secs()))
@@ -588,6 +604,9 @@ mod tests {
         let cases = vec![
             base().receive_maximum(0),
             base().max_inflight(0),
+            base().max_pending_requests(0),
+            base().max_pending_requests(MAX_PENDING_REQUESTS + 1),
+            base().max_pending_requests(usize::MAX),
             base().keep_alive(Duration::from_secs(70_000)),
             base().keep_alive(Duration::from_millis(500)),
             base().keep_alive(Duration::from_millis(1500)),
