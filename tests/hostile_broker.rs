@@ -1850,18 +1850,26 @@ async fn try_publish_after_stop_fails_stopped() {
 }
 
 #[actix_rt::test]
-async fn disconnect_session_expiry_removed_after_zero() {
+async fn disconnect_session_expiry_rejected_after_zero() {
     let _serial = SERIAL.lock().await;
     let (_broker, started, mut peer) =
         connected(ProtocolVersion::V5, Properties::default(), |o| o).await;
     // CONNECT sent no Session Expiry Interval, so DISCONNECT must not set a non-zero one.
-    within(
+    let result = within(
         started
             .client
             .disconnect(Disconnect::new().session_expiry(60)),
     )
-    .await
-    .unwrap();
+    .await;
+    assert!(
+        matches!(result, Err(ClientError::InvalidRequest(_))),
+        "{result:?}"
+    );
+
+    // The refused request left the client connected: a valid disconnect still works.
+    within(started.client.disconnect(Disconnect::new()))
+        .await
+        .unwrap();
     let packets = peer.until_closed().await;
     match packets.last() {
         Some(Packet::Disconnect(disconnect)) => {
@@ -1896,21 +1904,21 @@ async fn disconnect_session_expiry_kept_after_non_zero() {
 }
 
 #[actix_rt::test]
-async fn server_only_disconnect_reason_not_sent() {
+async fn server_only_disconnect_reason_rejected() {
     let _serial = SERIAL.lock().await;
     let (_broker, started, mut peer) =
         connected(ProtocolVersion::V5, Properties::default(), |o| o).await;
     // 0x8B Server shutting down is sent only by a server (MQTT 5.0 section 3.14.2.1).
     let disconnect = Disconnect::new().reason(DisconnectReason::ServerShuttingDown);
     let result = within(started.client.disconnect(disconnect)).await;
-    // NOTE: the supervisor does not check the request yet, so the session replaces the
-    // reason code. Once it does, `result` is InvalidRequest and the client stays up.
-    match result {
-        Err(ClientError::InvalidRequest(_)) => {}
-        Ok(()) => {
-            peer.expect_disconnect_with(DisconnectReason::UnspecifiedError)
-                .await;
-        }
-        Err(other) => panic!("expected Ok or InvalidRequest, got {other:?}"),
-    }
+    assert!(
+        matches!(result, Err(ClientError::InvalidRequest(_))),
+        "{result:?}"
+    );
+
+    within(started.client.disconnect(Disconnect::new()))
+        .await
+        .unwrap();
+    peer.expect_disconnect_with(DisconnectReason::NormalDisconnection)
+        .await;
 }

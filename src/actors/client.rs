@@ -567,6 +567,13 @@ impl Handler<Disconnect> for ClientActor {
     type Result = ResponseFuture<Result<(), ClientError>>;
 
     fn handle(&mut self, disconnect: Disconnect, ctx: &mut Self::Context) -> Self::Result {
+        // A DISCONNECT the client may not send is refused before anything changes, so the
+        // client stays connected and the caller learns why.
+        let packet = disconnect.packet(self.config.session.protocol);
+        if let Err(error) = self.config.session.check_disconnect(&packet) {
+            return Box::pin(async move { Err(ClientError::from(error)) });
+        }
+
         // Whatever happens to the connection from here on, the client does not reconnect.
         self.reconnect = None;
         let session = match &self.group {
@@ -579,7 +586,6 @@ impl Handler<Disconnect> for ClientActor {
             Group::Down => return Box::pin(async { Ok(()) }),
         };
         tracing::info!(client_id = %self.client_id(), "disconnect requested");
-        let packet = disconnect.packet(self.config.session.protocol);
         session.do_send(StartDisconnect(packet));
         let (reply, response) = oneshot::channel();
         self.disconnect_waiters.push(reply);

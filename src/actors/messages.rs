@@ -250,6 +250,9 @@ impl actix::Message for Unsubscribe {
 /// disconnect timeout. Then it sends DISCONNECT and closes. The response resolves when every
 /// actor of the client has been told to stop; requests still pending fail with
 /// [`ClientError::Stopped`]. It returns `Ok` also when the client had already stopped.
+/// It returns [`ClientError::InvalidRequest`], and leaves the client connected, when the
+/// DISCONNECT would break a client rule of MQTT 5.0: a reason code only a server may
+/// send, or a non-zero Session Expiry Interval after a CONNECT that sent none.
 ///
 /// ```no_run
 /// # async fn example(client: mqttlink::Client) -> Result<(), mqttlink::ClientError> {
@@ -271,7 +274,8 @@ impl Disconnect {
     }
 
     /// Sets the DISCONNECT reason code (v5; ignored before), for example
-    /// `DisconnectWithWillMessage` to have the broker publish the will.
+    /// `DisconnectWithWillMessage` to have the broker publish the will. A code only a
+    /// server may send makes the disconnect fail with [`ClientError::InvalidRequest`].
     #[must_use]
     pub fn reason(mut self, reason: DisconnectReason) -> Self {
         self.reason = Some(reason);
@@ -279,7 +283,8 @@ impl Disconnect {
     }
 
     /// Sets the Session Expiry Interval in seconds sent with DISCONNECT (v5; ignored
-    /// before).
+    /// before). A non-zero value after a CONNECT without a Session Expiry Interval makes
+    /// the disconnect fail with [`ClientError::InvalidRequest`].
     #[must_use]
     pub fn session_expiry(mut self, seconds: u32) -> Self {
         self.session_expiry = Some(seconds);
