@@ -135,9 +135,11 @@ impl<S: Store> Session<S> {
     pub(super) fn resume_flows(&mut self, session_present: bool, now: Instant) {
         if !session_present {
             self.store.clear_inbound();
-            // NOTE: outbound flows of an earlier connection are kept and resent below
-            // even when the broker started a new session. The reconnect policy should
-            // decide this. Until reconnect exists, every connection starts empty.
+            // NOTE: outbound flows of an earlier connection are resent below even when
+            // the broker started a new session, so no accepted QoS 1 or 2 message is
+            // dropped. A QoS 2 flow past PUBREC is released with PUBREL, which a new
+            // session answers with PUBCOMP 0x92; whether the broker delivered that
+            // message is then unknown.
         }
         for id in self.store.outbound_ids() {
             match self.store.outbound(id) {
