@@ -437,7 +437,7 @@ impl Bench<'_> {
             },
             |library, run| record_churn(report, &mut leaks, "churn-refused", library, run),
         )?;
-        report.notes.extend(leaks);
+        report.notes.extend(count_repeats(leaks, self.cli.reps));
         Ok(())
     }
 }
@@ -534,6 +534,21 @@ fn record_churn(
         run.before.live_actors,
         run.after.live_actors,
     ));
+}
+
+/// Collapses equal lines into one, with the number of repetitions it stands for.
+fn count_repeats(lines: Vec<String>, repetitions: usize) -> Vec<String> {
+    let mut counted: Vec<(String, usize)> = Vec::new();
+    for line in lines {
+        match counted.iter_mut().find(|(seen, _)| *seen == line) {
+            Some((_, count)) => *count += 1,
+            None => counted.push((line, 1)),
+        }
+    }
+    counted
+        .into_iter()
+        .map(|(line, count)| format!("{line} ({count} of {repetitions} repetitions)"))
+        .collect()
 }
 
 /// Runs in the memory child process: prints one line the parent parses.
