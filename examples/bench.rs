@@ -11,7 +11,7 @@
 //! cargo run --release --example bench -- [WORKLOAD...] [--count N] [--reps R] [--out docs/img]
 //! ```
 //!
-//! docs/benchmarks-client.md describes each workload and one full run.
+//! docs/benchmarks.md (section "Client") describes each workload and one full run.
 #![allow(
     // Counts and durations become f64 for rates; they stay far below 2^52.
     clippy::cast_precision_loss,
