@@ -189,7 +189,7 @@ impl fmt::Display for ClientId {
     }
 }
 
-/// What the server does with retained messages when a subscription is made
+/// Server handling of retained messages when a subscription is made
 /// (MQTT 5.0 section 3.8.3.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum RetainHandling {
