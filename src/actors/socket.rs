@@ -24,8 +24,12 @@ use super::group::{
 use super::link::{stop_with_link, Link};
 use super::session::SessionActor;
 
-/// Size of each read from the stream.
-const READ_CHUNK: usize = 8 * 1024;
+/// Smallest free space reserved before a read from the stream, in bytes.
+const MIN_READ_RESERVE: usize = 1024;
+
+/// Largest free space reserved before a read from the stream, in bytes. The decoder may
+/// reserve more for a large packet that has not fully arrived.
+const MAX_READ_RESERVE: usize = 8 * 1024;
 
 /// What the socket needs to know about the connection.
 #[derive(Debug, Clone)]
@@ -105,19 +109,19 @@ impl SocketActor {
         let mut decoder = Decoder::for_client(self.settings.protocol)
             .with_max_packet_size(self.settings.max_packet_size);
         let read = async move {
-            let mut buf = BytesMut::with_capacity(READ_CHUNK);
+            let mut read_buf = ReadBuffer::default();
             loop {
+                read_buf.release_if_empty();
                 if let Err(error) = stream.readable().await {
                     return ReadEnd::Failed(error);
                 }
-                buf.reserve(READ_CHUNK);
-                match stream.try_read_buf(&mut buf) {
+                match read_buf.read_from(&stream) {
                     Ok(0) => return ReadEnd::EndOfStream,
                     Ok(count) => Counters::add(&counters.bytes_in, count as u64),
                     Err(error) if error.kind() == io::ErrorKind::WouldBlock => continue,
                     Err(error) => return ReadEnd::Failed(error),
                 }
-                let (packets, failure) = decode_all(&mut decoder, &mut buf);
+                let (packets, failure) = decode_all(&mut decoder, &mut read_buf.buf);
                 Counters::add(&counters.packets_in, packets.len() as u64);
                 if !packets.is_empty() && session.send(Inbound(packets)).await.is_err() {
                     return ReadEnd::Handed;
@@ -259,6 +263,62 @@ impl Handler<Outbound> for SocketActor {
     }
 }
 
+/// Read buffer of one connection, whose reservation before each read adapts to the
+/// traffic, so that a busy connection reads in large chunks and an idle one uses little
+/// memory.
+#[derive(Debug)]
+struct ReadBuffer {
+    /// Bytes read and not yet decoded, such as the start of a partial packet.
+    buf: BytesMut,
+    /// Free space reserved before the next read, from `MIN_READ_RESERVE` to
+    /// `MAX_READ_RESERVE` bytes.
+    reserve: usize,
+}
+
+impl Default for ReadBuffer {
+    fn default() -> Self {
+        Self {
+            buf: BytesMut::new(),
+            reserve: MIN_READ_RESERVE,
+        }
+    }
+}
+
+impl ReadBuffer {
+    /// Frees the allocation when it contains no undecoded bytes, so a connection waiting
+    /// for its next packet keeps no read buffer allocated. Decoded packets that still
+    /// share the allocation keep it alive until they are dropped.
+    fn release_if_empty(&mut self) {
+        if self.buf.is_empty() && self.buf.capacity() > 0 {
+            self.buf = BytesMut::new();
+        }
+    }
+
+    /// Reads once from `stream` into at least `reserve` bytes of free space, then
+    /// adapts `reserve` to the number of bytes read.
+    fn read_from(&mut self, stream: &Stream) -> io::Result<usize> {
+        self.buf.reserve(self.reserve);
+        let spare = self.buf.capacity() - self.buf.len();
+        let count = stream.try_read_buf(&mut self.buf)?;
+        self.reserve = next_read_reserve(self.reserve, spare, count);
+        Ok(count)
+    }
+}
+
+/// Computes the reservation for the next read after a read of `count` bytes into
+/// `spare` bytes of free space. It doubles when the read filled the space, because more
+/// bytes are probably waiting, and halves when the read used less than a quarter of
+/// `reserve`. It stays within `MIN_READ_RESERVE..=MAX_READ_RESERVE`.
+fn next_read_reserve(reserve: usize, spare: usize, count: usize) -> usize {
+    if count >= spare {
+        (reserve * 2).min(MAX_READ_RESERVE)
+    } else if count < reserve / 4 {
+        (reserve / 2).max(MIN_READ_RESERVE)
+    } else {
+        reserve
+    }
+}
+
 /// Decodes every complete packet in `buf`; returns them with the error that stopped
 /// decoding, if any.
 fn decode_all(
@@ -281,5 +341,76 @@ fn report_written(client: &WeakAddr<ClientActor>, tokens: Vec<RequestToken>) {
     }
     if let Some(client) = client.upgrade() {
         client.do_send(Written(tokens));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn read_reserve_doubles_when_filled() {
+        assert_eq!(next_read_reserve(1024, 1024, 1024), 2048);
+        assert_eq!(next_read_reserve(2048, 3000, 3000), 4096);
+    }
+
+    #[test]
+    fn read_reserve_stops_at_maximum() {
+        assert_eq!(
+            next_read_reserve(MAX_READ_RESERVE, MAX_READ_RESERVE, MAX_READ_RESERVE),
+            MAX_READ_RESERVE
+        );
+    }
+
+    #[test]
+    fn read_reserve_keeps_on_partial_read() {
+        assert_eq!(next_read_reserve(4096, 4096, 1024), 4096);
+        assert_eq!(next_read_reserve(4096, 4096, 4095), 4096);
+    }
+
+    #[test]
+    fn read_reserve_halves_on_small_read() {
+        assert_eq!(next_read_reserve(8192, 8192, 100), 4096);
+        assert_eq!(next_read_reserve(8192, 8192, 2047), 4096);
+    }
+
+    #[test]
+    fn read_reserve_stops_at_minimum() {
+        assert_eq!(
+            next_read_reserve(MIN_READ_RESERVE, MIN_READ_RESERVE, 2),
+            MIN_READ_RESERVE
+        );
+    }
+
+    #[test]
+    fn read_reserve_ignores_decoder_reservation() {
+        // The decoder reserved 64 KiB ahead for a large packet. A read that does not
+        // fill that space does not grow the next reservation.
+        assert_eq!(next_read_reserve(1024, 64 * 1024, 4096), 1024);
+    }
+
+    #[test]
+    fn read_buffer_starts_without_allocation() {
+        let read_buf = ReadBuffer::default();
+        assert_eq!(read_buf.buf.capacity(), 0);
+        assert_eq!(read_buf.reserve, MIN_READ_RESERVE);
+    }
+
+    #[test]
+    fn read_buffer_releases_empty_allocation() {
+        let mut read_buf = ReadBuffer::default();
+        read_buf.buf.reserve(MAX_READ_RESERVE);
+        read_buf.release_if_empty();
+        assert_eq!(read_buf.buf.capacity(), 0);
+    }
+
+    #[test]
+    fn read_buffer_keeps_partial_packet() {
+        let mut read_buf = ReadBuffer::default();
+        read_buf.buf.reserve(MAX_READ_RESERVE);
+        read_buf.buf.extend_from_slice(&[0x30, 0x10, 0x00]);
+        read_buf.release_if_empty();
+        assert_eq!(&read_buf.buf[..], &[0x30, 0x10, 0x00]);
+        assert!(read_buf.buf.capacity() >= MAX_READ_RESERVE);
     }
 }
