@@ -80,7 +80,7 @@ async fn connected(
     let broker = Hostile::bind().await;
     let mut started = start(configure(options(&broker, protocol)));
     let mut peer = broker.accept().await;
-    peer.handshake(connack).await;
+    peer.handshake_with(connack).await;
     assert!(matches!(
         next(&mut started.events).await,
         Event::Connected { .. }
@@ -1068,7 +1068,7 @@ async fn many_clients_against_one_broker() {
     let mut peers = Vec::new();
     for _ in 0..20 {
         let mut peer = broker.accept().await;
-        peer.handshake(Properties::default()).await;
+        peer.handshake_with(Properties::default()).await;
         peers.push(peer);
     }
 
@@ -1702,7 +1702,7 @@ async fn connected_announcing(
         ProtocolVersion::V5,
     )));
     let mut peer = broker.accept().await;
-    let connect = peer.handshake(Properties::default()).await;
+    let connect = peer.handshake_with(Properties::default()).await;
     assert!(matches!(
         next(&mut started.events).await,
         Event::Connected { .. }

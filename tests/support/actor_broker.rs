@@ -8,7 +8,8 @@ use std::time::Duration;
 use actix::prelude::*;
 use bytes::BytesMut;
 use mqttlink::codec::{
-    encode, ConnAck, Connect, ConnectReason, Decoder, Packet, Properties, ProtocolVersion,
+    encode, ConnAck, Connect, ConnectReason, Decoder, Disconnect, DisconnectReason, Packet,
+    Properties, ProtocolVersion,
 };
 use mqttlink::{live_actor_count, Event};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -97,10 +98,7 @@ impl BrokerConnection {
 
     /// Expects CONNECT, answers with a successful CONNACK, and returns the CONNECT.
     pub async fn handshake(&mut self) -> Connect {
-        let connect = self.expect_connect().await;
-        self.connack(ConnectReason::Success, Properties::default())
-            .await;
-        connect
+        self.handshake_with(Properties::default()).await
     }
 
     /// Sends CONNACK with `reason` and `properties`.
@@ -113,12 +111,38 @@ impl BrokerConnection {
         self.send(&Packet::ConnAck(connack)).await;
     }
 
+    /// Expects CONNECT and replies with a successful CONNACK carrying `properties`.
+    pub async fn handshake_with(&mut self, properties: Properties) -> Connect {
+        let connect = self.expect_connect().await;
+        self.connack(ConnectReason::Success, properties).await;
+        connect
+    }
+
+    /// Returns the protocol version of the client's CONNECT, MQTT 5 before it arrived.
+    pub fn version(&self) -> ProtocolVersion {
+        self.decoder.version().unwrap_or(ProtocolVersion::V5)
+    }
+
+    /// Returns the bytes of a successful CONNACK with `properties`.
+    pub fn connack_bytes(&self, properties: Properties) -> BytesMut {
+        self.encode(&Packet::ConnAck(ConnAck {
+            session_present: false,
+            reason: ConnectReason::Success,
+            properties,
+        }))
+    }
+
+    /// Encodes one packet for the version of the client's CONNECT.
+    pub fn encode(&self, packet: &Packet) -> BytesMut {
+        let mut out = BytesMut::new();
+        encode(packet, self.version(), u32::MAX, &mut out).expect("test packet encodes");
+        out
+    }
+
     /// Sends one packet, encoded for the version of the client's CONNECT.
     pub async fn send(&mut self, packet: &Packet) {
-        let version = self.decoder.version().unwrap_or(ProtocolVersion::V5);
-        let mut out = BytesMut::new();
-        encode(packet, version, u32::MAX, &mut out).expect("test packet encodes");
-        self.send_raw(&out).await;
+        let bytes = self.encode(packet);
+        self.send_raw(&bytes).await;
     }
 
     /// Sends raw bytes.
@@ -127,6 +151,19 @@ impl BrokerConnection {
             .await
             .expect("write in time")
             .expect("write");
+    }
+
+    /// Sends raw bytes, returning whether the client still took them.
+    pub async fn try_send_raw(&mut self, bytes: &[u8]) -> bool {
+        matches!(
+            tokio::time::timeout(STEP, self.stream.write_all(bytes)).await,
+            Ok(Ok(()))
+        )
+    }
+
+    /// Shuts down the broker's sending side, so the client reads end of stream.
+    pub async fn shutdown_write(&mut self) {
+        let _ = self.stream.shutdown().await;
     }
 
     /// Reads until the client closes the connection and returns the packets it sent
@@ -138,10 +175,28 @@ impl BrokerConnection {
         }
         packets
     }
+
+    /// Reads until the client closes the connection and fails the test unless the last
+    /// packet it sent is DISCONNECT with `reason`.
+    pub async fn expect_disconnect_with(&mut self, reason: DisconnectReason) {
+        let packets = self.until_closed().await;
+        match packets.last() {
+            Some(Packet::Disconnect(Disconnect { reason: sent, .. })) => {
+                assert_eq!(*sent, reason, "DISCONNECT reason; client sent {packets:?}");
+            }
+            _ => panic!("expected DISCONNECT {reason:?} before close, client sent {packets:?}"),
+        }
+    }
+
+    /// Resets the connection: closes it with SO_LINGER 0, so the client reads an RST.
+    pub fn reset(self) {
+        let _ = self.stream.set_zero_linger();
+        drop(self.stream);
+    }
 }
 
 /// Forwards everything it receives into a channel the test reads.
-pub struct Forward<T>(mpsc::UnboundedSender<T>);
+pub struct Forward<T>(pub mpsc::UnboundedSender<T>);
 
 impl<T: Unpin + 'static> Actor for Forward<T> {
     type Context = Context<Self>;
@@ -161,6 +216,7 @@ impl Handler<Event> for Forward<Event> {
     }
 }
 
+/// Starts a forwarding actor and returns it with the receiving end of its channel.
 pub fn forward<T: Unpin + 'static>() -> (Addr<Forward<T>>, mpsc::UnboundedReceiver<T>)
 where
     Forward<T>: Actor<Context = Context<Forward<T>>>,
@@ -169,6 +225,7 @@ where
     (Forward(sender).start(), receiver)
 }
 
+/// Returns the next item of a channel, failing the test after `STEP`.
 pub async fn next<T>(receiver: &mut mpsc::UnboundedReceiver<T>) -> T {
     tokio::time::timeout(STEP, receiver.recv())
         .await
