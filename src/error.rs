@@ -24,6 +24,9 @@ pub enum ClientError {
         reason: ConnectReason,
         /// The CONNACK reason string (v5), if any.
         reason_string: Option<String>,
+        /// The CONNACK Server Reference (v5): the server the client should use instead,
+        /// sent with Use Another Server or Server Moved.
+        server_reference: Option<String>,
     },
     /// No CONNACK arrived within the connect timeout.
     #[error("no CONNACK within the connect timeout")]
@@ -88,6 +91,9 @@ pub enum ClosedBy {
         reason: DisconnectReason,
         /// The DISCONNECT reason string, if any.
         reason_string: Option<String>,
+        /// The DISCONNECT Server Reference: the server the client should use instead,
+        /// sent with Use Another Server or Server Moved.
+        server_reference: Option<String>,
     },
     /// A packet this client built could not be encoded; this is a bug in mqttlink.
     EncodeFailed(String),
@@ -112,6 +118,25 @@ pub enum DisconnectCause {
     Requested,
     /// The connection failed or was lost.
     Failed(ClientError),
+}
+
+impl DisconnectCause {
+    /// Returns the Server Reference (v5) of the CONNACK or DISCONNECT that ended the
+    /// connection, if the broker sent one.
+    #[must_use]
+    pub fn server_reference(&self) -> Option<&str> {
+        match self {
+            Self::Failed(
+                ClientError::ConnectRefused {
+                    server_reference, ..
+                }
+                | ClientError::ConnectionClosed(ClosedBy::Broker {
+                    server_reference, ..
+                }),
+            ) => server_reference.as_deref(),
+            _ => None,
+        }
+    }
 }
 
 impl fmt::Display for DisconnectCause {
@@ -148,17 +173,21 @@ impl From<CloseReason> for DisconnectCause {
             CloseReason::ConnectRefused {
                 reason,
                 reason_string,
+                server_reference,
             } => ClientError::ConnectRefused {
                 reason,
                 reason_string,
+                server_reference,
             },
             CloseReason::ProtocolViolation(violation) => ClientError::ProtocolViolation(violation),
             CloseReason::DisconnectedByBroker {
                 reason,
                 reason_string,
+                server_reference,
             } => ClientError::ConnectionClosed(ClosedBy::Broker {
                 reason,
                 reason_string,
+                server_reference,
             }),
         };
         Self::Failed(error)

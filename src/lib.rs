@@ -62,8 +62,8 @@
 //!   connection ended fails, because the client cannot tell whether it reached the broker.
 //! - Session state lives in this process only, so a resumed session survives a broker
 //!   restart (with broker persistence) but not a restart of the application.
-//! - A v5 Server Reference in CONNACK or DISCONNECT is not followed yet; a redirect
-//!   moves on to the next server of [`ClientOptions::fallback_server`] instead.
+//! - A v5 Server Reference in CONNACK or DISCONNECT is followed for one attempt, and
+//!   only its first entry, in the form `host`, `host:port` or `[ipv6]:port`.
 //! - No enhanced authentication (AUTH), and no outbound topic aliases chosen by the client.
 //! - Session state is kept in memory only.
 

@@ -263,6 +263,10 @@ fn classify_close(closed: &ClosedBy) -> Action {
         ClosedBy::EndOfStream | ClosedBy::Io(_) => Action::Retry,
         ClosedBy::Broker { reason, .. } => match reason {
             DisconnectReason::UseAnotherServer | DisconnectReason::ServerMoved => Action::Redirect,
+            // Another connection with the same client identifier took the session. A
+            // retry would take it back, and the two clients would keep closing each
+            // other's connection.
+            DisconnectReason::SessionTakenOver => Action::Stop,
             _ => Action::Retry,
         },
         // A packet this client cannot encode would fail the same way on every connection.
@@ -356,6 +360,7 @@ mod tests {
         DisconnectCause::Failed(ClientError::ConnectRefused {
             reason,
             reason_string: None,
+            server_reference: None,
         })
     }
 
@@ -363,6 +368,7 @@ mod tests {
         DisconnectCause::Failed(ClientError::ConnectionClosed(ClosedBy::Broker {
             reason,
             reason_string: None,
+            server_reference: None,
         }))
     }
 
@@ -487,6 +493,10 @@ mod tests {
             (
                 broker_disconnect(DisconnectReason::UseAnotherServer),
                 Action::Redirect,
+            ),
+            (
+                broker_disconnect(DisconnectReason::SessionTakenOver),
+                Action::Stop,
             ),
             (
                 DisconnectCause::Failed(ClientError::ConnectionClosed(ClosedBy::EncodeFailed(

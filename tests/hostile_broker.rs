@@ -551,6 +551,7 @@ async fn broker_disconnect_reason_reaches_callers() {
         ClientError::ConnectionClosed(ClosedBy::Broker {
             reason,
             reason_string,
+            ..
         }) => {
             assert_eq!(*reason, DisconnectReason::UseAnotherServer);
             assert_eq!(reason_string.as_deref(), Some("moving"));

@@ -716,3 +716,201 @@ async fn backoff_delays_elapse_on_paused_clock() {
     drop(client);
     assert_actors_back_to(baseline).await;
 }
+
+/// Waits until `expected` requests are queued, reading the client's counters a bounded
+/// number of times, and returns the last count.
+async fn queued_requests(client: &Client, expected: usize) -> usize {
+    let mut queued = 0;
+    for _ in 0..100 {
+        queued = client.stats().await.unwrap().queued_requests;
+        if queued == expected {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    queued
+}
+
+/// Returns a CONNACK that refuses the connection with `reason` and names `reference`
+/// as the server to use instead.
+fn redirecting_connack(reason: ConnectReason, reference: &str) -> Packet {
+    Packet::ConnAck(mqttlink::codec::ConnAck {
+        session_present: false,
+        reason,
+        properties: Properties {
+            server_reference: Some(reference.into()),
+            ..Properties::default()
+        },
+    })
+}
+
+async fn expect_puback_completes(
+    connection: &mut Connection,
+    task: tokio::task::JoinHandle<Result<PublishOutcome, ClientError>>,
+    sent: &mqttlink::codec::Publish,
+) {
+    connection
+        .send(&Packet::PubAck(PubAck {
+            packet_id: packet_id(sent),
+            reason: PubAckReason::Success,
+            properties: Properties::default(),
+        }))
+        .await;
+    let completed = outcome(task).await.unwrap();
+    assert_eq!(completed.reason, Some(PubAckReason::Success));
+}
+
+#[actix_rt::test]
+async fn connack_use_another_server_follows_reference() {
+    let _serial = SERIAL.lock().await;
+    let baseline = live_actor_count();
+    let first = ScriptedBroker::bind().await;
+    let second = ScriptedBroker::bind().await;
+    let reference = format!("127.0.0.1:{}", second.port());
+    let (client, mut events) = start(options(first.port()));
+    let pending = spawn_publish(&client, "t/redirected", QoS::AtLeastOnce);
+
+    let mut refused = first.accept().await;
+    refused.expect_connect().await;
+    let connack = redirecting_connack(ConnectReason::UseAnotherServer, &reference);
+    refused.send(&connack).await;
+    let rest = refused.until_closed().await;
+    assert!(rest.is_empty(), "packets after the refusal: {rest:?}");
+
+    let (cause, reconnecting) = expect_reconnecting(&mut events).await;
+    assert_eq!(cause.server_reference(), Some(reference.as_str()));
+    assert!(
+        matches!(
+            cause,
+            DisconnectCause::Failed(ClientError::ConnectRefused {
+                reason: ConnectReason::UseAnotherServer,
+                ..
+            })
+        ),
+        "cause {cause:?}"
+    );
+    match reconnecting {
+        Event::Reconnecting { host, port, .. } => {
+            assert_eq!(host, "127.0.0.1");
+            assert_eq!(
+                port,
+                second.port(),
+                "the attempt goes to the referenced server"
+            );
+        }
+        other => panic!("expected Reconnecting, got {other:?}"),
+    }
+
+    // The publish queued before the refusal waits and leaves on the new server.
+    let mut moved = second.accept().await;
+    moved.accept_connect(false).await;
+    expect_connected(&mut events, false).await;
+    let sent = expect_publish(moved.recv().await);
+    assert_eq!(sent.topic, Some(topic("t/redirected")));
+    expect_puback_completes(&mut moved, pending, &sent).await;
+
+    disconnect(&client).await;
+    expect_only_disconnect(&mut moved).await;
+    drop(client);
+    assert_actors_back_to(baseline).await;
+}
+
+#[actix_rt::test]
+async fn disconnect_server_moved_follows_reference() {
+    let _serial = SERIAL.lock().await;
+    let baseline = live_actor_count();
+    let first = ScriptedBroker::bind().await;
+    let second = ScriptedBroker::bind().await;
+    let reference = format!("127.0.0.1:{}", second.port());
+    let (client, mut events) = start(options(first.port()));
+
+    let mut old = first.accept().await;
+    old.accept_connect(false).await;
+    expect_connected(&mut events, false).await;
+    let in_flight = spawn_publish(&client, "t/moved", QoS::AtLeastOnce);
+    let sent = expect_publish(old.recv().await);
+    old.send(&Packet::Disconnect(mqttlink::codec::Disconnect {
+        reason: mqttlink::codec::DisconnectReason::ServerMoved,
+        properties: Properties {
+            server_reference: Some(reference.as_str().into()),
+            ..Properties::default()
+        },
+    }))
+    .await;
+    let rest = old.until_closed().await;
+    assert!(rest.is_empty(), "packets after DISCONNECT: {rest:?}");
+
+    let (cause, reconnecting) = expect_reconnecting(&mut events).await;
+    assert_eq!(cause.server_reference(), Some(reference.as_str()));
+    match reconnecting {
+        Event::Reconnecting { port, .. } => assert_eq!(port, second.port()),
+        other => panic!("expected Reconnecting, got {other:?}"),
+    }
+
+    // The new server resumes the session, so the unacknowledged publish is resent there.
+    let mut moved = second.accept().await;
+    let connect = moved.accept_connect(true).await;
+    assert!(
+        !connect.clean_start,
+        "the session is resumed on the new server"
+    );
+    expect_connected(&mut events, true).await;
+    let resent = expect_publish(moved.recv().await);
+    assert!(resent.dup);
+    assert_eq!(packet_id(&resent), packet_id(&sent));
+    expect_puback_completes(&mut moved, in_flight, &resent).await;
+
+    disconnect(&client).await;
+    expect_only_disconnect(&mut moved).await;
+    drop(client);
+    assert_actors_back_to(baseline).await;
+}
+
+#[actix_rt::test]
+async fn session_taken_over_stops_for_good() {
+    let _serial = SERIAL.lock().await;
+    let baseline = live_actor_count();
+    let broker = ScriptedBroker::bind().await;
+    // One publish in flight at a time, so the second waits in the queue.
+    let (client, mut events) = start(options(broker.port()).max_inflight(1));
+
+    let mut connection = broker.accept().await;
+    connection.accept_connect(false).await;
+    expect_connected(&mut events, false).await;
+    let in_flight = spawn_publish(&client, "t/taken", QoS::AtLeastOnce);
+    expect_publish(connection.recv().await);
+    let queued = spawn_publish(&client, "t/queued", QoS::AtLeastOnce);
+    assert_eq!(queued_requests(&client, 1).await, 1);
+    connection
+        .send(&Packet::Disconnect(mqttlink::codec::Disconnect {
+            reason: mqttlink::codec::DisconnectReason::SessionTakenOver,
+            properties: Properties::default(),
+        }))
+        .await;
+
+    let taken_over = |result: &Result<PublishOutcome, ClientError>| {
+        matches!(
+            result,
+            Err(ClientError::ConnectionClosed(ClosedBy::Broker {
+                reason: mqttlink::codec::DisconnectReason::SessionTakenOver,
+                ..
+            }))
+        )
+    };
+    let in_flight = outcome(in_flight).await;
+    assert!(taken_over(&in_flight), "{in_flight:?}");
+    let queued = outcome(queued).await;
+    assert!(taken_over(&queued), "{queued:?}");
+    match next(&mut events).await {
+        Event::Disconnected {
+            reason: DisconnectCause::Failed(error),
+        } => assert!(taken_over(&Err(error.clone())), "{error:?}"),
+        other => panic!("expected Disconnected, got {other:?}"),
+    }
+    assert_actors_back_to(baseline).await;
+    assert!(matches!(client.stats().await, Err(ClientError::Stopped)));
+    assert!(
+        events.try_recv().is_err(),
+        "no Reconnecting after the session was taken over"
+    );
+}

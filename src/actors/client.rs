@@ -693,10 +693,10 @@ impl Handler<GroupDown> for ClientActor {
         }
 
         let decision = match &mut self.reconnect {
-            // NOTE: the session does not pass on the Server Reference of a v5 CONNACK or
-            // DISCONNECT, so a redirect moves on to the next server of the list instead
-            // of the server the broker named.
-            Some(reconnect) => reconnect.policy.handle_down(&down.cause, None, now()),
+            Some(reconnect) => {
+                let reference = down.cause.server_reference();
+                reconnect.policy.handle_down(&down.cause, reference, now())
+            }
             None => Decision::Stop,
         };
         match (decision, down.cause) {

@@ -254,7 +254,10 @@ impl ClientOptions {
     /// [`Disconnect`](crate::Disconnect), when every handle is dropped, and when the
     /// broker rejects CONNECT for a reason a retry cannot fix, such as bad credentials,
     /// not authorized, banned, an invalid client identifier or an unsupported protocol
-    /// version.
+    /// version. It also stops when the broker sends DISCONNECT with Session Taken Over
+    /// (v5), because another connection with the same client identifier took the
+    /// session. With Use Another Server or Server Moved (v5) the next attempt goes to
+    /// the server named in the Server Reference.
     #[must_use]
     pub fn reconnect(mut self, reconnect: bool) -> Self {
         self.reconnect = reconnect;

@@ -136,6 +136,8 @@ pub enum CloseReason {
         reason: ConnectReason,
         /// The CONNACK reason string (v5), if any.
         reason_string: Option<String>,
+        /// The CONNACK Server Reference (v5), the server to use instead, if any.
+        server_reference: Option<String>,
     },
     /// No PINGRESP arrived in time after a PINGREQ.
     #[error("no PINGRESP before the keep-alive deadline")]
@@ -150,6 +152,8 @@ pub enum CloseReason {
         reason: DisconnectReason,
         /// The DISCONNECT reason string, if any.
         reason_string: Option<String>,
+        /// The DISCONNECT Server Reference, the server to use instead, if any.
+        server_reference: Option<String>,
     },
     /// The application asked to disconnect.
     #[error("disconnect requested by the application")]

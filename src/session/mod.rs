@@ -459,10 +459,10 @@ impl<S: Store> Session<S> {
 
     fn on_connack(&mut self, connack: ConnAck, now: Instant) {
         if !connack.reason.is_success() {
-            let reason_string = reason_string(&connack.properties);
             self.close(CloseReason::ConnectRefused {
                 reason: connack.reason,
-                reason_string,
+                reason_string: reason_string(&connack.properties),
+                server_reference: server_reference(&connack.properties),
             });
             return;
         }
@@ -515,6 +515,7 @@ impl<S: Store> Session<S> {
             Packet::Disconnect(disconnect) => self.close(CloseReason::DisconnectedByBroker {
                 reason: disconnect.reason,
                 reason_string: reason_string(&disconnect.properties),
+                server_reference: server_reference(&disconnect.properties),
             }),
             Packet::ConnAck(_) => self.violate(ProtocolViolation::SecondConnAck, now),
             // Enhanced authentication is not offered, so AUTH is never expected.
@@ -660,6 +661,14 @@ fn deadline_after(now: Instant, timeout: Duration) -> Instant {
 /// Returns the Reason String property as an owned string.
 fn reason_string(properties: &Properties) -> Option<String> {
     properties.reason_string.as_ref().map(ToString::to_string)
+}
+
+/// Returns the Server Reference property (v5) as an owned string.
+fn server_reference(properties: &Properties) -> Option<String> {
+    properties
+        .server_reference
+        .as_ref()
+        .map(ToString::to_string)
 }
 
 /// Returns the packet type named in a violation about an acknowledgement.

@@ -281,6 +281,7 @@ fn connack_refusal_closes_with_each_reason() {
             let expected = CloseReason::ConnectRefused {
                 reason,
                 reason_string: Some("go away".to_owned()),
+                server_reference: None,
             };
             assert_eq!(closed_reason(&events), Some(&expected));
             assert!(
