@@ -42,15 +42,39 @@ pub enum ClientError {
     /// DISCONNECT, or reading or writing failed.
     #[error("connection closed: {0}")]
     ConnectionClosed(ClosedBy),
-    /// The request needs a connection and the client has none. Not returned today:
-    /// requests made before CONNACK, or while automatic reconnect waits, wait in the
-    /// queue. Without reconnect the client stops when the connection ends, so later
-    /// requests fail with [`ClientError::Stopped`].
+    /// The request needs a connection and the client has none. Returned for a QoS 0
+    /// publish made before CONNACK or while automatic reconnect waits, when
+    /// [`ClientOptions::queue_qos0_offline`](crate::ClientOptions::queue_qos0_offline) is
+    /// off, and for a QoS 0 publish still queued when the connection ends then. Other
+    /// requests made without a connection wait in the queue.
     #[error("not connected")]
     NotConnected,
     /// The client's queue of pending requests is full; try again after some complete.
     #[error("request queue is full")]
     QueueFull,
+    /// The request alone is larger than
+    /// [`ClientOptions::max_queued_bytes`](crate::ClientOptions::max_queued_bytes), so it
+    /// can never be queued; nothing was sent.
+    #[error("request of {size} bytes exceeds the queue limit of {max} bytes")]
+    TooLargeForQueue {
+        /// Size of the request as the queue counts it, in bytes.
+        size: usize,
+        /// The queue's byte limit.
+        max: usize,
+    },
+    /// The request waited in the full queue and a newer one replaced it, under
+    /// [`QueueFullPolicy::DropOldest`](crate::QueueFullPolicy::DropOldest); nothing was
+    /// sent. [`Event::RequestDropped`](crate::Event::RequestDropped) reports it too.
+    #[error("request dropped from the full queue for a newer one")]
+    DroppedFromQueue,
+    /// The publish waited in the queue for its whole Message Expiry Interval (v5), so it
+    /// was dropped unsent. [`Event::RequestDropped`](crate::Event::RequestDropped)
+    /// reports it too.
+    #[error("message expired after waiting {interval} s in the queue")]
+    Expired {
+        /// The Message Expiry Interval of the publish, in seconds.
+        interval: u32,
+    },
     /// The packet exceeds the broker's Maximum Packet Size; nothing was sent.
     #[error("packet of {size} bytes exceeds the broker's maximum packet size of {max} bytes")]
     PacketTooLarge {
@@ -153,6 +177,7 @@ impl From<RequestError> for ClientError {
         match error {
             RequestError::PacketTooLarge { size, max } => Self::PacketTooLarge { size, max },
             RequestError::Invalid(message) => Self::InvalidRequest(message),
+            RequestError::Expired { interval } => Self::Expired { interval },
             RequestError::Rejected {
                 reason,
                 reason_string,

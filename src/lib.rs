@@ -77,9 +77,9 @@ pub mod store;
 pub mod transport;
 
 pub use actors::{
-    live_actor_count, ClientActor, Disconnect, Event, GetStats, Message, Publish,
+    live_actor_count, ClientActor, Disconnect, DropReason, Event, GetStats, Message, Publish,
     SetDefaultRecipient, Stats, Subscribe, SubscribeEvents, Unsubscribe,
 };
-pub use client::{Client, ClientOptions};
+pub use client::{Client, ClientOptions, QueueFullPolicy};
 pub use error::{ClientError, ClosedBy, DisconnectCause};
 pub use session::{PublishOutcome, RejectReason, SubscribeOutcome, UnsubscribeOutcome};

@@ -233,6 +233,9 @@ fn classify_error(error: &ClientError) -> Action {
         ClientError::InvalidOptions(_)
         | ClientError::NotConnected
         | ClientError::QueueFull
+        | ClientError::TooLargeForQueue { .. }
+        | ClientError::DroppedFromQueue
+        | ClientError::Expired { .. }
         | ClientError::PacketTooLarge { .. }
         | ClientError::Rejected { .. }
         | ClientError::InvalidRequest(_)

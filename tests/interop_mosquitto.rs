@@ -682,8 +682,9 @@ async fn stored_session_delivers_offline_messages_v5() {
 }
 
 /// Checks that QoS 1 messages published while a client with a stored session is
-/// offline arrive when it connects again without clean start. They match no route
-/// of the new client, so they go to its default recipient.
+/// offline arrive when it connects again without clean start. The second client is a
+/// new `Client`, so it adopts the session the first left on the broker. The messages
+/// match no route of the new client, so they go to its default recipient.
 async fn stored_session_delivers_offline_messages(version: ProtocolVersion) {
     let Some(broker) = Mosquitto::start() else {
         return;
@@ -694,6 +695,7 @@ async fn stored_session_delivers_offline_messages(version: ProtocolVersion) {
             .client_id("persistent")
             .protocol(version)
             .clean_start(false)
+            .adopt_broker_session(true)
             .session_expiry(Duration::from_secs(300))
             .connect_timeout(WAIT)
     };

@@ -5,6 +5,7 @@
 //! next one. The pending requests and the store outlive the groups.
 
 mod granted;
+mod queue;
 mod retry;
 
 use std::cell::RefCell;
@@ -17,9 +18,10 @@ use std::sync::Arc;
 use actix::prelude::*;
 use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 
-use crate::codec::{ClientId, TopicFilter};
+use crate::codec::{ClientId, TopicFilter, TopicName};
 use crate::error::{ClientError, DisconnectCause};
 use crate::reconnect::{Decision, ReconnectPolicy, ReconnectSettings};
+use crate::session::ProtocolViolation;
 use crate::session::{
     Outcome, PublishOutcome, RequestError, Session, SubscribeOutcome, UnsubscribeOutcome,
 };
@@ -44,6 +46,7 @@ use super::socket::{SocketActor, SocketSettings};
 use super::ClientConfig;
 
 use granted::Granted;
+pub(crate) use queue::QueueConfig;
 
 type Reply<T> = oneshot::Sender<Result<T, ClientError>>;
 
@@ -59,6 +62,8 @@ const HANDLE_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_sec
 enum Pending {
     Publish {
         reply: Reply<PublishOutcome>,
+        /// The topic, for the event that reports a publish dropped from the queue.
+        topic: TopicName,
         _permit: OwnedSemaphorePermit,
     },
     Subscribe {
@@ -95,6 +100,10 @@ enum Group {
         generation: u64,
         link: Link,
         session: Addr<SessionActor>,
+        /// The clean start flag of this attempt's CONNECT.
+        clean_start: bool,
+        /// Whether CONNACK accepted the connection.
+        accepted: bool,
     },
     /// The last group went down and automatic reconnect waits for `timer` to start the
     /// next; `handle_check` stops the client early when every handle is dropped.
@@ -104,6 +113,19 @@ enum Group {
     },
     /// No group runs; the client is stopping.
     Down,
+}
+
+/// Whether this client holds session state that a broker may resume.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LocalSession {
+    /// No session state: a CONNACK with Session Present 1 closes the connection.
+    Absent,
+    /// State of a session that outlived its connection, or one the application chose to
+    /// adopt from the broker.
+    Held,
+    /// A broker reported a session this client does not hold. The next attempt starts
+    /// clean, so the broker discards it, rather than failing the same way again.
+    Discard,
 }
 
 /// The supervisor actor of one client; see the module docs. Applications reach it through
@@ -127,6 +149,9 @@ pub struct ClientActor {
     reconnect: Option<AutoReconnect>,
     /// Whether a connection of this client has reached CONNACK.
     connected_before: bool,
+    /// Whether the client holds session state, which decides how a CONNACK with Session
+    /// Present 1 is treated.
+    local_session: LocalSession,
     /// Subscriptions the broker granted, restored after a reconnect without a session.
     granted: Granted,
 }
@@ -138,6 +163,12 @@ impl ClientActor {
         reconnect: Option<ReconnectSettings>,
     ) -> Self {
         let capacity = config.max_pending_requests;
+        let store = MemoryStore::new(capacity).with_max_queued_bytes(config.queue.max_bytes);
+        let local_session = if config.adopt_broker_session {
+            LocalSession::Held
+        } else {
+            LocalSession::Absent
+        };
         let reconnect = reconnect.map(|settings| {
             // The seed only spreads the retries of many clients; it need not be secret.
             let seed = std::collections::hash_map::RandomState::new()
@@ -150,7 +181,7 @@ impl ClientActor {
         });
         Self {
             config,
-            store: SharedStore::new(MemoryStore::new(capacity)),
+            store: SharedStore::new(store),
             router: Rc::default(),
             counters: Rc::default(),
             permits: Arc::new(Semaphore::new(capacity)),
@@ -163,6 +194,7 @@ impl ClientActor {
             next_subscription_identifier: NonZeroU32::MIN,
             reconnect,
             connected_before: false,
+            local_session,
             granted: Granted::default(),
         }
     }
@@ -186,15 +218,8 @@ impl ClientActor {
             .as_ref()
             .and_then(|reconnect| reconnect.policy.server().cloned())
             .unwrap_or_else(|| self.config.endpoint.clone());
-        let mut session_config = self.config.session.clone();
-        if self.connected_before
-            && self
-                .reconnect
-                .as_ref()
-                .is_some_and(|reconnect| reconnect.resume_on_reconnect)
-        {
-            session_config.clean_start = false;
-        }
+        let session_config = self.attempt_session_config();
+        let clean_start = session_config.clean_start;
         let session = Session::new(session_config, self.store.clone(), now());
 
         let session_context = Context::<SessionActor>::new();
@@ -223,6 +248,56 @@ impl ClientActor {
             generation,
             link,
             session: session_addr,
+            clean_start,
+            accepted: false,
+        };
+    }
+
+    /// Returns the session settings of the next attempt. It resumes the session after
+    /// an accepted connection when `resume_on_reconnect` is set, and starts clean after
+    /// a broker reported a session this client does not hold.
+    fn attempt_session_config(&self) -> crate::session::SessionConfig {
+        let mut session_config = self.config.session.clone();
+        let resume = self.connected_before
+            && self
+                .reconnect
+                .as_ref()
+                .is_some_and(|reconnect| reconnect.resume_on_reconnect);
+        if resume {
+            session_config.clean_start = false;
+        }
+        if self.local_session == LocalSession::Discard {
+            session_config.clean_start = true;
+        }
+        session_config.has_session_state = self.local_session == LocalSession::Held;
+        session_config
+    }
+
+    /// Records whether the session of the connection CONNACK just accepted outlives it:
+    /// under v5 when the Session Expiry Interval, the broker's if CONNACK sets one, is
+    /// above 0, and before v5 with clean session 0.
+    fn record_local_session(&mut self, properties: &crate::codec::Properties) {
+        let Group::Up {
+            clean_start,
+            accepted,
+            ..
+        } = &mut self.group
+        else {
+            return;
+        };
+        *accepted = true;
+        let outlives = if self.config.session.protocol.is_v5() {
+            properties
+                .session_expiry_interval
+                .unwrap_or(self.config.session.effective_limits().session_expiry)
+                > 0
+        } else {
+            !*clean_start
+        };
+        self.local_session = if outlives {
+            LocalSession::Held
+        } else {
+            LocalSession::Absent
         };
     }
 
@@ -235,22 +310,6 @@ impl ClientActor {
         }
     }
 
-    /// Takes room in the request queue: the permit the caller brought, else a free one.
-    fn take_permit(
-        &self,
-        brought: Option<OwnedSemaphorePermit>,
-    ) -> Result<OwnedSemaphorePermit, ClientError> {
-        if matches!(self.group, Group::Down) {
-            return Err(ClientError::Stopped);
-        }
-        match brought {
-            Some(permit) => Ok(permit),
-            None => Arc::clone(&self.permits)
-                .try_acquire_owned()
-                .map_err(|_| ClientError::QueueFull),
-        }
-    }
-
     fn next_token(&mut self) -> RequestToken {
         let token = RequestToken(self.next_token);
         self.next_token += 1;
@@ -260,8 +319,13 @@ impl ClientActor {
     /// Queues a request for the session and returns its token.
     fn enqueue(&mut self, request: Request) -> Result<RequestToken, ClientError> {
         let token = self.next_token();
+        let queued = QueuedRequest {
+            token,
+            request,
+            queued_at: now(),
+        };
         self.store
-            .push_request(QueuedRequest { token, request })
+            .push_request(queued)
             .map_err(|_| ClientError::QueueFull)?;
         if let Group::Up { session, .. } = &self.group {
             // One wake-up per request, so the number in the mailbox is bounded by
@@ -272,10 +336,11 @@ impl ClientActor {
     }
 
     fn submit_publish(&mut self, mut publish: Publish, reply: Reply<PublishOutcome>) {
-        let permit = match self.take_permit(publish.permit.take()) {
-            Ok(permit) => permit,
-            Err(error) => return drop(reply.send(Err(error))),
-        };
+        if let Err(error) = self.check_qos0_offline(publish.qos) {
+            return drop(reply.send(Err(error)));
+        }
+        let topic = publish.topic.clone();
+        let brought = publish.permit.take();
         let request = Request::Publish(OutgoingPublish {
             topic: publish.topic,
             payload: publish.payload,
@@ -283,15 +348,18 @@ impl ClientActor {
             retain: publish.retain,
             properties: publish.properties,
         });
+        let permit = match self.admit(brought, &request) {
+            Ok(permit) => permit,
+            Err(error) => return drop(reply.send(Err(error))),
+        };
         match self.enqueue(request) {
             Ok(token) => {
-                self.pending.insert(
-                    token,
-                    Pending::Publish {
-                        reply,
-                        _permit: permit,
-                    },
-                );
+                let pending = Pending::Publish {
+                    reply,
+                    topic,
+                    _permit: permit,
+                };
+                self.pending.insert(token, pending);
             }
             Err(error) => drop(reply.send(Err(error))),
         }
@@ -348,6 +416,9 @@ impl ClientActor {
                 if rejected > 0 {
                     tracing::warn!(client_id = %self.client_id(), rejected, "broker rejected filters subscribed again after reconnect");
                 }
+            }
+            (pending, Err(error @ ClientError::Expired { .. })) => {
+                self.report_dropped(pending, crate::DropReason::Expired, error);
             }
             (pending, Err(error)) => self.fail_pending(pending, error),
             (pending, Ok(_)) => {
@@ -462,23 +533,22 @@ impl ClientActor {
                 "subscribe needs at least one filter".to_owned(),
             ));
         }
-        let permit = self.take_permit(subscribe.permit.take())?;
+        let brought = subscribe.permit.take();
         let automatic_identifier = self.add_automatic_identifier(subscribe);
         let identifier = subscribe.subscription_identifier();
+        let request = Request::Subscribe {
+            filters: subscribe.filters.clone(),
+            properties: std::mem::take(&mut subscribe.properties),
+            automatic_identifier,
+        };
+        let permit = self.admit(brought, &request)?;
         let routes = {
             let mut router = self.router.borrow_mut();
             subscribe
                 .filters
-                .iter()
-                .map(|(filter, _)| {
-                    router.add(filter.clone(), subscribe.recipient.clone(), identifier)
-                })
+                .drain(..)
+                .map(|(filter, _)| router.add(filter, subscribe.recipient.clone(), identifier))
                 .collect::<Vec<_>>()
-        };
-        let request = Request::Subscribe {
-            filters: std::mem::take(&mut subscribe.filters),
-            properties: std::mem::take(&mut subscribe.properties),
-            automatic_identifier,
         };
         match self.enqueue(request.clone()) {
             Ok(token) => {
@@ -530,12 +600,13 @@ impl ClientActor {
                 "unsubscribe needs at least one filter".to_owned(),
             ));
         }
-        let permit = self.take_permit(unsubscribe.permit.take())?;
+        let brought = unsubscribe.permit.take();
         let filters = unsubscribe.filters.clone();
         let request = Request::Unsubscribe {
             filters: std::mem::take(&mut unsubscribe.filters),
             properties: std::mem::take(&mut unsubscribe.properties),
         };
+        let permit = self.admit(brought, &request)?;
         let token = self.enqueue(request.clone())?;
         let (reply, response) = oneshot::channel();
         let pending = Pending::Unsubscribe {
@@ -642,6 +713,7 @@ impl Handler<SessionUpdate> for ClientActor {
                 session_present,
                 properties,
             } => {
+                self.record_local_session(&properties);
                 self.emit(&Event::Connected {
                     session_present,
                     properties,
@@ -690,6 +762,12 @@ impl Handler<GroupDown> for ClientActor {
             DisconnectCause::Failed(error) => {
                 tracing::info!(client_id = %self.client_id(), %error, "connection lost");
             }
+        }
+        if let DisconnectCause::Failed(ClientError::ProtocolViolation(
+            ProtocolViolation::SessionPresentWithoutSessionState,
+        )) = &down.cause
+        {
+            self.local_session = LocalSession::Discard;
         }
 
         let decision = match &mut self.reconnect {

@@ -425,6 +425,26 @@ pub enum Event {
         /// Number of topic filters subscribed again.
         filters: usize,
     },
+    /// A request left the request queue unsent, and its caller got the matching error:
+    /// [`ClientError::DroppedFromQueue`] or [`ClientError::Expired`].
+    RequestDropped {
+        /// Topic of the dropped publish; `None` for a subscribe or unsubscribe.
+        topic: Option<TopicName>,
+        /// Why it was dropped.
+        reason: DropReason,
+    },
+}
+
+/// Why a request left the request queue unsent, as reported by
+/// [`Event::RequestDropped`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DropReason {
+    /// The queue was full and [`QueueFullPolicy::DropOldest`](crate::QueueFullPolicy)
+    /// removed the request, the oldest one waiting, to make room for a newer one.
+    QueueFull,
+    /// The publish waited in the queue for its whole Message Expiry Interval (v5).
+    Expired,
 }
 
 /// Counters of one client, returned for [`GetStats`].

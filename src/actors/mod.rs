@@ -25,11 +25,12 @@ use crate::session::SessionConfig;
 use crate::transport::Endpoint;
 
 pub use client::ClientActor;
+pub(crate) use client::QueueConfig;
 pub use group::live_actor_count;
 pub(crate) use messages::Submit;
 pub use messages::{
-    Disconnect, Event, GetStats, Message, Publish, SetDefaultRecipient, Stats, Subscribe,
-    SubscribeEvents, Unsubscribe,
+    Disconnect, DropReason, Event, GetStats, Message, Publish, SetDefaultRecipient, Stats,
+    Subscribe, SubscribeEvents, Unsubscribe,
 };
 
 /// Everything the supervisor needs, built from [`ClientOptions`](crate::ClientOptions).
@@ -43,4 +44,9 @@ pub(crate) struct ClientConfig {
     pub max_pending_requests: usize,
     /// Largest packet accepted from the broker, in bytes.
     pub max_packet_size_in: u32,
+    /// The byte limit and the policies of the request queue.
+    pub queue: client::QueueConfig,
+    /// Whether the first connection may resume a session an earlier process left on
+    /// the broker.
+    pub adopt_broker_session: bool,
 }

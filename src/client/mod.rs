@@ -7,7 +7,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use actix::prelude::*;
-use tokio::sync::{oneshot, Semaphore, TryAcquireError};
+use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore, TryAcquireError};
 
 use crate::actors::{
     ClientActor, Disconnect, Event, GetStats, Message, Publish, SetDefaultRecipient, Stats, Submit,
@@ -16,7 +16,7 @@ use crate::actors::{
 use crate::error::ClientError;
 use crate::session::{PublishOutcome, SubscribeOutcome, UnsubscribeOutcome};
 
-pub use options::ClientOptions;
+pub use options::{ClientOptions, QueueFullPolicy};
 
 /// A handle to a running client; clones share the client, and dropping every clone (and
 /// every [`Client::addr`]) stops it.
@@ -37,21 +37,27 @@ pub use options::ClientOptions;
 pub struct Client {
     addr: Addr<ClientActor>,
     permits: Arc<Semaphore>,
+    policy: QueueFullPolicy,
 }
 
 impl Client {
-    pub(crate) fn new(addr: Addr<ClientActor>, permits: Arc<Semaphore>) -> Self {
-        Self { addr, permits }
+    pub(crate) fn new(
+        addr: Addr<ClientActor>,
+        permits: Arc<Semaphore>,
+        policy: QueueFullPolicy,
+    ) -> Self {
+        Self {
+            addr,
+            permits,
+            policy,
+        }
     }
 
-    /// Publishes a message, first waiting for room in the request queue. See [`Publish`]
-    /// for when it resolves and which errors it returns.
+    /// Publishes a message, first waiting for room in the request queue under
+    /// [`QueueFullPolicy::RefuseNew`]. See [`Publish`] for when it resolves and which
+    /// errors it returns.
     pub async fn publish(&self, mut publish: Publish) -> Result<PublishOutcome, ClientError> {
-        let permit = Arc::clone(&self.permits)
-            .acquire_owned()
-            .await
-            .map_err(|_| ClientError::Stopped)?;
-        publish.permit = Some(permit);
+        publish.permit = self.wait_for_room().await?;
         self.addr
             .send(publish)
             .await
@@ -60,8 +66,9 @@ impl Client {
 
     /// Queues a message without waiting: fails at once with [`ClientError::QueueFull`]
     /// when the request queue or the supervisor's mailbox is full, and with
-    /// [`ClientError::Stopped`] once the client stopped. The returned future resolves
-    /// like [`Client::publish`].
+    /// [`ClientError::Stopped`] once the client stopped. Under
+    /// [`QueueFullPolicy::DropOldest`] a full queue drops its oldest waiting request
+    /// instead, when it has one. The returned future resolves like [`Client::publish`].
     pub fn try_publish(
         &self,
         mut publish: Publish,
@@ -69,11 +76,12 @@ impl Client {
         // `ClientActor::stopped` closes the semaphore, so a closed one means the client
         // stopped; a caller that retries on QueueFull would otherwise retry forever.
         let permit = match Arc::clone(&self.permits).try_acquire_owned() {
-            Ok(permit) => permit,
+            Ok(permit) => Some(permit),
+            Err(TryAcquireError::NoPermits) if self.policy == QueueFullPolicy::DropOldest => None,
             Err(TryAcquireError::NoPermits) => return Err(ClientError::QueueFull),
             Err(TryAcquireError::Closed) => return Err(ClientError::Stopped),
         };
-        publish.permit = Some(permit);
+        publish.permit = permit;
         let (reply, response) = oneshot::channel();
         self.addr
             .try_send(Submit::Publish(publish, reply))
@@ -84,34 +92,28 @@ impl Client {
         Ok(async move { response.await.unwrap_or(Err(ClientError::Stopped)) })
     }
 
-    /// Subscribes a recipient, first waiting for room in the request queue. See
-    /// [`Subscribe`] for when it resolves and which errors it returns.
+    /// Subscribes a recipient, first waiting for room in the request queue under
+    /// [`QueueFullPolicy::RefuseNew`]. See [`Subscribe`] for when it resolves and which
+    /// errors it returns.
     pub async fn subscribe(
         &self,
         mut subscribe: Subscribe,
     ) -> Result<SubscribeOutcome, ClientError> {
-        let permit = Arc::clone(&self.permits)
-            .acquire_owned()
-            .await
-            .map_err(|_| ClientError::Stopped)?;
-        subscribe.permit = Some(permit);
+        subscribe.permit = self.wait_for_room().await?;
         self.addr
             .send(subscribe)
             .await
             .map_err(|_| ClientError::Stopped)?
     }
 
-    /// Removes subscriptions, first waiting for room in the request queue. See
-    /// [`Unsubscribe`] for when it resolves and which errors it returns.
+    /// Removes subscriptions, first waiting for room in the request queue under
+    /// [`QueueFullPolicy::RefuseNew`]. See [`Unsubscribe`] for when it resolves and
+    /// which errors it returns.
     pub async fn unsubscribe(
         &self,
         mut unsubscribe: Unsubscribe,
     ) -> Result<UnsubscribeOutcome, ClientError> {
-        let permit = Arc::clone(&self.permits)
-            .acquire_owned()
-            .await
-            .map_err(|_| ClientError::Stopped)?;
-        unsubscribe.permit = Some(permit);
+        unsubscribe.permit = self.wait_for_room().await?;
         self.addr
             .send(unsubscribe)
             .await
@@ -144,6 +146,26 @@ impl Client {
             .send(GetStats)
             .await
             .map_err(|_| ClientError::Stopped)
+    }
+
+    /// Takes a place in the request queue's count limit. Under
+    /// [`QueueFullPolicy::RefuseNew`] it waits for one. Under
+    /// [`QueueFullPolicy::DropOldest`] it never waits: with no free place it returns
+    /// `None`, and the supervisor drops the oldest waiting request to make one.
+    async fn wait_for_room(&self) -> Result<Option<OwnedSemaphorePermit>, ClientError> {
+        let permits = Arc::clone(&self.permits);
+        match self.policy {
+            QueueFullPolicy::DropOldest => match permits.try_acquire_owned() {
+                Ok(permit) => Ok(Some(permit)),
+                Err(TryAcquireError::NoPermits) => Ok(None),
+                Err(TryAcquireError::Closed) => Err(ClientError::Stopped),
+            },
+            QueueFullPolicy::RefuseNew => permits
+                .acquire_owned()
+                .await
+                .map(Some)
+                .map_err(|_| ClientError::Stopped),
+        }
     }
 
     /// Returns the supervisor's address, for sending the request messages directly:

@@ -7,7 +7,7 @@ use std::time::Duration;
 use actix::Actor;
 use bytes::Bytes;
 
-use crate::actors::{ClientActor, ClientConfig};
+use crate::actors::{ClientActor, ClientConfig, QueueConfig};
 use crate::codec::{
     self, ClientId, LastWill, Packet, Properties, ProtocolVersion, DEFAULT_MAX_PACKET_SIZE,
 };
@@ -29,6 +29,31 @@ const DEFAULT_PORT: u16 = 1883;
 /// Longest connect or disconnect timeout accepted: about 136 years, far beyond any use,
 /// and small enough that adding it to the current instant cannot overflow.
 const MAX_TIMEOUT: Duration = Duration::from_secs(u32::MAX as u64);
+
+/// What a client does with a new request when its request queue is full; see
+/// [`ClientOptions::queue_full_policy`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum QueueFullPolicy {
+    /// Keep the queued requests and reject the new one: [`Client::try_publish`]
+    /// fails with [`ClientError::QueueFull`], and [`Client::publish`],
+    /// [`Client::subscribe`] and [`Client::unsubscribe`] wait for a place in the count
+    /// limit. The default.
+    ///
+    /// [`Client::try_publish`]: crate::Client::try_publish
+    /// [`Client::publish`]: crate::Client::publish
+    /// [`Client::subscribe`]: crate::Client::subscribe
+    /// [`Client::unsubscribe`]: crate::Client::unsubscribe
+    #[default]
+    RefuseNew,
+    /// Remove the oldest request still waiting to be sent, never one in flight, and
+    /// queue the new one. The removed request's caller gets
+    /// [`ClientError::DroppedFromQueue`] and listeners get
+    /// [`Event::RequestDropped`](crate::Event::RequestDropped). No caller waits: when
+    /// every place is taken by requests already in flight, nothing can be removed and
+    /// the new request fails with [`ClientError::QueueFull`].
+    DropOldest,
+}
 
 /// How to reach the broker and what to announce to it; [`ClientOptions::start`] starts a
 /// client with them.
@@ -66,6 +91,10 @@ pub struct ClientOptions {
     receive_maximum: u16,
     max_inflight: u16,
     max_pending_requests: usize,
+    max_queued_bytes: Option<usize>,
+    queue_full_policy: QueueFullPolicy,
+    queue_qos0_offline: bool,
+    adopt_broker_session: bool,
     max_packet_size: Option<u32>,
     connect_properties: Properties,
     reconnect: bool,
@@ -97,6 +126,10 @@ impl ClientOptions {
             receive_maximum: u16::MAX,
             max_inflight: u16::MAX,
             max_pending_requests: 1024,
+            max_queued_bytes: None,
+            queue_full_policy: QueueFullPolicy::RefuseNew,
+            queue_qos0_offline: true,
+            adopt_broker_session: false,
             max_packet_size: None,
             connect_properties: Properties::default(),
             reconnect: false,
@@ -228,6 +261,60 @@ impl ClientOptions {
         self
     }
 
+    /// Limits the requests waiting to be sent to `maximum` bytes, beside the count
+    /// limit of [`ClientOptions::max_pending_requests`]; no byte limit by default.
+    ///
+    /// A request counts its topic or filters, payload and variable-length properties
+    /// (see [`Request::queued_size`](crate::store::Request::queued_size)), from the
+    /// moment it is queued until it is sent. A request larger than `maximum` on its own
+    /// fails at once with [`ClientError::TooLargeForQueue`]. When the queued bytes would
+    /// go above `maximum`, [`QueueFullPolicy::DropOldest`] removes old requests until the
+    /// new one fits. Under [`QueueFullPolicy::RefuseNew`] the new request fails with
+    /// [`ClientError::QueueFull`] at once, even from [`Client::publish`](crate::Client),
+    /// which waits only for the count limit. `start` rejects 0.
+    #[must_use]
+    pub fn max_queued_bytes(mut self, maximum: usize) -> Self {
+        self.max_queued_bytes = Some(maximum);
+        self
+    }
+
+    /// Sets what happens to a new request when the request queue is full;
+    /// [`QueueFullPolicy::RefuseNew`] by default.
+    #[must_use]
+    pub fn queue_full_policy(mut self, policy: QueueFullPolicy) -> Self {
+        self.queue_full_policy = policy;
+        self
+    }
+
+    /// Sets whether a QoS 0 publish made while no connection is up, before the first
+    /// CONNACK or while automatic reconnect waits, is queued until the next connection.
+    /// On by default. Off, such a publish fails at once with
+    /// [`ClientError::NotConnected`], and QoS 0 publishes still queued when a connection
+    /// ends fail with it too. QoS 1 and 2 publishes are queued either way.
+    #[must_use]
+    pub fn queue_qos0_offline(mut self, queue: bool) -> Self {
+        self.queue_qos0_offline = queue;
+        self
+    }
+
+    /// Lets the first connection resume a session that an earlier process left on the
+    /// broker; `false` by default.
+    ///
+    /// A client without session state must close the connection when CONNACK reports
+    /// Session Present 1 (MQTT 5.0 [MQTT-3.2.2-4]); this client applies the rule under
+    /// 3.1.1 too. It has session state after a connection whose session outlives it:
+    /// clean session 0 under 3.1.1, a Session Expiry Interval above 0 under v5. Turn this
+    /// on, with [`ClientOptions::clean_start`]`(false)`, to receive the messages the broker
+    /// stored for this client identifier while no process was connected. Unacknowledged
+    /// flows of the earlier process are unknown to this one; the broker resends its own
+    /// QoS 1 and 2 messages, and PUBACK or PUBCOMP for publishes of the earlier process
+    /// are ignored with a warning.
+    #[must_use]
+    pub fn adopt_broker_session(mut self, adopt: bool) -> Self {
+        self.adopt_broker_session = adopt;
+        self
+    }
+
     /// Sets the largest packet accepted from the broker in bytes, announced as Maximum
     /// Packet Size (v5). Without it the limit is 16 MiB and nothing is announced.
     #[must_use]
@@ -328,9 +415,10 @@ impl ClientOptions {
                 "start() must be called inside a running actix System".to_owned(),
             ));
         }
+        let policy = config.queue.full_policy;
         let actor = ClientActor::with_reconnect(config, reconnect);
         let permits = actor.permits();
-        Ok(Client::new(actor.start(), permits))
+        Ok(Client::new(actor.start(), permits, policy))
     }
 
     fn validate(self) -> Result<(ClientConfig, Option<ReconnectSettings>), ClientError> {
@@ -374,6 +462,12 @@ impl ClientOptions {
             session,
             max_pending_requests: self.max_pending_requests,
             max_packet_size_in,
+            queue: QueueConfig {
+                max_bytes: self.max_queued_bytes,
+                full_policy: self.queue_full_policy,
+                qos0_offline: self.queue_qos0_offline,
+            },
+            adopt_broker_session: self.adopt_broker_session,
         };
         Ok((config, reconnect))
     }
@@ -442,6 +536,10 @@ impl ClientOptions {
         {
             return invalid("MQTT 3.1 needs a client_id of 1 to 23 bytes");
         }
+        // A session left on the broker belongs to a client identifier.
+        if self.adopt_broker_session && client_id.is_empty() {
+            return invalid("adopt_broker_session(true) needs a non-empty client_id");
+        }
         // Before MQTT 5, a password needs a user name [MQTT-3.1.2-22].
         if self.password.is_some() && self.username.is_none() && !self.protocol.is_v5() {
             return invalid("a password needs a user name before MQTT 5");
@@ -487,6 +585,9 @@ impl ClientOptions {
         };
         if self.max_pending_requests == 0 {
             return invalid("max_pending_requests must not be 0");
+        }
+        if self.max_queued_bytes == Some(0) {
+            return invalid("max_queued_bytes must not be 0");
         }
         if self.max_pending_requests > MAX_PENDING_REQUESTS {
             return invalid(format!(
@@ -547,6 +648,10 @@ impl fmt::Debug for ClientOptions {
             .field("receive_maximum", &self.receive_maximum)
             .field("max_inflight", &self.max_inflight)
             .field("max_pending_requests", &self.max_pending_requests)
+            .field("max_queued_bytes", &self.max_queued_bytes)
+            .field("queue_full_policy", &self.queue_full_policy)
+            .field("queue_qos0_offline", &self.queue_qos0_offline)
+            .field("adopt_broker_session", &self.adopt_broker_session)
             .field("max_packet_size", &self.max_packet_size)
             .field("reconnect", &self.reconnect)
             .field("backoff_base", &self.backoff_base)
@@ -610,6 +715,7 @@ mod tests {
             base().max_pending_requests(0),
             base().max_pending_requests(MAX_PENDING_REQUESTS + 1),
             base().max_pending_requests(usize::MAX),
+            base().max_queued_bytes(0),
             base().keep_alive(Duration::from_secs(70_000)),
             base().keep_alive(Duration::from_millis(500)),
             base().keep_alive(Duration::from_millis(1500)),
@@ -630,6 +736,7 @@ mod tests {
                 .client_id("")
                 .reconnect(true)
                 .resume_on_reconnect(true),
+            base().client_id("").adopt_broker_session(true),
             base()
                 .client_id("")
                 .clean_start(false)

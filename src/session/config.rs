@@ -55,6 +55,11 @@ pub struct SessionConfig {
     /// Time a requested disconnect waits for outbound flows to complete before it sends
     /// DISCONNECT anyway.
     pub disconnect_timeout: Duration,
+    /// Whether this client holds session state that a broker may resume: the store of an
+    /// earlier connection whose session outlived it, or a session the application chose
+    /// to adopt. Without it, a CONNACK with Session Present 1 closes the connection.
+    /// `false` by default.
+    pub has_session_state: bool,
 }
 
 impl SessionConfig {
@@ -77,6 +82,7 @@ impl SessionConfig {
             connect_properties: Properties::default(),
             connect_timeout: Duration::from_secs(10),
             disconnect_timeout: Duration::from_secs(5),
+            has_session_state: false,
         }
     }
 

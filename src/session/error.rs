@@ -23,6 +23,12 @@ pub enum ProtocolViolation {
     /// [MQTT-3.2.2-2] (3.1.1: [MQTT-3.2.2-1]).
     #[error("session present set in reply to a clean start")]
     SessionPresentOnCleanStart,
+    /// Session Present was set although this client holds no session state to resume.
+    /// MQTT 5.0 requires the client to close the connection [MQTT-3.2.2-4]. This client
+    /// does the same under 3.1.1, because the broker would go on with a session whose
+    /// flows this client does not know.
+    #[error("session present set although the client has no session state")]
+    SessionPresentWithoutSessionState,
     /// The broker assigned a client identifier although this client sent a non-empty one;
     /// only an empty identifier may be replaced (MQTT 5.0 section 3.2.2.3.7).
     #[error("assigned client identifier in reply to a non-empty client identifier")]
@@ -110,6 +116,7 @@ impl ProtocolViolation {
             Self::PacketBeforeConnAck(_)
             | Self::SecondConnAck
             | Self::SessionPresentOnCleanStart
+            | Self::SessionPresentWithoutSessionState
             | Self::UnrequestedClientIdentifier
             | Self::UnexpectedPacket(_)
             | Self::AckForOtherFlow { .. }
@@ -176,6 +183,13 @@ pub enum RequestError {
     /// reason given; nothing was sent.
     #[error("invalid request: {0}")]
     Invalid(String),
+    /// The publish waited in the queue for its whole Message Expiry Interval (v5), so it
+    /// was dropped unsent.
+    #[error("message expired after waiting {interval} s in the queue")]
+    Expired {
+        /// The Message Expiry Interval of the publish, in seconds.
+        interval: u32,
+    },
     /// The broker answered with a failure reason code.
     #[error("rejected by broker: {reason:?}")]
     Rejected {

@@ -1,7 +1,7 @@
 //! Packet flows once connected: sending queued requests, the acknowledgements for them,
 //! and inbound messages with the acknowledgements this client owes.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::codec::{
     self, Delivery, Packet, PacketId, PacketType, Properties, PubAck, PubAckReason, PubComp,
@@ -67,6 +67,10 @@ impl<S: Store> Session<S> {
         let Some(packet_id) = self.reserve_packet_id(&queued.request, limits) else {
             return Dispatch::Blocked(queued);
         };
+        if let Err(error) = count_down_expiry(&mut queued, now) {
+            self.complete(token, Err(error));
+            return Dispatch::Done;
+        }
 
         let (packet, flow) = build_packet(queued, packet_id);
         if let Err(error) = self.check_size(&packet, limits) {
@@ -522,6 +526,27 @@ fn build_packet(queued: QueuedRequest, packet_id: PacketId) -> (Packet, Option<O
             (Packet::Unsubscribe(packet), Some(flow))
         }
     }
+}
+
+/// Lowers the Message Expiry Interval (v5) of a queued publish by the whole seconds it
+/// waited in the queue, or fails it once the interval has passed, so that a message is
+/// never sent after it expired (MQTT 5.0 section 3.3.2.3.3). An interval of 0 is sent
+/// unchanged. Call only when the request is about to be sent, because a request that
+/// goes back to the queue would be counted down twice.
+fn count_down_expiry(queued: &mut QueuedRequest, now: Instant) -> Result<(), RequestError> {
+    let Request::Publish(publish) = &mut queued.request else {
+        return Ok(());
+    };
+    let Some(interval) = publish.properties.message_expiry_interval else {
+        return Ok(());
+    };
+    let waited = now.saturating_duration_since(queued.queued_at);
+    if interval > 0 && waited >= Duration::from_secs(u64::from(interval)) {
+        return Err(RequestError::Expired { interval });
+    }
+    let waited_seconds = u32::try_from(waited.as_secs()).unwrap_or(u32::MAX);
+    publish.properties.message_expiry_interval = Some(interval.saturating_sub(waited_seconds));
+    Ok(())
 }
 
 /// Refuses a request the broker's limits forbid, before it takes a packet identifier.

@@ -470,6 +470,10 @@ impl<S: Store> Session<S> {
             self.violate(ProtocolViolation::SessionPresentOnCleanStart, now);
             return;
         }
+        if connack.session_present && !self.config.has_session_state {
+            self.violate(ProtocolViolation::SessionPresentWithoutSessionState, now);
+            return;
+        }
         if connack.properties.assigned_client_identifier.is_some()
             && !self.config.client_id.is_empty()
         {

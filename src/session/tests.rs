@@ -91,6 +91,7 @@ fn publish_request(token: u64, qos: QoS, payload: &'static [u8]) -> QueuedReques
             retain: false,
             properties: Properties::default(),
         }),
+        queued_at: Instant::now(),
     }
 }
 
@@ -105,6 +106,7 @@ fn subscribe_request(token: u64, filters: &[&str]) -> QueuedRequest {
             properties: Properties::default(),
             automatic_identifier: None,
         },
+        queued_at: Instant::now(),
     }
 }
 
@@ -115,6 +117,7 @@ fn unsubscribe_request(token: u64) -> QueuedRequest {
             filters: vec!["a/#".parse().unwrap()],
             properties: Properties::default(),
         },
+        queued_at: Instant::now(),
     }
 }
 
@@ -298,6 +301,7 @@ fn session_present_reported_when_resuming() {
     let now = Instant::now();
     let mut resuming = config(ProtocolVersion::V5);
     resuming.clean_start = false;
+    resuming.has_session_state = true;
     let mut session = started(resuming, now);
     session.handle_packet(
         connack(true, ConnectReason::Success, Properties::default()),
@@ -324,6 +328,79 @@ fn session_present_after_clean_start_is_violation() {
             now,
         );
         assert_violation(&mut session, DisconnectReason::ProtocolError);
+    }
+}
+
+#[test]
+fn session_present_without_state_is_violation() {
+    let now = Instant::now();
+    for protocol in [ProtocolVersion::V3_1_1, ProtocolVersion::V5] {
+        let mut resuming = config(protocol);
+        resuming.clean_start = false;
+        let mut session = started(resuming, now);
+        transmits(&mut session);
+        session.handle_packet(
+            connack(true, ConnectReason::Success, Properties::default()),
+            now,
+        );
+        assert_violation(&mut session, DisconnectReason::ProtocolError);
+    }
+}
+
+#[test]
+fn expired_queued_publish_is_dropped_unsent() {
+    let start = Instant::now();
+    let mut session = connected(ProtocolVersion::V5, start);
+    let mut request = publish_request(1, QoS::AtLeastOnce, b"stale");
+    if let Request::Publish(publish) = &mut request.request {
+        publish.properties.message_expiry_interval = Some(10);
+    }
+    request.queued_at = start;
+    queue(&mut session, request, start + Duration::from_secs(10));
+
+    assert!(transmits(&mut session).is_empty(), "expired message sent");
+    let events = events(&mut session);
+    assert!(
+        matches!(
+            events.as_slice(),
+            [SessionEvent::Completed {
+                token: RequestToken(1),
+                outcome: Err(RequestError::Expired { interval: 10 }),
+            }]
+        ),
+        "{events:?}"
+    );
+    assert_eq!(session.store.outbound_len(), 0);
+}
+
+#[test]
+fn queued_publish_expiry_counts_down_whole_seconds() {
+    let start = Instant::now();
+    let mut session = connected(ProtocolVersion::V5, start);
+    let cases = [
+        (1, 10, 1_500, Some(9)),
+        (2, 10, 9_999, Some(1)),
+        (3, 0, 5_000, Some(0)),
+    ];
+    for (token, interval, waited_ms, sent) in cases {
+        let mut request = publish_request(token, QoS::AtMostOnce, b"x");
+        if let Request::Publish(publish) = &mut request.request {
+            publish.properties.message_expiry_interval = Some(interval);
+        }
+        request.queued_at = start;
+        queue(
+            &mut session,
+            request,
+            start + Duration::from_millis(waited_ms),
+        );
+        let packets = packets(&mut session);
+        let [Packet::Publish(publish)] = packets.as_slice() else {
+            panic!("expected one PUBLISH, got {packets:?}");
+        };
+        assert_eq!(
+            publish.properties.message_expiry_interval, sent,
+            "interval {interval} s after {waited_ms} ms"
+        );
     }
 }
 
@@ -1127,6 +1204,7 @@ fn resumed_session_resends_unacknowledged_flows() {
     let now = Instant::now();
     let mut resuming = config(ProtocolVersion::V5);
     resuming.clean_start = false;
+    resuming.has_session_state = true;
     let mut session = connected_with(resuming.clone(), Properties::default(), now);
     queue(
         &mut session,

@@ -14,6 +14,9 @@ use super::{OutboundFlow, QueuedRequest, Store};
 pub struct MemoryStore {
     queue: VecDeque<QueuedRequest>,
     queue_capacity: usize,
+    /// Sum of [`Request::queued_size`](super::Request::queued_size) over `queue`.
+    queued_bytes: usize,
+    max_queued_bytes: Option<usize>,
     cursor: PacketId,
     outbound: BTreeMap<PacketId, OutboundFlow>,
     inbound: BTreeSet<PacketId>,
@@ -26,10 +29,26 @@ impl MemoryStore {
         Self {
             queue: VecDeque::new(),
             queue_capacity,
+            queued_bytes: 0,
+            max_queued_bytes: None,
             cursor: PacketId::MIN,
             outbound: BTreeMap::new(),
             inbound: BTreeSet::new(),
         }
+    }
+
+    /// Limits the queued requests to `max` bytes as [`Store::queued_bytes`] counts them;
+    /// `None`, the default, sets no byte limit.
+    #[must_use]
+    pub fn with_max_queued_bytes(mut self, max: Option<usize>) -> Self {
+        self.max_queued_bytes = max;
+        self
+    }
+
+    fn count_out(&mut self, request: &QueuedRequest) {
+        self.queued_bytes = self
+            .queued_bytes
+            .saturating_sub(request.request.queued_size());
     }
 }
 
@@ -38,20 +57,46 @@ impl Store for MemoryStore {
         if self.queue.len() >= self.queue_capacity {
             return Err(request);
         }
+        let bytes = self
+            .queued_bytes
+            .saturating_add(request.request.queued_size());
+        if self.max_queued_bytes.is_some_and(|max| bytes > max) {
+            return Err(request);
+        }
+        self.queued_bytes = bytes;
         self.queue.push_back(request);
         Ok(())
     }
 
     fn push_front_request(&mut self, request: QueuedRequest) {
+        self.queued_bytes = self
+            .queued_bytes
+            .saturating_add(request.request.queued_size());
         self.queue.push_front(request);
     }
 
     fn pop_request(&mut self) -> Option<QueuedRequest> {
-        self.queue.pop_front()
+        let request = self.queue.pop_front()?;
+        self.count_out(&request);
+        Some(request)
+    }
+
+    fn remove_first_request(
+        &mut self,
+        select: &mut dyn FnMut(&QueuedRequest) -> bool,
+    ) -> Option<QueuedRequest> {
+        let index = self.queue.iter().position(select)?;
+        let request = self.queue.remove(index)?;
+        self.count_out(&request);
+        Some(request)
     }
 
     fn queued_len(&self) -> usize {
         self.queue.len()
+    }
+
+    fn queued_bytes(&self) -> usize {
+        self.queued_bytes
     }
 
     fn packet_id_cursor(&self) -> PacketId {
@@ -114,6 +159,7 @@ impl Store for MemoryStore {
     }
 
     fn take_all_requests(&mut self) -> (Vec<QueuedRequest>, Vec<OutboundFlow>) {
+        self.queued_bytes = 0;
         let queued = self.queue.drain(..).collect();
         let outbound = std::mem::take(&mut self.outbound).into_values().collect();
         (queued, outbound)
@@ -149,8 +195,19 @@ impl Store for SharedStore {
         self.0.borrow_mut().pop_request()
     }
 
+    fn remove_first_request(
+        &mut self,
+        select: &mut dyn FnMut(&QueuedRequest) -> bool,
+    ) -> Option<QueuedRequest> {
+        self.0.borrow_mut().remove_first_request(select)
+    }
+
     fn queued_len(&self) -> usize {
         self.0.borrow().queued_len()
+    }
+
+    fn queued_bytes(&self) -> usize {
+        self.0.borrow().queued_bytes()
     }
 
     fn packet_id_cursor(&self) -> PacketId {
@@ -232,7 +289,68 @@ mod tests {
                 filters: vec!["a/b".parse().unwrap()],
                 properties: crate::codec::Properties::default(),
             },
+            queued_at: std::time::Instant::now(),
         }
+    }
+
+    fn publish(token: u64, payload: &'static [u8]) -> QueuedRequest {
+        QueuedRequest {
+            token: RequestToken(token),
+            request: Request::Publish(crate::store::OutgoingPublish {
+                topic: "a/b".parse().unwrap(),
+                payload: bytes::Bytes::from_static(payload),
+                qos: crate::codec::QoS::AtLeastOnce,
+                retain: false,
+                properties: crate::codec::Properties::default(),
+            }),
+            queued_at: std::time::Instant::now(),
+        }
+    }
+
+    #[test]
+    fn queued_size_counts_topic_payload_and_properties() {
+        let mut request = publish(1, b"12345");
+        assert_eq!(request.request.queued_size(), 2 + 3 + 5);
+        if let Request::Publish(publish) = &mut request.request {
+            publish.properties.content_type = Some("text".into());
+            publish.properties.user_properties = vec![("k".into(), "vv".into())];
+        }
+        assert_eq!(request.request.queued_size(), 10 + 6 + 3 + 4);
+        assert_eq!(unsubscribe(2).request.queued_size(), 2 + 3);
+    }
+
+    #[test]
+    fn queue_rejects_request_beyond_byte_limit() {
+        // Each publish counts 2 + 3 bytes of topic and 5 of payload.
+        let mut store = MemoryStore::new(8).with_max_queued_bytes(Some(25));
+        store.push_request(publish(1, b"aaaaa")).unwrap();
+        store.push_request(publish(2, b"bbbbb")).unwrap();
+        assert_eq!(store.queued_bytes(), 20);
+        let rejected = store.push_request(publish(3, b"ccccc")).unwrap_err();
+        assert_eq!(rejected.token, RequestToken(3));
+        assert_eq!(store.queued_len(), 2);
+
+        store.pop_request().unwrap();
+        assert_eq!(store.queued_bytes(), 10);
+        store.push_request(publish(3, b"ccccc")).unwrap();
+        assert_eq!(store.queued_bytes(), 20);
+    }
+
+    #[test]
+    fn remove_first_request_keeps_order_and_bytes() {
+        let mut store = MemoryStore::new(8);
+        for token in 1..=3 {
+            store.push_request(publish(token, b"x")).unwrap();
+        }
+        let removed = store
+            .remove_first_request(&mut |queued| queued.token.0 >= 2)
+            .unwrap();
+        assert_eq!(removed.token, RequestToken(2));
+        assert_eq!(store.queued_bytes(), 12);
+        assert!(store.remove_first_request(&mut |_| false).is_none());
+        assert_eq!(store.pop_request().unwrap().token, RequestToken(1));
+        assert_eq!(store.pop_request().unwrap().token, RequestToken(3));
+        assert_eq!(store.queued_bytes(), 0);
     }
 
     #[test]

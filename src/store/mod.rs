@@ -5,11 +5,13 @@
 //! The session state machine reads and writes this state as it goes, so a connection
 //! that ends at any instant leaves behind exactly what was still unacknowledged. This
 //! layer contains data only: it does no I/O, reads no clock and does not use actix.
+//! The instant a request was queued is given by whoever queues it.
 //! [`MemoryStore`] keeps everything in memory; a durable store would implement [`Store`].
 
 mod memory;
 
 use std::num::NonZeroU32;
+use std::time::Instant;
 
 use bytes::Bytes;
 
@@ -65,6 +67,73 @@ pub enum Request {
     },
 }
 
+impl Request {
+    /// Returns an estimate of the bytes the request occupies while it waits in the queue,
+    /// which the byte bound of the queue counts.
+    ///
+    /// The estimate adds the lengths of the topic or filters, the payload and the
+    /// variable-length properties (content type, response topic, correlation data, user
+    /// properties), plus 2 bytes per string and 1 byte per filter for the options. It
+    /// leaves out the fixed header and the fixed-size properties, so it is a few bytes
+    /// below the encoded packet.
+    #[must_use]
+    pub fn queued_size(&self) -> usize {
+        match self {
+            Self::Publish(publish) => {
+                string_size(publish.topic.as_str().len())
+                    + publish.payload.len()
+                    + properties_size(&publish.properties)
+            }
+            Self::Subscribe {
+                filters,
+                properties,
+                ..
+            } => {
+                let filters: usize = filters
+                    .iter()
+                    .map(|(filter, _)| string_size(filter.as_str().len()) + 1)
+                    .sum();
+                filters + properties_size(properties)
+            }
+            Self::Unsubscribe {
+                filters,
+                properties,
+            } => {
+                let filters: usize = filters
+                    .iter()
+                    .map(|filter| string_size(filter.as_str().len()))
+                    .sum();
+                filters + properties_size(properties)
+            }
+        }
+    }
+}
+
+/// Returns the size of a length-prefixed string or binary value.
+fn string_size(length: usize) -> usize {
+    length.saturating_add(2)
+}
+
+/// Returns the size of the variable-length properties a request can carry; see
+/// [`Request::queued_size`].
+fn properties_size(properties: &Properties) -> usize {
+    let strings = [
+        properties.content_type.as_ref().map(|value| value.len()),
+        properties
+            .response_topic
+            .as_ref()
+            .map(|value| value.as_str().len()),
+        properties.correlation_data.as_ref().map(Bytes::len),
+    ];
+    let strings: usize = strings.into_iter().flatten().map(string_size).sum();
+    let user: usize = properties
+        .user_properties
+        .iter()
+        .map(|(key, value)| string_size(key.len()) + string_size(value.len()))
+        .sum();
+    strings + user
+}
+
 /// A queued request together with the token of the caller waiting for it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QueuedRequest {
@@ -72,6 +141,9 @@ pub struct QueuedRequest {
     pub token: RequestToken,
     /// The requested operation.
     pub request: Request,
+    /// When the request entered the queue. The session counts a publish's Message Expiry
+    /// Interval (v5) down from here.
+    pub queued_at: Instant,
 }
 
 /// The acknowledgement an outbound QoS 1 or 2 PUBLISH is waiting for.
@@ -135,14 +207,24 @@ impl OutboundFlow {
 /// sit behind a `RefCell` shared by the session and its supervisor.
 #[allow(clippy::result_large_err)] // A rejected request is handed back unchanged, without boxing.
 pub trait Store {
-    /// Appends a request to the queue, or returns it when the queue is full.
+    /// Appends a request to the queue, or returns it when the queue is full: when it
+    /// holds its maximum number of requests, or when the request's
+    /// [`Request::queued_size`] would take the queued bytes above their maximum.
     fn push_request(&mut self, request: QueuedRequest) -> Result<(), QueuedRequest>;
-    /// Puts a request back at the head of the queue, where it was taken from.
+    /// Puts a request back at the head of the queue, where it was taken from, whether or
+    /// not the queue is full.
     fn push_front_request(&mut self, request: QueuedRequest);
     /// Removes the request at the head of the queue.
     fn pop_request(&mut self) -> Option<QueuedRequest>;
+    /// Removes the first request, from the head, for which `select` returns `true`.
+    fn remove_first_request(
+        &mut self,
+        select: &mut dyn FnMut(&QueuedRequest) -> bool,
+    ) -> Option<QueuedRequest>;
     /// Returns the number of queued requests.
     fn queued_len(&self) -> usize;
+    /// Returns the sum of [`Request::queued_size`] over the queued requests.
+    fn queued_bytes(&self) -> usize;
 
     /// Returns the identifier the next allocation starts searching from.
     fn packet_id_cursor(&self) -> PacketId;

@@ -6,8 +6,9 @@ use std::collections::HashSet;
 
 use actix::prelude::*;
 
+use crate::codec::QoS;
 use crate::error::{ClientError, DisconnectCause};
-use crate::store::{OutboundFlow, QueuedRequest, RequestToken, Store};
+use crate::store::{OutboundFlow, QueuedRequest, Request, RequestToken, Store};
 use crate::transport::Endpoint;
 
 use super::super::group::{now, RequestsQueued};
@@ -95,6 +96,8 @@ impl ClientActor {
     /// acknowledgement go back to the head of the queue as new requests. A caller whose
     /// request is neither queued nor in flight, a QoS 0 publish handed to the socket,
     /// fails with `error`, because the client cannot tell whether it reached the broker.
+    /// When QoS 0 publishes are not queued offline, those still queued fail with
+    /// [`ClientError::NotConnected`].
     fn keep_for_retry(&mut self, error: &ClientError) {
         let mut requeued = Vec::new();
         let mut live = HashSet::new();
@@ -119,17 +122,31 @@ impl ClientActor {
                     Some(QueuedRequest {
                         token,
                         request: request.clone(),
+                        queued_at: now(),
                     })
                 }
                 _ => None,
             })
             .collect();
         // Subscriptions restored by the client are built afresh after the next CONNACK.
-        queue.extend(
-            std::iter::from_fn(|| self.store.pop_request()).filter(|queued| {
-                !matches!(self.pending.get(&queued.token), Some(Pending::Resubscribe))
-            }),
-        );
+        let qos0_offline = self.config.queue.qos0_offline;
+        let mut offline_qos0 = Vec::new();
+        while let Some(queued) = self.store.pop_request() {
+            match (&queued.request, self.pending.get(&queued.token)) {
+                (_, Some(Pending::Resubscribe)) => {}
+                (Request::Publish(publish), _)
+                    if publish.qos == QoS::AtMostOnce && !qos0_offline =>
+                {
+                    offline_qos0.push(queued.token);
+                }
+                _ => queue.push(queued),
+            }
+        }
+        for token in offline_qos0 {
+            if let Some(pending) = self.pending.remove(&token) {
+                self.fail_pending(pending, ClientError::NotConnected);
+            }
+        }
         for queued in queue.into_iter().rev() {
             live.insert(queued.token);
             self.store.push_front_request(queued);
@@ -169,6 +186,7 @@ impl ClientActor {
             .map(|request| QueuedRequest {
                 token: self.next_token(),
                 request,
+                queued_at: now(),
             })
             .collect();
         for queued in queued.into_iter().rev() {
