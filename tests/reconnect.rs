@@ -21,14 +21,16 @@ use std::time::Duration;
 
 use actor_broker::{assert_actors_back_to, forward, next, STEP};
 use mqttlink::codec::{
-    ConnectReason, Delivery, Packet, PacketId, Properties, ProtocolVersion, PubAck, PubAckReason,
-    PubComp, PubCompReason, PubRec, QoS, SubAck, SubAckReason, SubscriptionOptions,
+    ConnectReason, Delivery, Packet, PacketId, Properties, PubAck, PubAckReason, PubComp,
+    PubCompReason, PubRec, QoS, SubAck, SubAckReason, SubscriptionOptions,
 };
 use mqttlink::{
     live_actor_count, Client, ClientError, ClientOptions, ClosedBy, Disconnect, DisconnectCause,
     Event, Publish, PublishOutcome, Subscribe,
 };
-use reconnect_broker::{Connection, RestartableMosquitto, ScriptedBroker};
+use reconnect_broker::{
+    persistent, wait_for_queued, Connection, RestartableMosquitto, ScriptedBroker,
+};
 use tokio::sync::mpsc::UnboundedReceiver;
 
 /// `live_actor_count` is process-wide, so the tests of this file run one at a time.
@@ -579,19 +581,6 @@ const STREAMED: usize = 300;
 /// Number of messages the subscriber receives before the broker restarts.
 const BEFORE_RESTART: usize = 100;
 
-/// Options of a client whose session survives a broker restart. The client uses MQTT
-/// 3.1.1 with clean session 0, because Mosquitto 2.0.11 sent Session Present 0 after a
-/// restart to a v5 client with a Session Expiry Interval of one hour, so it had lost
-/// the session and the messages queued in it.
-fn persistent(port: u16, client_id: &str) -> ClientOptions {
-    ClientOptions::new("127.0.0.1", port)
-        .client_id(client_id)
-        .protocol(ProtocolVersion::V3_1_1)
-        .clean_start(false)
-        .reconnect(true)
-        .reconnect_backoff(Duration::from_millis(5), Duration::from_millis(100))
-}
-
 #[actix_rt::test]
 async fn mosquitto_restart_loses_no_qos1_message() {
     let _serial = SERIAL.lock().await;
@@ -715,20 +704,6 @@ async fn backoff_delays_elapse_on_paused_clock() {
     disconnect(&client).await;
     drop(client);
     assert_actors_back_to(baseline).await;
-}
-
-/// Waits until `expected` requests are queued, reading the client's counters a bounded
-/// number of times, and returns the last count.
-async fn queued_requests(client: &Client, expected: usize) -> usize {
-    let mut queued = 0;
-    for _ in 0..100 {
-        queued = client.stats().await.unwrap().queued_requests;
-        if queued == expected {
-            break;
-        }
-        tokio::task::yield_now().await;
-    }
-    queued
 }
 
 /// Returns a CONNACK that refuses the connection with `reason` and names `reference`
@@ -880,7 +855,7 @@ async fn session_taken_over_stops_for_good() {
     let in_flight = spawn_publish(&client, "t/taken", QoS::AtLeastOnce);
     expect_publish(connection.recv().await);
     let queued = spawn_publish(&client, "t/queued", QoS::AtLeastOnce);
-    assert_eq!(queued_requests(&client, 1).await, 1);
+    assert_eq!(wait_for_queued(&client, 1).await, 1);
     connection
         .send(&Packet::Disconnect(mqttlink::codec::Disconnect {
             reason: mqttlink::codec::DisconnectReason::SessionTakenOver,

@@ -308,3 +308,43 @@ impl Drop for RestartableMosquitto {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+impl RestartableMosquitto {
+    /// Stops the broker with SIGTERM, so it writes its persistence file, and leaves it
+    /// stopped until [`RestartableMosquitto::start_again`]; its port and directory stay.
+    pub async fn stop_for_outage(&mut self) {
+        self.stop().await;
+    }
+
+    /// Starts the broker again on the same port, from its persistence file.
+    pub async fn start_again(&mut self) {
+        self.launch().await;
+    }
+}
+
+/// Waits until `client` reports `expected` queued requests, reading its counters a
+/// bounded number of times, and returns the last count read.
+pub async fn wait_for_queued(client: &mqttlink::Client, expected: usize) -> usize {
+    let mut queued = 0;
+    for _ in 0..100 {
+        queued = client.stats().await.expect("client runs").queued_requests;
+        if queued == expected {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    queued
+}
+
+/// Options of a client whose session survives a broker restart. The client uses MQTT
+/// 3.1.1 with clean session 0, because Mosquitto 2.0.11 sent Session Present 0 after a
+/// restart to a v5 client with a Session Expiry Interval of one hour, so it had lost
+/// the session and the messages queued in it.
+pub fn persistent(port: u16, client_id: &str) -> mqttlink::ClientOptions {
+    mqttlink::ClientOptions::new("127.0.0.1", port)
+        .client_id(client_id)
+        .protocol(ProtocolVersion::V3_1_1)
+        .clean_start(false)
+        .reconnect(true)
+        .reconnect_backoff(Duration::from_millis(5), Duration::from_millis(100))
+}
