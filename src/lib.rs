@@ -64,6 +64,9 @@
 //!   restart (with broker persistence) but not a restart of the application.
 //! - A v5 Server Reference in CONNACK or DISCONNECT is followed for one attempt, and
 //!   only its first entry, in the form `host`, `host:port` or `[ipv6]:port`.
+//! - Session Taken Over stops the client only when the broker sends DISCONNECT 0x8E;
+//!   Mosquitto 2.0.11 closes the older connection without one, so two clients with the
+//!   same identifier and reconnect on still take the session from each other there.
 //! - No enhanced authentication (AUTH), and no outbound topic aliases chosen by the client.
 //! - Session state is kept in memory only.
 

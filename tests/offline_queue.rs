@@ -1,6 +1,6 @@
 //! The request queue: its byte limit, the policy when it is full, Message Expiry counted
 //! down while a publish waits, QoS 0 publishes without a connection, and Session Present
-//! when the client holds no session state.
+//! when the client has no session state.
 //!
 //! Most tests drive a scripted fake broker on the loopback interface, because they need
 //! exact control over when CONNACK arrives. The expiry test runs on a paused clock. The
@@ -200,13 +200,13 @@ fn is_session_present_violation(cause: &DisconnectCause) -> bool {
 }
 
 #[actix_rt::test]
-async fn byte_limit_refuses_new_requests() {
+async fn byte_limit_rejects_new_requests() {
     let _serial = SERIAL.lock().await;
     let baseline = live_actor_count();
     let broker = ScriptedBroker::bind().await;
     let (client, mut events) = start(options(broker.port()).max_queued_bytes(30));
 
-    // CONNECT is read but not answered, so every request waits in the queue.
+    // The broker reads CONNECT and sends no CONNACK yet, so every request waits in the queue.
     let mut connection = broker.accept().await;
     connection.expect_connect().await;
     let queued: Vec<Outcome> = ["q/1", "q/2", "q/3"]
@@ -215,9 +215,9 @@ async fn byte_limit_refuses_new_requests() {
         .collect();
     assert_eq!(wait_for_queued(&client, 3).await, 3);
 
-    let refused = try_spawn(&client, publish("q/4", QoS::AtMostOnce));
+    let rejected = try_spawn(&client, publish("q/4", QoS::AtMostOnce));
     assert!(matches!(
-        outcome(refused).await,
+        outcome(rejected).await,
         Err(ClientError::QueueFull)
     ));
     // The waiting publish waits only for the count limit, so it fails at once too.
@@ -303,7 +303,7 @@ async fn drop_oldest_keeps_message_in_flight() {
 }
 
 #[actix_rt::test]
-async fn drop_oldest_full_of_inflight_refuses() {
+async fn drop_oldest_all_inflight_rejects() {
     let _serial = SERIAL.lock().await;
     let baseline = live_actor_count();
     let broker = ScriptedBroker::bind().await;
@@ -317,9 +317,9 @@ async fn drop_oldest_full_of_inflight_refuses() {
 
     let first = try_spawn(&client, publish("q/1", QoS::AtLeastOnce));
     let in_flight = expect_publish(connection.recv().await);
-    let refused = try_spawn(&client, publish("q/2", QoS::AtLeastOnce));
+    let rejected = try_spawn(&client, publish("q/2", QoS::AtLeastOnce));
     assert!(matches!(
-        outcome(refused).await,
+        outcome(rejected).await,
         Err(ClientError::QueueFull)
     ));
     let waiting = spawn_waiting(&client, publish("q/3", QoS::AtLeastOnce));
@@ -502,7 +502,7 @@ async fn session_present_without_state_v311() {
 
 /// Checks that a client with no session state closes on Session Present 1, with
 /// DISCONNECT 0x82 under v5 and a plain close under 3.1.1, that the next attempt starts
-/// clean, and that a later Session Present 1 is accepted once the client holds state.
+/// clean, and that a later Session Present 1 is accepted once the client has session state.
 async fn session_present_without_state(version: ProtocolVersion) {
     let _serial = SERIAL.lock().await;
     let baseline = live_actor_count();

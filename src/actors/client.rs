@@ -115,7 +115,7 @@ enum Group {
     Down,
 }
 
-/// Whether this client holds session state that a broker may resume.
+/// Whether this client has session state that a broker may resume.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum LocalSession {
     /// No session state: a CONNACK with Session Present 1 closes the connection.
@@ -123,7 +123,7 @@ enum LocalSession {
     /// State of a session that outlived its connection, or one the application chose to
     /// adopt from the broker.
     Held,
-    /// A broker reported a session this client does not hold. The next attempt starts
+    /// A broker reported a session this client does not have. The next attempt starts
     /// clean, so the broker discards it, rather than failing the same way again.
     Discard,
 }
@@ -149,7 +149,7 @@ pub struct ClientActor {
     reconnect: Option<AutoReconnect>,
     /// Whether a connection of this client has reached CONNACK.
     connected_before: bool,
-    /// Whether the client holds session state, which decides how a CONNACK with Session
+    /// Whether the client has session state, which decides how a CONNACK with Session
     /// Present 1 is treated.
     local_session: LocalSession,
     /// Subscriptions the broker granted, restored after a reconnect without a session.
@@ -255,7 +255,7 @@ impl ClientActor {
 
     /// Returns the session settings of the next attempt. It resumes the session after
     /// an accepted connection when `resume_on_reconnect` is set, and starts clean after
-    /// a broker reported a session this client does not hold.
+    /// a broker reported a session this client does not have.
     fn attempt_session_config(&self) -> crate::session::SessionConfig {
         let mut session_config = self.config.session.clone();
         let resume = self.connected_before

@@ -23,7 +23,13 @@ use crate::session::{PublishOutcome, SubscribeOutcome, UnsubscribeOutcome};
 /// failure reason code, [`ClientError::PacketTooLarge`] or
 /// [`ClientError::InvalidRequest`] when the broker's limits forbid the message (nothing is
 /// sent then), [`ClientError::QueueFull`] when too many requests are pending, and with
-/// the connection's error if it ends first.
+/// the connection's error if it ends first. While it waits in the request queue, it
+/// fails with [`ClientError::DroppedFromQueue`] when a newer request replaced it, and with
+/// [`ClientError::Expired`] when its v5 Message Expiry Interval passed. A QoS 0 message
+/// fails with [`ClientError::NotConnected`] when offline queueing of QoS 0 is off. A
+/// message larger than the queue's byte limit fails with
+/// [`ClientError::TooLargeForQueue`]; see
+/// [`ClientOptions::max_queued_bytes`](crate::ClientOptions::max_queued_bytes).
 ///
 /// ```no_run
 /// # async fn example(client: mqttlink::Client) -> Result<(), mqttlink::ClientError> {
@@ -430,12 +436,12 @@ pub enum Event {
     RequestDropped {
         /// Topic of the dropped publish; `None` for a subscribe or unsubscribe.
         topic: Option<TopicName>,
-        /// Why it was dropped.
+        /// Reason the request was dropped.
         reason: DropReason,
     },
 }
 
-/// Why a request left the request queue unsent, as reported by
+/// Reason a request left the request queue unsent, as reported by
 /// [`Event::RequestDropped`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]

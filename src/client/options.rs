@@ -30,7 +30,7 @@ const DEFAULT_PORT: u16 = 1883;
 /// and small enough that adding it to the current instant cannot overflow.
 const MAX_TIMEOUT: Duration = Duration::from_secs(u32::MAX as u64);
 
-/// What a client does with a new request when its request queue is full; see
+/// Policy for a new request when the request queue is full; see
 /// [`ClientOptions::queue_full_policy`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
@@ -253,8 +253,9 @@ impl ClientOptions {
     }
 
     /// Sets the most requests queued or in flight at once; beyond it `publish` waits and
-    /// `try_publish` fails with [`ClientError::QueueFull`]. 1,024 by default; `start`
-    /// rejects 0 and values above 1,048,576.
+    /// `try_publish` fails with [`ClientError::QueueFull`], unless
+    /// [`ClientOptions::queue_full_policy`] drops the oldest waiting request. 1,024 by
+    /// default; `start` rejects 0 and values above 1,048,576.
     #[must_use]
     pub fn max_pending_requests(mut self, maximum: usize) -> Self {
         self.max_pending_requests = maximum;

@@ -55,7 +55,7 @@ pub struct SessionConfig {
     /// Time a requested disconnect waits for outbound flows to complete before it sends
     /// DISCONNECT anyway.
     pub disconnect_timeout: Duration,
-    /// Whether this client holds session state that a broker may resume: the store of an
+    /// Whether this client has session state that a broker may resume: the store of an
     /// earlier connection whose session outlived it, or a session the application chose
     /// to adopt. Without it, a CONNACK with Session Present 1 closes the connection.
     /// `false` by default.

@@ -23,7 +23,7 @@ pub enum ProtocolViolation {
     /// [MQTT-3.2.2-2] (3.1.1: [MQTT-3.2.2-1]).
     #[error("session present set in reply to a clean start")]
     SessionPresentOnCleanStart,
-    /// Session Present was set although this client holds no session state to resume.
+    /// Session Present was set although this client has no session state to resume.
     /// MQTT 5.0 requires the client to close the connection [MQTT-3.2.2-4]. This client
     /// does the same under 3.1.1, because the broker would go on with a session whose
     /// flows this client does not know.

@@ -529,10 +529,10 @@ fn build_packet(queued: QueuedRequest, packet_id: PacketId) -> (Packet, Option<O
 }
 
 /// Lowers the Message Expiry Interval (v5) of a queued publish by the whole seconds it
-/// waited in the queue, or fails it once the interval has passed, so that a message is
-/// never sent after it expired (MQTT 5.0 section 3.3.2.3.3). An interval of 0 is sent
-/// unchanged. Call only when the request is about to be sent, because a request that
-/// goes back to the queue would be counted down twice.
+/// waited in the queue, or fails it once the interval has passed. So no message leaves
+/// after it expired (MQTT 5.0 section 3.3.2.3.3). An interval of 0 is sent unchanged.
+/// Call only when the request is about to be sent, because a request that goes back to
+/// the queue would be counted down twice.
 fn count_down_expiry(queued: &mut QueuedRequest, now: Instant) -> Result<(), RequestError> {
     let Request::Publish(publish) = &mut queued.request else {
         return Ok(());

@@ -5,7 +5,7 @@
 //! The session state machine reads and writes this state as it goes, so a connection
 //! that ends at any instant leaves behind exactly what was still unacknowledged. This
 //! layer contains data only: it does no I/O, reads no clock and does not use actix.
-//! The instant a request was queued is given by whoever queues it.
+//! The caller that queues a request gives the instant it was queued.
 //! [`MemoryStore`] keeps everything in memory; a durable store would implement [`Store`].
 
 mod memory;

@@ -1,6 +1,6 @@
 //! The supervisor's admission of requests into the request queue: the count limit held
 //! as semaphore permits, the byte limit, the policy when either is reached, and dropping
-//! a queued request with one answer to its caller and one event.
+//! a queued request with one result for its caller and one event.
 
 use tokio::sync::OwnedSemaphorePermit;
 
@@ -18,7 +18,7 @@ use super::{ClientActor, Group, Pending};
 pub(crate) struct QueueConfig {
     /// Largest sum of [`Request::queued_size`] over the requests waiting to be sent.
     pub max_bytes: Option<usize>,
-    /// What a new request does when the queue is full.
+    /// Policy for a new request when the queue is full.
     pub full_policy: QueueFullPolicy,
     /// Whether a QoS 0 publish made while no connection is up is queued.
     pub qos0_offline: bool,
