@@ -383,6 +383,74 @@ async fn drop_oldest_makes_room_in_bytes() {
 }
 
 #[actix_rt::test]
+async fn drop_oldest_drops_waiting_subscribe() {
+    let _serial = SERIAL.lock().await;
+    let baseline = live_actor_count();
+    let broker = ScriptedBroker::bind().await;
+    let options = options(broker.port())
+        .max_pending_requests(1)
+        .queue_full_policy(QueueFullPolicy::DropOldest);
+    let (client, mut events) = start(options);
+    let mut connection = broker.accept().await;
+    connection.expect_connect().await;
+
+    let (messages, mut message_rx) = forward::<mqttlink::Message>();
+    let subscriber = client.clone();
+    let filter = "s/#".parse().unwrap();
+    let subscribe = Subscribe::new(messages.recipient())
+        .filter(filter, SubscriptionOptions::with_qos(QoS::AtLeastOnce));
+    let subscribed = actix_rt::spawn(async move { subscriber.subscribe(subscribe).await });
+    assert_eq!(wait_for_queued(&client, 1).await, 1);
+
+    let publish = try_spawn(&client, publish("q/new", QoS::AtLeastOnce));
+    let result = within(subscribed).await.unwrap();
+    assert!(
+        matches!(result, Err(ClientError::DroppedFromQueue)),
+        "{result:?}"
+    );
+    match next(&mut events).await {
+        Event::RequestDropped { topic, reason } => {
+            assert_eq!(topic, None, "a subscribe has no topic");
+            assert_eq!(reason, DropReason::QueueFull);
+        }
+        other => panic!("expected RequestDropped, got {other:?}"),
+    }
+
+    connack(&mut connection, false).await;
+    expect_connected(&mut events, false).await;
+    let sent = expect_publish(connection.recv().await);
+    assert_eq!(topic_of(&sent), "q/new", "no SUBSCRIBE before it");
+    puback(&mut connection, &sent).await;
+    assert!(outcome(publish).await.is_ok());
+
+    // The dropped subscribe left no route behind. The client acknowledges a QoS 1
+    // message after routing it, so the PUBACK marks the moment to look.
+    let packet_id = mqttlink::codec::PacketId::try_from(7).unwrap();
+    connection
+        .send(&Packet::Publish(mqttlink::codec::Publish {
+            dup: false,
+            delivery: mqttlink::codec::Delivery::AtLeastOnce(packet_id),
+            retain: false,
+            topic: Some(topic("s/x")),
+            properties: Properties::default(),
+            payload: "x".into(),
+        }))
+        .await;
+    match connection.recv().await {
+        Packet::PubAck(ack) => assert_eq!(ack.packet_id, packet_id),
+        other => panic!("expected PUBACK, got {other:?}"),
+    }
+    let stats = client.stats().await.unwrap();
+    assert_eq!(stats.unmatched_messages, 1);
+    assert!(
+        message_rx.try_recv().is_err(),
+        "routed to the dropped subscriber"
+    );
+
+    finish(client, &mut connection, baseline).await;
+}
+
+#[actix_rt::test]
 async fn expired_publish_dropped_on_paused_clock() {
     let _serial = SERIAL.lock().await;
     let baseline = live_actor_count();
