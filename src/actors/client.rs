@@ -7,6 +7,7 @@
 mod granted;
 mod queue;
 mod retry;
+mod session_state;
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -21,7 +22,6 @@ use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 use crate::codec::{ClientId, TopicFilter, TopicName};
 use crate::error::{ClientError, DisconnectCause};
 use crate::reconnect::{Decision, ReconnectPolicy, ReconnectSettings};
-use crate::session::ProtocolViolation;
 use crate::session::{
     Outcome, PublishOutcome, RequestError, Session, SubscribeOutcome, UnsubscribeOutcome,
 };
@@ -47,6 +47,7 @@ use super::ClientConfig;
 
 use granted::Granted;
 pub(crate) use queue::QueueConfig;
+use session_state::LocalSession;
 
 type Reply<T> = oneshot::Sender<Result<T, ClientError>>;
 
@@ -113,19 +114,6 @@ enum Group {
     },
     /// No group runs; the client is stopping.
     Down,
-}
-
-/// Whether this client has session state that a broker may resume.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum LocalSession {
-    /// No session state: a CONNACK with Session Present 1 closes the connection.
-    Absent,
-    /// State of a session that outlived its connection, or one the application chose to
-    /// adopt from the broker.
-    Held,
-    /// A broker reported a session this client does not have. The next attempt starts
-    /// clean, so the broker discards it, rather than failing the same way again.
-    Discard,
 }
 
 /// The supervisor actor of one client; see the module docs. Applications reach it through
@@ -250,54 +238,6 @@ impl ClientActor {
             session: session_addr,
             clean_start,
             accepted: false,
-        };
-    }
-
-    /// Returns the session settings of the next attempt. It resumes the session after
-    /// an accepted connection when `resume_on_reconnect` is set, and starts clean after
-    /// a broker reported a session this client does not have.
-    fn attempt_session_config(&self) -> crate::session::SessionConfig {
-        let mut session_config = self.config.session.clone();
-        let resume = self.connected_before
-            && self
-                .reconnect
-                .as_ref()
-                .is_some_and(|reconnect| reconnect.resume_on_reconnect);
-        if resume {
-            session_config.clean_start = false;
-        }
-        if self.local_session == LocalSession::Discard {
-            session_config.clean_start = true;
-        }
-        session_config.has_session_state = self.local_session == LocalSession::Held;
-        session_config
-    }
-
-    /// Records whether the session of the connection CONNACK just accepted outlives it:
-    /// under v5 when the Session Expiry Interval, the broker's if CONNACK sets one, is
-    /// above 0, and before v5 with clean session 0.
-    fn record_local_session(&mut self, properties: &crate::codec::Properties) {
-        let Group::Up {
-            clean_start,
-            accepted,
-            ..
-        } = &mut self.group
-        else {
-            return;
-        };
-        *accepted = true;
-        let outlives = if self.config.session.protocol.is_v5() {
-            properties
-                .session_expiry_interval
-                .unwrap_or(self.config.session.effective_limits().session_expiry)
-                > 0
-        } else {
-            !*clean_start
-        };
-        self.local_session = if outlives {
-            LocalSession::Held
-        } else {
-            LocalSession::Absent
         };
     }
 
@@ -713,7 +653,7 @@ impl Handler<SessionUpdate> for ClientActor {
                 session_present,
                 properties,
             } => {
-                self.record_local_session(&properties);
+                self.record_accepted_connection(&properties);
                 self.emit(&Event::Connected {
                     session_present,
                     properties,
@@ -763,12 +703,7 @@ impl Handler<GroupDown> for ClientActor {
                 tracing::info!(client_id = %self.client_id(), %error, "connection lost");
             }
         }
-        if let DisconnectCause::Failed(ClientError::ProtocolViolation(
-            ProtocolViolation::SessionPresentWithoutSessionState,
-        )) = &down.cause
-        {
-            self.local_session = LocalSession::Discard;
-        }
+        self.record_session_refusal(&down.cause);
 
         let decision = match &mut self.reconnect {
             Some(reconnect) => {
