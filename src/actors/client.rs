@@ -703,7 +703,7 @@ impl Handler<GroupDown> for ClientActor {
                 tracing::info!(client_id = %self.client_id(), %error, "connection lost");
             }
         }
-        self.record_session_refusal(&down.cause);
+        self.record_unknown_session(&down.cause);
 
         let decision = match &mut self.reconnect {
             Some(reconnect) => {

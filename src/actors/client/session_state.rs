@@ -74,7 +74,7 @@ impl ClientActor {
     /// Makes the next attempt start clean when the connection ended because the broker
     /// reported a session this client does not have, so that it cannot end the same way
     /// again.
-    pub(super) fn record_session_refusal(&mut self, cause: &DisconnectCause) {
+    pub(super) fn record_unknown_session(&mut self, cause: &DisconnectCause) {
         if let DisconnectCause::Failed(ClientError::ProtocolViolation(
             ProtocolViolation::SessionPresentWithoutSessionState,
         )) = cause
