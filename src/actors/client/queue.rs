@@ -47,6 +47,9 @@ impl ClientActor {
         }
 
         // Each round drops one queued request or returns, so the loop ends.
+        // NOTE: subscriptions the client restores after a reconnect are never dropped
+        // but count in the queued bytes. When they alone leave too little room, the
+        // application requests are dropped before the new one fails with QueueFull.
         let mut permit = brought.or_else(|| self.free_permit());
         while permit.is_none() || !self.bytes_fit(size) {
             if self.config.queue.full_policy != QueueFullPolicy::DropOldest || !self.drop_oldest() {
