@@ -16,6 +16,9 @@ pub struct MemoryStore {
     queue_capacity: usize,
     cursor: PacketId,
     outbound: BTreeMap<PacketId, OutboundFlow>,
+    /// Number of `OutboundFlow::Publish` entries in `outbound`, kept so that the session
+    /// can check its in-flight window for each request without a scan of every flow.
+    outbound_publishes: usize,
     inbound: BTreeSet<PacketId>,
 }
 
@@ -28,6 +31,7 @@ impl MemoryStore {
             queue_capacity,
             cursor: PacketId::MIN,
             outbound: BTreeMap::new(),
+            outbound_publishes: 0,
             inbound: BTreeSet::new(),
         }
     }
@@ -63,7 +67,14 @@ impl Store for MemoryStore {
     }
 
     fn insert_outbound(&mut self, id: PacketId, flow: OutboundFlow) {
-        self.outbound.insert(id, flow);
+        let is_publish = matches!(flow, OutboundFlow::Publish { .. });
+        let replaced = self.outbound.insert(id, flow);
+        if matches!(replaced, Some(OutboundFlow::Publish { .. })) {
+            self.outbound_publishes = self.outbound_publishes.saturating_sub(1);
+        }
+        if is_publish {
+            self.outbound_publishes += 1;
+        }
     }
 
     fn outbound(&self, id: PacketId) -> Option<OutboundFlow> {
@@ -79,7 +90,11 @@ impl Store for MemoryStore {
     }
 
     fn remove_outbound(&mut self, id: PacketId) -> Option<OutboundFlow> {
-        self.outbound.remove(&id)
+        let removed = self.outbound.remove(&id);
+        if matches!(removed, Some(OutboundFlow::Publish { .. })) {
+            self.outbound_publishes = self.outbound_publishes.saturating_sub(1);
+        }
+        removed
     }
 
     fn outbound_len(&self) -> usize {
@@ -87,10 +102,7 @@ impl Store for MemoryStore {
     }
 
     fn outbound_publish_len(&self) -> usize {
-        self.outbound
-            .values()
-            .filter(|flow| matches!(flow, OutboundFlow::Publish { .. }))
-            .count()
+        self.outbound_publishes
     }
 
     fn insert_inbound(&mut self, id: PacketId) -> bool {
@@ -116,6 +128,7 @@ impl Store for MemoryStore {
     fn take_all_requests(&mut self) -> (Vec<QueuedRequest>, Vec<OutboundFlow>) {
         let queued = self.queue.drain(..).collect();
         let outbound = std::mem::take(&mut self.outbound).into_values().collect();
+        self.outbound_publishes = 0;
         (queued, outbound)
     }
 }
@@ -276,5 +289,47 @@ mod tests {
         assert_eq!(outbound.len(), 1);
         assert_eq!(store.queued_len(), 0);
         assert_eq!(store.outbound_len(), 0);
+    }
+    #[test]
+    fn publish_count_follows_inserts_and_removals() {
+        let mut store = MemoryStore::new(4);
+        let publish = |token| OutboundFlow::Publish {
+            token: RequestToken(token),
+            packet: crate::codec::Publish {
+                dup: false,
+                delivery: crate::codec::Delivery::AtLeastOnce(PacketId::MIN),
+                retain: false,
+                topic: Some("a/b".parse().unwrap()),
+                properties: crate::codec::Properties::default(),
+                payload: bytes::Bytes::new(),
+            },
+            awaiting: crate::store::AwaitedAck::PubAck,
+        };
+        let first = PacketId::MIN;
+        let second = first.next_wrapping();
+        store.insert_outbound(first, publish(1));
+        store.insert_outbound(second, publish(2));
+        assert_eq!(store.outbound_publish_len(), 2);
+
+        // Replacing a publish with a publish, as PUBREC does, keeps the count.
+        store.insert_outbound(first, publish(1));
+        assert_eq!(store.outbound_publish_len(), 2);
+
+        let subscribe = OutboundFlow::Subscribe {
+            token: RequestToken(3),
+            filter_count: 1,
+        };
+        store.insert_outbound(second, subscribe);
+        assert_eq!(store.outbound_publish_len(), 1, "replaced by a subscribe");
+        store.remove_outbound(second);
+        assert_eq!(store.outbound_publish_len(), 1, "a subscribe removed");
+        store.remove_outbound(first);
+        assert_eq!(store.outbound_publish_len(), 0);
+        assert!(store.remove_outbound(first).is_none());
+        assert_eq!(store.outbound_publish_len(), 0, "a missing flow removed");
+
+        store.insert_outbound(first, publish(4));
+        store.take_all_requests();
+        assert_eq!(store.outbound_publish_len(), 0, "every flow taken");
     }
 }
