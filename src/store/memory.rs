@@ -15,7 +15,10 @@ pub struct MemoryStore {
     queue: VecDeque<QueuedRequest>,
     queue_capacity: usize,
     cursor: PacketId,
-    outbound: BTreeMap<PacketId, OutboundFlow>,
+    /// Outbound flows with the sequence number of their first insertion.
+    outbound: BTreeMap<PacketId, (u64, OutboundFlow)>,
+    /// Sequence number of the last flow inserted under a free identifier.
+    next_sequence: u64,
     /// Number of `OutboundFlow::Publish` entries in `outbound`, kept so that the session
     /// can check its in-flight window for each request without a scan of every flow.
     outbound_publishes: usize,
@@ -31,6 +34,7 @@ impl MemoryStore {
             queue_capacity,
             cursor: PacketId::MIN,
             outbound: BTreeMap::new(),
+            next_sequence: 0,
             outbound_publishes: 0,
             inbound: BTreeSet::new(),
         }
@@ -68,8 +72,15 @@ impl Store for MemoryStore {
 
     fn insert_outbound(&mut self, id: PacketId, flow: OutboundFlow) {
         let is_publish = matches!(flow, OutboundFlow::Publish { .. });
-        let replaced = self.outbound.insert(id, flow);
-        if matches!(replaced, Some(OutboundFlow::Publish { .. })) {
+        // A flow that moves on (PUBREC to PUBCOMP) keeps its place in the sending order.
+        let sequence = if let Some((sequence, _)) = self.outbound.get(&id) {
+            *sequence
+        } else {
+            self.next_sequence += 1;
+            self.next_sequence
+        };
+        let replaced = self.outbound.insert(id, (sequence, flow));
+        if matches!(replaced, Some((_, OutboundFlow::Publish { .. }))) {
             self.outbound_publishes = self.outbound_publishes.saturating_sub(1);
         }
         if is_publish {
@@ -78,7 +89,7 @@ impl Store for MemoryStore {
     }
 
     fn outbound(&self, id: PacketId) -> Option<OutboundFlow> {
-        self.outbound.get(&id).cloned()
+        self.outbound.get(&id).map(|(_, flow)| flow.clone())
     }
 
     fn contains_outbound(&self, id: PacketId) -> bool {
@@ -86,15 +97,21 @@ impl Store for MemoryStore {
     }
 
     fn outbound_ids(&self) -> Vec<PacketId> {
-        self.outbound.keys().copied().collect()
+        let mut ids: Vec<(u64, PacketId)> = self
+            .outbound
+            .iter()
+            .map(|(id, (sequence, _))| (*sequence, *id))
+            .collect();
+        ids.sort_unstable();
+        ids.into_iter().map(|(_, id)| id).collect()
     }
 
     fn remove_outbound(&mut self, id: PacketId) -> Option<OutboundFlow> {
-        let removed = self.outbound.remove(&id);
-        if matches!(removed, Some(OutboundFlow::Publish { .. })) {
+        let (_, removed) = self.outbound.remove(&id)?;
+        if matches!(removed, OutboundFlow::Publish { .. }) {
             self.outbound_publishes = self.outbound_publishes.saturating_sub(1);
         }
-        removed
+        Some(removed)
     }
 
     fn outbound_len(&self) -> usize {
@@ -127,7 +144,10 @@ impl Store for MemoryStore {
 
     fn take_all_requests(&mut self) -> (Vec<QueuedRequest>, Vec<OutboundFlow>) {
         let queued = self.queue.drain(..).collect();
-        let outbound = std::mem::take(&mut self.outbound).into_values().collect();
+        let outbound = std::mem::take(&mut self.outbound)
+            .into_values()
+            .map(|(_, flow)| flow)
+            .collect();
         self.outbound_publishes = 0;
         (queued, outbound)
     }
@@ -331,5 +351,29 @@ mod tests {
         store.insert_outbound(first, publish(4));
         store.take_all_requests();
         assert_eq!(store.outbound_publish_len(), 0, "every flow taken");
+    }
+    #[test]
+    fn outbound_ids_keep_first_insertion_order() {
+        let mut store = MemoryStore::new(4);
+        let flow = |token| OutboundFlow::Unsubscribe {
+            token: RequestToken(token),
+            filter_count: 1,
+        };
+        let last = PacketId::MAX;
+        let first = PacketId::MIN;
+        let second = first.next_wrapping();
+        store.insert_outbound(last, flow(1));
+        store.insert_outbound(second, flow(2));
+        store.insert_outbound(first, flow(3));
+        assert_eq!(store.outbound_ids(), [last, second, first]);
+
+        // A flow replaced under its identifier keeps its place.
+        store.insert_outbound(last, flow(1));
+        assert_eq!(store.outbound_ids(), [last, second, first]);
+
+        // An identifier freed and used again goes to the end.
+        store.remove_outbound(second);
+        store.insert_outbound(second, flow(4));
+        assert_eq!(store.outbound_ids(), [last, first, second]);
     }
 }
