@@ -93,6 +93,10 @@ async fn exhausted_ids_make_requests_wait() {
         .max_inflight(u16::MAX)
         .max_pending_requests(ALL_IDS + 16)
         .disconnect_timeout(Duration::from_millis(1))
+        .reconnect(true)
+        .reconnect_backoff(Duration::from_millis(1), Duration::from_millis(1))
+        .resume_on_reconnect(true)
+        .session_expiry(Duration::from_secs(60))
         .start()
         .unwrap();
     let mut connection = broker.accept().await;
@@ -197,6 +201,31 @@ async fn exhausted_ids_make_requests_wait() {
     let first = pending.swap_remove(1_000);
     assert!(tokio::time::timeout(STEP, first).await.unwrap().is_ok());
     drop(pending);
+
+    // After a cut, the resumed session gets every unacknowledged PUBLISH again in the
+    // order first sent [MQTT-4.6.0-1], although "waiting" reused a lower identifier.
+    connection.cut();
+    let mut resumed = broker.accept().await;
+    resumed.accept_connect(true).await;
+    let mut resent_order = Vec::with_capacity(ALL_IDS);
+    for _ in 0..ALL_IDS - 1 {
+        let publish = expect_publish(resumed.recv().await);
+        assert!(publish.dup, "resent PUBLISH carries DUP");
+        resent_order.push(String::from_utf8(publish.payload.to_vec()).unwrap());
+    }
+    let mut expected_order: Vec<String> = (0..ALL_IDS)
+        .filter(|index| *index != 1_000 && *index != 2_000)
+        .map(|index| index.to_string())
+        .collect();
+    expected_order.push("waiting".to_owned());
+    let first_difference = resent_order
+        .iter()
+        .zip(&expected_order)
+        .position(|(resent, expected)| resent != expected);
+    assert_eq!(
+        first_difference, None,
+        "resend order differs from send order at position {first_difference:?}"
+    );
 
     // The rest never gets an acknowledgement, so the disconnect ends them with Stopped.
     tokio::time::timeout(STEP, client.disconnect(Disconnect::new()))
