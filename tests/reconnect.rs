@@ -716,3 +716,227 @@ async fn backoff_delays_elapse_on_paused_clock() {
     drop(client);
     assert_actors_back_to(baseline).await;
 }
+
+/// Returns the time from `start` to now on tokio's clock, which the keep-alive tests pause.
+fn elapsed_since(start: tokio::time::Instant) -> Duration {
+    tokio::time::Instant::now() - start
+}
+
+/// Checks that `elapsed` is `expected` on a paused clock, give or take the few
+/// milliseconds that loopback I/O may let the clock advance.
+fn assert_about(elapsed: Duration, expected: Duration, what: &str) {
+    assert!(
+        elapsed >= expected && elapsed < expected + Duration::from_millis(50),
+        "{what} after {elapsed:?}, expected {expected:?}"
+    );
+}
+
+/// Resumes tokio's clock, then waits for the live actor count to return to `baseline`.
+/// The wait yields in a loop, and on a paused clock that loop would keep its own
+/// timeout from ever expiring.
+async fn resume_clock_and_check_actors(baseline: usize) {
+    tokio::time::resume();
+    assert_actors_back_to(baseline).await;
+}
+
+/// Expects the Disconnected and Reconnecting events of a keep-alive timeout.
+async fn expect_keep_alive_timeout(events: &mut UnboundedReceiver<Event>) {
+    let (cause, _) = expect_reconnecting(events).await;
+    assert!(
+        matches!(
+            cause,
+            DisconnectCause::Failed(ClientError::KeepAliveTimeout)
+        ),
+        "cause {cause:?}"
+    );
+}
+
+fn qos0_publish(name: &str, payload: &'static str) -> Packet {
+    Packet::Publish(mqttlink::codec::Publish {
+        dup: false,
+        delivery: Delivery::AtMostOnce,
+        retain: false,
+        topic: Some(topic(name)),
+        properties: Properties::default(),
+        payload: payload.into(),
+    })
+}
+
+#[actix_rt::test]
+async fn stalled_broker_misses_pingresp_deadline() {
+    let _serial = SERIAL.lock().await;
+    let baseline = live_actor_count();
+    let broker = ScriptedBroker::bind().await;
+    tokio::time::pause();
+    let keep_alive = Duration::from_secs(1);
+    let (client, mut events) = start(options(broker.port()).keep_alive(keep_alive));
+
+    let mut stalled = broker.accept().await;
+    let connect = stalled.accept_connect(false).await;
+    assert_eq!(connect.keep_alive, 1);
+    let connected_at = tokio::time::Instant::now();
+    expect_connected(&mut events, false).await;
+
+    // The broker reads nothing and sends nothing from here on, with the socket open.
+    // The client sends PINGREQ after one interval and gives up one interval later.
+    expect_keep_alive_timeout(&mut events).await;
+    assert_about(
+        elapsed_since(connected_at),
+        2 * keep_alive,
+        "keep-alive timeout",
+    );
+    let sent = stalled.until_closed().await;
+    assert_eq!(sent, [Packet::PingReq], "the client sent only PINGREQ");
+
+    // The next connection starts with fresh keep-alive state: PINGREQ one interval after
+    // CONNECT, and each PINGRESP keeps the connection up.
+    let mut second = broker.accept().await;
+    second.accept_connect(true).await;
+    let mut last = tokio::time::Instant::now();
+    expect_connected(&mut events, true).await;
+    for round in 0..3 {
+        assert_eq!(second.recv().await, Packet::PingReq, "round {round}");
+        assert_about(elapsed_since(last), keep_alive, "PINGREQ");
+        last = tokio::time::Instant::now();
+        second.send(&Packet::PingResp).await;
+    }
+    assert!(events.try_recv().is_err(), "the connection stayed up");
+
+    disconnect(&client).await;
+    expect_only_disconnect(&mut second).await;
+    drop(client);
+    resume_clock_and_check_actors(baseline).await;
+}
+
+#[actix_rt::test]
+async fn broker_traffic_does_not_hide_dead_link() {
+    let _serial = SERIAL.lock().await;
+    let baseline = live_actor_count();
+    let broker = ScriptedBroker::bind().await;
+    tokio::time::pause();
+    let keep_alive = Duration::from_secs(1);
+    let (client, mut events) = start(options(broker.port()).keep_alive(keep_alive));
+    let (messages, mut message_rx) = forward::<mqttlink::Message>();
+    client.set_default_recipient(messages.recipient());
+
+    let mut connection = broker.accept().await;
+    connection.accept_connect(false).await;
+    let connected_at = tokio::time::Instant::now();
+    expect_connected(&mut events, false).await;
+
+    // The broker keeps sending QoS 0 messages every 250 ms but never reads, so PINGREQ
+    // gets no PINGRESP. Incoming messages must not count as a PINGRESP.
+    let mut sent = 0;
+    let cause = loop {
+        assert!(sent < 40, "no keep-alive timeout after {sent} messages");
+        tokio::select! {
+            event = next(&mut events) => break event,
+            () = tokio::time::sleep(Duration::from_millis(250)) => {
+                if connection.try_send(&qos0_publish("traffic/in", "tick")).await {
+                    sent += 1;
+                }
+            }
+        }
+    };
+    assert!(
+        matches!(
+            cause,
+            Event::Disconnected {
+                reason: DisconnectCause::Failed(ClientError::KeepAliveTimeout)
+            }
+        ),
+        "cause {cause:?}"
+    );
+    assert_about(
+        elapsed_since(connected_at),
+        2 * keep_alive,
+        "keep-alive timeout",
+    );
+    let mut delivered = 0;
+    while message_rx.try_recv().is_ok() {
+        delivered += 1;
+    }
+    assert!(delivered >= 4, "{delivered} of {sent} messages delivered");
+    let rest = connection.until_closed().await;
+    assert_eq!(rest, [Packet::PingReq], "the client sent only PINGREQ");
+
+    disconnect(&client).await;
+    drop(client);
+    resume_clock_and_check_actors(baseline).await;
+}
+
+#[actix_rt::test]
+async fn server_keep_alive_replaces_client_interval() {
+    let _serial = SERIAL.lock().await;
+    let baseline = live_actor_count();
+    let broker = ScriptedBroker::bind().await;
+    tokio::time::pause();
+    // (client keep-alive, Server Keep Alive in CONNACK), both in seconds.
+    for (client_seconds, server_seconds) in [(60_u16, 1_u16), (1, 3)] {
+        let options = options(broker.port()).keep_alive(Duration::from_secs(client_seconds.into()));
+        let (client, mut events) = start(options);
+        let mut connection = broker.accept().await;
+        let properties = Properties {
+            server_keep_alive: Some(server_seconds),
+            ..Properties::default()
+        };
+        let connect = connection.accept_connect_with(false, properties).await;
+        assert_eq!(connect.keep_alive, client_seconds);
+        let connected_at = tokio::time::Instant::now();
+        expect_connected(&mut events, false).await;
+
+        let interval = Duration::from_secs(server_seconds.into());
+        assert_eq!(connection.recv().await, Packet::PingReq);
+        assert_about(elapsed_since(connected_at), interval, "PINGREQ");
+
+        // Unanswered, the PINGREQ times out one Server Keep Alive later.
+        expect_keep_alive_timeout(&mut events).await;
+        assert_about(
+            elapsed_since(connected_at),
+            2 * interval,
+            "keep-alive timeout",
+        );
+
+        disconnect(&client).await;
+        drop(client);
+        resume_clock_and_check_actors(baseline).await;
+        tokio::time::pause();
+    }
+}
+
+#[actix_rt::test]
+async fn late_pingresp_counts_only_before_deadline() {
+    let _serial = SERIAL.lock().await;
+    let baseline = live_actor_count();
+    let broker = ScriptedBroker::bind().await;
+    tokio::time::pause();
+    let keep_alive = Duration::from_secs(1);
+    let (client, mut events) = start(options(broker.port()).keep_alive(keep_alive));
+    let mut connection = broker.accept().await;
+    connection.accept_connect(false).await;
+    expect_connected(&mut events, false).await;
+
+    // PINGRESP delayed by 900 ms arrives before the deadline: the connection stays.
+    assert_eq!(connection.recv().await, Packet::PingReq);
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    connection.send(&Packet::PingResp).await;
+    assert!(events.try_recv().is_err(), "the connection stayed up");
+
+    // PINGRESP delayed by 1,100 ms misses the deadline one interval after PINGREQ.
+    assert_eq!(connection.recv().await, Packet::PingReq);
+    let pinged_at = tokio::time::Instant::now();
+    let late = async {
+        tokio::time::sleep(Duration::from_millis(1_100)).await;
+        connection.try_send(&Packet::PingResp).await
+    };
+    let timed_out = async {
+        expect_keep_alive_timeout(&mut events).await;
+        tokio::time::Instant::now()
+    };
+    let (_, timed_out_at) = tokio::join!(late, timed_out);
+    assert_about(timed_out_at - pinged_at, keep_alive, "keep-alive timeout");
+
+    disconnect(&client).await;
+    drop(client);
+    resume_clock_and_check_actors(baseline).await;
+}

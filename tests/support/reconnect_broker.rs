@@ -121,11 +121,22 @@ impl Connection {
 
     /// Expects CONNECT, accepts it with `session_present`, and returns the CONNECT.
     pub async fn accept_connect(&mut self, session_present: bool) -> Connect {
+        self.accept_connect_with(session_present, Properties::default())
+            .await
+    }
+
+    /// Expects CONNECT, accepts it with `session_present` and CONNACK `properties`, and
+    /// returns the CONNECT.
+    pub async fn accept_connect_with(
+        &mut self,
+        session_present: bool,
+        properties: Properties,
+    ) -> Connect {
         let connect = self.expect_connect().await;
         self.send(&Packet::ConnAck(ConnAck {
             session_present,
             reason: ConnectReason::Success,
-            properties: Properties::default(),
+            properties,
         }))
         .await;
         connect
@@ -152,6 +163,14 @@ impl Connection {
     pub async fn send(&mut self, packet: &Packet) {
         let out = self.encode(packet);
         tokio::time::timeout(STEP, self.stream.write_all(&out))
+            .await
+            .expect("write in time")
+            .expect("write");
+    }
+
+    /// Sends raw bytes, for packets the encoder does not produce for this version.
+    pub async fn send_raw(&mut self, bytes: &[u8]) {
+        tokio::time::timeout(STEP, self.stream.write_all(bytes))
             .await
             .expect("write in time")
             .expect("write");
