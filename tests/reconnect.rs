@@ -940,3 +940,276 @@ async fn late_pingresp_counts_only_before_deadline() {
     drop(client);
     resume_clock_and_check_actors(baseline).await;
 }
+
+/// What automatic reconnect does after a CONNACK refusal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AfterRefusal {
+    /// The client stops and fails the waiting callers.
+    Stop,
+    /// The client connects again after a backoff delay, to the next server.
+    Retry,
+}
+
+/// Every v5 CONNACK failure code with the response the reconnect policy documents.
+/// Use Another Server and Server Moved redirect, which without a Server Reference is a
+/// retry on the next server.
+const V5_REFUSALS: [(ConnectReason, AfterRefusal); 21] = [
+    (ConnectReason::UnspecifiedError, AfterRefusal::Retry),
+    (ConnectReason::MalformedPacket, AfterRefusal::Stop),
+    (ConnectReason::ProtocolError, AfterRefusal::Stop),
+    (
+        ConnectReason::ImplementationSpecificError,
+        AfterRefusal::Retry,
+    ),
+    (
+        ConnectReason::UnsupportedProtocolVersion,
+        AfterRefusal::Stop,
+    ),
+    (ConnectReason::ClientIdentifierNotValid, AfterRefusal::Stop),
+    (ConnectReason::BadUserNameOrPassword, AfterRefusal::Stop),
+    (ConnectReason::NotAuthorized, AfterRefusal::Stop),
+    (ConnectReason::ServerUnavailable, AfterRefusal::Retry),
+    (ConnectReason::ServerBusy, AfterRefusal::Retry),
+    (ConnectReason::Banned, AfterRefusal::Stop),
+    (ConnectReason::BadAuthenticationMethod, AfterRefusal::Stop),
+    (ConnectReason::TopicNameInvalid, AfterRefusal::Stop),
+    (ConnectReason::PacketTooLarge, AfterRefusal::Stop),
+    (ConnectReason::QuotaExceeded, AfterRefusal::Retry),
+    (ConnectReason::PayloadFormatInvalid, AfterRefusal::Stop),
+    (ConnectReason::RetainNotSupported, AfterRefusal::Stop),
+    (ConnectReason::QoSNotSupported, AfterRefusal::Stop),
+    (ConnectReason::UseAnotherServer, AfterRefusal::Retry),
+    (ConnectReason::ServerMoved, AfterRefusal::Retry),
+    (ConnectReason::ConnectionRateExceeded, AfterRefusal::Retry),
+];
+
+/// The MQTT 3.1.1 CONNACK return codes 1 to 5 (section 3.2.2.3), the reason each maps
+/// to, and the response.
+const V3_REFUSALS: [(u8, ConnectReason, AfterRefusal); 5] = [
+    (
+        1,
+        ConnectReason::UnsupportedProtocolVersion,
+        AfterRefusal::Stop,
+    ),
+    (
+        2,
+        ConnectReason::ClientIdentifierNotValid,
+        AfterRefusal::Stop,
+    ),
+    (3, ConnectReason::ServerUnavailable, AfterRefusal::Retry),
+    (4, ConnectReason::BadUserNameOrPassword, AfterRefusal::Stop),
+    (5, ConnectReason::NotAuthorized, AfterRefusal::Stop),
+];
+
+/// Connects a client whose broker refuses with `refusal`, the bytes of a CONNACK, and
+/// checks the reported reason and what the client does next.
+async fn check_refusal(
+    version: ProtocolVersion,
+    refusal: &[u8],
+    reason: ConnectReason,
+    after: AfterRefusal,
+) {
+    let what = format!("{version:?} {reason:?}");
+    let baseline = live_actor_count();
+    let broker = ScriptedBroker::bind().await;
+    let fallback = ScriptedBroker::bind().await;
+    let long_wait = Duration::from_secs(600);
+    let mut options = options(broker.port())
+        .protocol(version)
+        .reconnect_backoff(long_wait, long_wait)
+        .fallback_server("127.0.0.1", fallback.port());
+    if version != ProtocolVersion::V5 {
+        options = options.session_expiry(Duration::ZERO);
+    }
+    let (client, mut events) = start(options);
+    let pending = spawn_publish(&client, "t/refused", QoS::AtLeastOnce);
+
+    let mut connection = broker.accept().await;
+    connection.expect_connect().await;
+    connection.send_raw(refusal).await;
+    let rest = connection.until_closed().await;
+    assert!(
+        rest.is_empty(),
+        "{what}: packets after the refusal: {rest:?}"
+    );
+    match next(&mut events).await {
+        Event::Disconnected {
+            reason: DisconnectCause::Failed(ClientError::ConnectRefused { reason: got, .. }),
+        } => assert_eq!(got, reason, "{what}: reported reason"),
+        other => panic!("{what}: expected Disconnected, got {other:?}"),
+    }
+
+    match after {
+        AfterRefusal::Stop => {
+            match outcome(pending).await {
+                Err(ClientError::ConnectRefused { reason: got, .. }) => {
+                    assert_eq!(got, reason, "{what}: publish error");
+                }
+                other => panic!("{what}: expected ConnectRefused, got {other:?}"),
+            }
+            assert_actors_back_to(baseline).await;
+            assert!(
+                matches!(client.stats().await, Err(ClientError::Stopped)),
+                "{what}: client stopped"
+            );
+            assert!(events.try_recv().is_err(), "{what}: no Reconnecting");
+        }
+        AfterRefusal::Retry => {
+            match next(&mut events).await {
+                Event::Reconnecting {
+                    delay,
+                    port,
+                    attempt,
+                    ..
+                } => {
+                    assert_eq!(attempt, 1, "{what}: attempt");
+                    assert_eq!(port, fallback.port(), "{what}: next server");
+                    assert!(delay <= long_wait, "{what}: delay {delay:?}");
+                }
+                other => panic!("{what}: expected Reconnecting, got {other:?}"),
+            }
+            disconnect(&client).await;
+            assert!(
+                matches!(outcome(pending).await, Err(ClientError::Stopped)),
+                "{what}: publish ends with Stopped"
+            );
+            drop(client);
+            assert_actors_back_to(baseline).await;
+        }
+    }
+}
+
+#[actix_rt::test]
+async fn each_connack_refusal_follows_policy() {
+    let _serial = SERIAL.lock().await;
+    for (reason, after) in V5_REFUSALS {
+        let mut connack = bytes::BytesMut::new();
+        let packet = Packet::ConnAck(mqttlink::codec::ConnAck {
+            session_present: false,
+            reason,
+            properties: Properties::default(),
+        });
+        mqttlink::codec::encode(&packet, ProtocolVersion::V5, u32::MAX, &mut connack).unwrap();
+        check_refusal(ProtocolVersion::V5, &connack, reason, after).await;
+    }
+    for (code, reason, after) in V3_REFUSALS {
+        // CONNACK: type 2, remaining length 2, no session present, the return code.
+        let connack = [0x20, 0x02, 0x00, code];
+        check_refusal(ProtocolVersion::V3_1_1, &connack, reason, after).await;
+    }
+}
+
+/// Refuses the next `attempts` connection attempts with Server Busy and returns, for
+/// each, the delay of its Reconnecting event. Checks on the paused clock that each next
+/// attempt starts once its delay has passed, and not later.
+async fn refuse_attempts(
+    broker: &ScriptedBroker,
+    events: &mut UnboundedReceiver<Event>,
+    attempts: u32,
+) -> Vec<Duration> {
+    let mut delays = Vec::new();
+    let mut scheduled: Option<(tokio::time::Instant, Duration)> = None;
+    for expected_attempt in 1..=attempts {
+        let mut connection = broker.accept().await;
+        if let Some((at, delay)) = scheduled {
+            assert_about(elapsed_since(at), delay, "next attempt");
+        }
+        connection.reject_connect(ConnectReason::ServerBusy).await;
+        let (_, reconnecting) = expect_reconnecting(events).await;
+        let Event::Reconnecting { delay, attempt, .. } = reconnecting else {
+            unreachable!("checked by expect_reconnecting");
+        };
+        assert_eq!(attempt, expected_attempt);
+        scheduled = Some((tokio::time::Instant::now(), delay));
+        delays.push(delay);
+    }
+    delays
+}
+
+#[actix_rt::test]
+async fn backoff_ceilings_double_with_full_jitter() {
+    let _serial = SERIAL.lock().await;
+    let baseline = live_actor_count();
+    let broker = ScriptedBroker::bind().await;
+    tokio::time::pause();
+    let base = Duration::from_millis(100);
+    let max = Duration::from_millis(1_600);
+    let ceiling = |attempt: u32| max.min(base * 2_u32.pow(attempt - 1));
+
+    // The ceilings: 16 clients, 6 attempts each. Every delay of attempt n is at most
+    // its ceiling. Some exceed the ceiling of attempt n - 1 (half the ceiling once it
+    // reached the maximum), so the ceiling really doubled. All 16 staying below would
+    // happen with probability 2^-16 per attempt.
+    let clients = 16;
+    let first_attempts = 6_u32;
+    let mut by_attempt = vec![Vec::new(); first_attempts as usize];
+    for index in 0..clients {
+        let options = options(broker.port())
+            .client_id(&format!("jitter-{index}"))
+            .reconnect_backoff(base, max);
+        let (client, mut events) = start(options);
+        let delays = refuse_attempts(&broker, &mut events, first_attempts).await;
+        for (slot, delay) in by_attempt.iter_mut().zip(delays) {
+            slot.push(delay);
+        }
+        disconnect(&client).await;
+        drop(client);
+    }
+    for (index, delays) in by_attempt.iter().enumerate() {
+        let attempt = u32::try_from(index).unwrap() + 1;
+        let largest = delays.iter().max().copied().unwrap();
+        assert!(
+            largest <= ceiling(attempt),
+            "attempt {attempt}: {largest:?} above {:?}",
+            ceiling(attempt)
+        );
+        let floor = if attempt == 1 {
+            base / 2
+        } else {
+            ceiling(attempt - 1).min(ceiling(attempt) / 2)
+        };
+        assert!(
+            largest > floor,
+            "attempt {attempt}: largest of {clients} delays {largest:?} not above {floor:?}"
+        );
+    }
+
+    // The jitter: 120 attempts of one client, whose delays from attempt 5 on are drawn
+    // from [0, max]. Each quarter of the range gets at least 5 % of them (25 % is
+    // expected), and the extremes are reached within 10 %.
+    let options = options(broker.port())
+        .client_id("jitter-spread")
+        .reconnect_backoff(base, max);
+    let (client, mut events) = start(options);
+    let delays = refuse_attempts(&broker, &mut events, 120).await;
+    let capped: Vec<Duration> = delays[4..].to_vec();
+    assert!(
+        capped.iter().all(|delay| *delay <= max),
+        "delay above {max:?}"
+    );
+    let mut quarters = [0_usize; 4];
+    for delay in &capped {
+        let quarter = (delay.as_nanos() * 4 / (max.as_nanos() + 1)) as usize;
+        quarters[quarter] += 1;
+    }
+    for (quarter, count) in quarters.iter().enumerate() {
+        assert!(
+            count * 20 >= capped.len(),
+            "quarter {quarter} of [0, {max:?}] has {count} of {} delays: {quarters:?}",
+            capped.len()
+        );
+    }
+    let smallest = capped.iter().min().copied().unwrap();
+    let largest = capped.iter().max().copied().unwrap();
+    assert!(smallest < max / 10, "smallest delay {smallest:?}");
+    assert!(largest > max * 9 / 10, "largest delay {largest:?}");
+    println!(
+        "backoff jitter: {} delays in [0, {max:?}], quarters {quarters:?}, \
+         smallest {smallest:?}, largest {largest:?}",
+        capped.len()
+    );
+
+    disconnect(&client).await;
+    drop(client);
+    resume_clock_and_check_actors(baseline).await;
+}
