@@ -1014,13 +1014,10 @@ async fn check_refusal(
     let broker = ScriptedBroker::bind().await;
     let fallback = ScriptedBroker::bind().await;
     let long_wait = Duration::from_secs(600);
-    let mut options = options(broker.port())
+    let options = options(broker.port())
         .protocol(version)
         .reconnect_backoff(long_wait, long_wait)
         .fallback_server("127.0.0.1", fallback.port());
-    if version != ProtocolVersion::V5 {
-        options = options.session_expiry(Duration::ZERO);
-    }
     let (client, mut events) = start(options);
     let pending = spawn_publish(&client, "t/refused", QoS::AtLeastOnce);
 
@@ -1212,4 +1209,231 @@ async fn backoff_ceilings_double_with_full_jitter() {
     disconnect(&client).await;
     drop(client);
     resume_clock_and_check_actors(baseline).await;
+}
+
+/// Subscribes in a task of its own, answers the SUBSCRIBE with `reasons`, and returns
+/// the SUBSCRIBE as the broker received it.
+async fn subscribe_through(
+    client: &Client,
+    connection: &mut Connection,
+    subscribe: Subscribe,
+    reasons: Vec<SubAckReason>,
+) -> mqttlink::codec::Subscribe {
+    let subscriber = client.clone();
+    let task = actix_rt::spawn(async move { subscriber.subscribe(subscribe).await });
+    let sent = match connection.recv().await {
+        Packet::Subscribe(sent) => sent,
+        other => panic!("expected SUBSCRIBE, got {other:?}"),
+    };
+    connection
+        .send(&Packet::SubAck(SubAck {
+            packet_id: sent.packet_id,
+            reasons,
+            properties: Properties::default(),
+        }))
+        .await;
+    tokio::time::timeout(STEP, task)
+        .await
+        .expect("subscribe resolves in time")
+        .unwrap()
+        .expect("subscribe succeeds");
+    sent
+}
+
+/// Sends a QoS 0 message on `name` that carries `identifiers`, as a v5 broker does for
+/// the subscriptions the message matched.
+async fn publish_matching(
+    connection: &mut Connection,
+    name: &str,
+    identifiers: &[std::num::NonZeroU32],
+) {
+    let Packet::Publish(mut publish) = qos0_publish(name, "routed") else {
+        unreachable!("qos0_publish builds a PUBLISH");
+    };
+    publish.properties.subscription_identifiers = identifiers.to_vec();
+    connection.send(&Packet::Publish(publish)).await;
+}
+
+/// Unsubscribes `filter` in a task of its own and answers the UNSUBSCRIBE with success.
+async fn unsubscribe_through(client: &Client, connection: &mut Connection, filter: &str) {
+    let unsubscriber = client.clone();
+    let unsubscribe = mqttlink::Unsubscribe::new().filter(filter.parse().unwrap());
+    let task = actix_rt::spawn(async move { unsubscriber.unsubscribe(unsubscribe).await });
+    let Packet::Unsubscribe(sent) = connection.recv().await else {
+        panic!("expected UNSUBSCRIBE");
+    };
+    // MQTT 3.1.1 UNSUBACK has no reason codes.
+    let reasons = if connection.is_v5() {
+        vec![mqttlink::codec::UnsubAckReason::Success]
+    } else {
+        Vec::new()
+    };
+    connection
+        .send(&Packet::UnsubAck(mqttlink::codec::UnsubAck {
+            packet_id: sent.packet_id,
+            reasons,
+            properties: Properties::default(),
+        }))
+        .await;
+    tokio::time::timeout(STEP, task)
+        .await
+        .expect("unsubscribe resolves in time")
+        .unwrap()
+        .expect("unsubscribe succeeds");
+}
+
+/// Reads SUBSCRIBE packets until they cover `count` filters, grants each, and returns
+/// every filter with its options and the SUBSCRIBE that carried it.
+async fn read_resubscribes(
+    connection: &mut Connection,
+    count: usize,
+) -> Vec<(String, SubscriptionOptions, mqttlink::codec::Subscribe)> {
+    let mut restored = Vec::new();
+    while restored.len() < count {
+        let Packet::Subscribe(subscribe) = connection.recv().await else {
+            panic!("expected SUBSCRIBE again");
+        };
+        for (filter, options) in &subscribe.filters {
+            restored.push((filter.as_str().to_owned(), *options, subscribe.clone()));
+        }
+        connection
+            .send(&Packet::SubAck(SubAck {
+                packet_id: subscribe.packet_id,
+                reasons: vec![SubAckReason::GrantedQoS1; subscribe.filters.len()],
+                properties: Properties::default(),
+            }))
+            .await;
+    }
+    restored
+}
+
+/// Returns QoS 1 options with every v5 option away from its default. MQTT 3.1.1
+/// carries only the QoS of each filter.
+fn detailed_options(version: ProtocolVersion) -> SubscriptionOptions {
+    if version != ProtocolVersion::V5 {
+        return SubscriptionOptions::with_qos(QoS::AtLeastOnce);
+    }
+    SubscriptionOptions {
+        qos: QoS::AtLeastOnce,
+        no_local: true,
+        retain_as_published: true,
+        retain_handling: mqttlink::codec::RetainHandling::DoNotSend,
+    }
+}
+
+/// Subscribes three filters with different options in two SUBSCRIBE packets, has one
+/// filter rejected and one removed again, loses the session on the broker, and checks
+/// that the reconnect subscribes exactly the remaining granted filters again, each with
+/// its options and subscription identifier, and that messages still reach their
+/// recipients.
+async fn check_resubscribe(version: ProtocolVersion) {
+    let what = format!("{version:?}");
+    let v5 = version == ProtocolVersion::V5;
+    let baseline = live_actor_count();
+    let broker = ScriptedBroker::bind().await;
+    let (client, mut events) = start(options(broker.port()).protocol(version));
+    let (sensors, mut sensor_rx) = forward::<mqttlink::Message>();
+    let (alarms, mut alarm_rx) = forward::<mqttlink::Message>();
+
+    let mut first = broker.accept().await;
+    first.accept_connect(false).await;
+    expect_connected(&mut events, false).await;
+
+    let detailed = detailed_options(version);
+    let exactly_once = SubscriptionOptions::with_qos(QoS::ExactlyOnce);
+    let at_most_once = SubscriptionOptions::with_qos(QoS::AtMostOnce);
+    let sensor_subscribe = Subscribe::new(sensors.recipient())
+        .filter("sensors/+".parse().unwrap(), detailed)
+        .filter("rooms/#".parse().unwrap(), exactly_once)
+        .filter("secret/x".parse().unwrap(), at_most_once);
+    let sensor_reasons = vec![
+        SubAckReason::GrantedQoS1,
+        SubAckReason::GrantedQoS2,
+        SubAckReason::UnspecifiedError,
+    ];
+    let sensor_sent =
+        subscribe_through(&client, &mut first, sensor_subscribe, sensor_reasons).await;
+
+    let mut alarm_subscribe = Subscribe::new(alarms.recipient())
+        .filter("alarms".parse().unwrap(), at_most_once)
+        .filter("alarms/old".parse().unwrap(), exactly_once);
+    if v5 {
+        alarm_subscribe = alarm_subscribe.properties(Properties {
+            subscription_identifiers: vec![std::num::NonZeroU32::new(77).unwrap()],
+            ..Properties::default()
+        });
+    }
+    let alarm_reasons = vec![SubAckReason::GrantedQoS0, SubAckReason::GrantedQoS2];
+    let alarm_sent = subscribe_through(&client, &mut first, alarm_subscribe, alarm_reasons).await;
+    if v5 {
+        assert_eq!(
+            alarm_sent.properties.subscription_identifiers,
+            [std::num::NonZeroU32::new(77).unwrap()],
+            "{what}: the application's identifier is kept"
+        );
+        assert_eq!(sensor_sent.properties.subscription_identifiers.len(), 1);
+    }
+
+    unsubscribe_through(&client, &mut first, "alarms/old").await;
+
+    // The broker restarts without the session.
+    first.cut();
+    expect_reconnecting(&mut events).await;
+    let mut second = broker.accept().await;
+    let connect = second.accept_connect(false).await;
+    assert!(!connect.clean_start, "{what}: the reconnect asks to resume");
+    expect_connected(&mut events, false).await;
+    match next(&mut events).await {
+        Event::Resubscribed { filters } => assert_eq!(filters, 3, "{what}"),
+        other => panic!("{what}: expected Resubscribed, got {other:?}"),
+    }
+
+    // Granted filters, in order, with the SUBSCRIBE each was first sent in.
+    let expected = [
+        ("sensors/+", detailed, &sensor_sent),
+        ("rooms/#", exactly_once, &sensor_sent),
+        ("alarms", at_most_once, &alarm_sent),
+    ];
+    let restored = read_resubscribes(&mut second, expected.len()).await;
+    assert_eq!(restored.len(), expected.len(), "{what}: {restored:?}");
+    for ((filter, options, subscribe), (expected_filter, expected_options, original)) in
+        restored.iter().zip(&expected)
+    {
+        assert_eq!(filter, expected_filter, "{what}: filter order");
+        assert_eq!(options, expected_options, "{what}: options of {filter}");
+        assert_eq!(
+            subscribe.properties.subscription_identifiers,
+            original.properties.subscription_identifiers,
+            "{what}: subscription identifier of {filter}"
+        );
+    }
+
+    // The routes survived: each recipient gets its own messages, and the removed
+    // filter matches nothing.
+    let sensor_ids = &sensor_sent.properties.subscription_identifiers;
+    let alarm_ids = &alarm_sent.properties.subscription_identifiers;
+    publish_matching(&mut second, "sensors/kitchen", sensor_ids).await;
+    publish_matching(&mut second, "alarms/old", &[]).await;
+    publish_matching(&mut second, "alarms", alarm_ids).await;
+    assert_eq!(next(&mut sensor_rx).await.topic, topic("sensors/kitchen"));
+    assert_eq!(next(&mut alarm_rx).await.topic, topic("alarms"));
+    assert!(sensor_rx.try_recv().is_err(), "{what}: one message each");
+    assert!(alarm_rx.try_recv().is_err(), "{what}: alarms/old is gone");
+    let stats = client.stats().await.unwrap();
+    assert_eq!(
+        stats.unmatched_messages, 1,
+        "{what}: alarms/old matched nothing"
+    );
+
+    disconnect(&client).await;
+    expect_only_disconnect(&mut second).await;
+    drop(client);
+    assert_actors_back_to(baseline).await;
+}
+
+#[actix_rt::test]
+async fn lost_session_restores_granted_filters() {
+    let _serial = SERIAL.lock().await;
+    check_resubscribe(ProtocolVersion::V3_1_1).await;
+    check_resubscribe(ProtocolVersion::V5).await;
 }

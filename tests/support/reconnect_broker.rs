@@ -168,6 +168,11 @@ impl Connection {
             .expect("write");
     }
 
+    /// Returns `true` when the client's CONNECT asked for MQTT 5.0.
+    pub fn is_v5(&self) -> bool {
+        self.decoder.version() == Some(ProtocolVersion::V5)
+    }
+
     /// Sends raw bytes, for packets the encoder does not produce for this version.
     pub async fn send_raw(&mut self, bytes: &[u8]) {
         tokio::time::timeout(STEP, self.stream.write_all(bytes))
