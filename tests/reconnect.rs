@@ -1437,3 +1437,116 @@ async fn lost_session_restores_granted_filters() {
     check_resubscribe(ProtocolVersion::V3_1_1).await;
     check_resubscribe(ProtocolVersion::V5).await;
 }
+
+fn qos2_publish(packet_id: PacketId, dup: bool, payload: &'static str) -> Packet {
+    Packet::Publish(mqttlink::codec::Publish {
+        dup,
+        delivery: Delivery::ExactlyOnce(packet_id),
+        retain: false,
+        topic: Some(topic("exactly/once")),
+        properties: Properties::default(),
+        payload: payload.into(),
+    })
+}
+
+fn pubrel(packet_id: PacketId) -> Packet {
+    Packet::PubRel(mqttlink::codec::PubRel {
+        packet_id,
+        reason: PubCompReason::Success,
+        properties: Properties::default(),
+    })
+}
+
+async fn expect_pubrec(connection: &mut Connection, packet_id: PacketId, what: &str) {
+    match connection.recv().await {
+        Packet::PubRec(rec) => assert_eq!(rec.packet_id, packet_id, "{what}"),
+        other => panic!("{what}: expected PUBREC, got {other:?}"),
+    }
+}
+
+async fn expect_pubcomp(
+    connection: &mut Connection,
+    packet_id: PacketId,
+    reason: PubCompReason,
+    what: &str,
+) {
+    match connection.recv().await {
+        Packet::PubComp(comp) => {
+            assert_eq!(comp.packet_id, packet_id, "{what}");
+            assert_eq!(comp.reason, reason, "{what}");
+        }
+        other => panic!("{what}: expected PUBCOMP, got {other:?}"),
+    }
+}
+
+/// Checks that a QoS 2 message the broker sends again after a resumed session is
+/// acknowledged again but delivered once, that PUBREL for an identifier already
+/// released still gets PUBCOMP, and that after a lost session the same identifier
+/// carries a new message, which is delivered.
+async fn check_inbound_qos2_across_reconnect(version: ProtocolVersion) {
+    let what = format!("{version:?}");
+    let baseline = live_actor_count();
+    let broker = ScriptedBroker::bind().await;
+    let (client, mut events) = start(options(broker.port()).protocol(version));
+    let (messages, mut message_rx) = forward::<mqttlink::Message>();
+    client.set_default_recipient(messages.recipient());
+    let id = PacketId::try_from(9).unwrap();
+
+    let mut first = broker.accept().await;
+    first.accept_connect(false).await;
+    expect_connected(&mut events, false).await;
+    first.send(&qos2_publish(id, false, "first")).await;
+    expect_pubrec(&mut first, id, &what).await;
+    assert_eq!(next(&mut message_rx).await.payload, "first");
+    first.cut();
+    expect_reconnecting(&mut events).await;
+
+    // The resumed session: the broker did not see PUBREC, so it sends the PUBLISH again.
+    let mut second = broker.accept().await;
+    second.accept_connect(true).await;
+    expect_connected(&mut events, true).await;
+    second.send(&qos2_publish(id, true, "first")).await;
+    expect_pubrec(&mut second, id, &what).await;
+    second.send(&pubrel(id)).await;
+    expect_pubcomp(&mut second, id, PubCompReason::Success, &what).await;
+    // A PUBREL repeated because its PUBCOMP was lost still gets PUBCOMP.
+    second.send(&pubrel(id)).await;
+    let unknown = if version == ProtocolVersion::V5 {
+        PubCompReason::PacketIdentifierNotFound
+    } else {
+        PubCompReason::Success
+    };
+    expect_pubcomp(&mut second, id, unknown, &what).await;
+    // A QoS 0 marker sent after the flow arrives next, so no second copy was queued.
+    second.send(&qos0_publish("exactly/once", "marker")).await;
+    assert_eq!(next(&mut message_rx).await.payload, "marker", "{what}");
+
+    // A PUBLISH awaiting PUBREL when the session is lost: the new session may use the
+    // same identifier for a new message, which must be delivered.
+    second.send(&qos2_publish(id, false, "second")).await;
+    expect_pubrec(&mut second, id, &what).await;
+    assert_eq!(next(&mut message_rx).await.payload, "second");
+    second.cut();
+    expect_reconnecting(&mut events).await;
+    let mut third = broker.accept().await;
+    third.accept_connect(false).await;
+    expect_connected(&mut events, false).await;
+    third.send(&qos2_publish(id, false, "third")).await;
+    expect_pubrec(&mut third, id, &what).await;
+    assert_eq!(next(&mut message_rx).await.payload, "third", "{what}");
+    third.send(&pubrel(id)).await;
+    expect_pubcomp(&mut third, id, PubCompReason::Success, &what).await;
+
+    disconnect(&client).await;
+    expect_only_disconnect(&mut third).await;
+    drop(client);
+    assert_actors_back_to(baseline).await;
+    assert!(message_rx.try_recv().is_err(), "{what}: no further copies");
+}
+
+#[actix_rt::test]
+async fn inbound_qos2_duplicate_across_reconnect() {
+    let _serial = SERIAL.lock().await;
+    check_inbound_qos2_across_reconnect(ProtocolVersion::V3_1_1).await;
+    check_inbound_qos2_across_reconnect(ProtocolVersion::V5).await;
+}
