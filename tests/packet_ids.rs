@@ -3,7 +3,9 @@
 //! PUBLISH, SUBSCRIBE and UNSUBSCRIBE share one identifier space of 65,535 values, and
 //! 0 is never used. With every identifier in flight, new requests must wait in the
 //! queue without failing and without being sent. Acknowledging one identifier lets
-//! exactly one waiting request go, with that identifier.
+//! exactly one waiting request go, with that identifier. After a cut, the resumed
+//! session sends the unacknowledged publishes again in the order first sent, although
+//! the identifiers wrapped.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,

@@ -1322,10 +1322,10 @@ fn detailed_options(version: ProtocolVersion) -> SubscriptionOptions {
 }
 
 /// Subscribes three filters with different options in two SUBSCRIBE packets, has one
-/// filter rejected and one removed again, loses the session on the broker, and checks
-/// that the reconnect subscribes exactly the remaining granted filters again, each with
-/// its options and subscription identifier, and that messages still reach their
-/// recipients.
+/// filter rejected and one removed again, and loses the session on the broker. Then
+/// checks that the reconnect subscribes exactly the remaining granted filters again,
+/// each with its options and subscription identifier, and that messages still reach
+/// their recipients.
 async fn check_resubscribe(version: ProtocolVersion) {
     let what = format!("{version:?}");
     let v5 = version == ProtocolVersion::V5;
@@ -1480,9 +1480,9 @@ async fn expect_pubcomp(
 }
 
 /// Checks that a QoS 2 message the broker sends again after a resumed session is
-/// acknowledged again but delivered once, that PUBREL for an identifier already
-/// released still gets PUBCOMP, and that after a lost session the same identifier
-/// carries a new message, which is delivered.
+/// acknowledged again but delivered once, and that PUBREL for an identifier already
+/// released still gets PUBCOMP. After a lost session the same identifier carries a new
+/// message, which must be delivered.
 async fn check_inbound_qos2_across_reconnect(version: ProtocolVersion) {
     let what = format!("{version:?}");
     let baseline = live_actor_count();
@@ -1549,4 +1549,71 @@ async fn inbound_qos2_duplicate_across_reconnect() {
     let _serial = SERIAL.lock().await;
     check_inbound_qos2_across_reconnect(ProtocolVersion::V3_1_1).await;
     check_inbound_qos2_across_reconnect(ProtocolVersion::V5).await;
+}
+
+#[actix_rt::test]
+async fn connack_delayed_past_timeout_retries() {
+    let _serial = SERIAL.lock().await;
+    let baseline = live_actor_count();
+    let broker = ScriptedBroker::bind().await;
+    tokio::time::pause();
+    let timeout = Duration::from_secs(2);
+    let (client, mut events) = start(options(broker.port()).connect_timeout(timeout));
+    let in_flight = spawn_publish(&client, "t/delayed", QoS::AtLeastOnce);
+
+    // CONNACK delayed by 2.5 s misses the connect timeout; the late CONNACK finds the
+    // connection closed.
+    let mut late = broker.accept().await;
+    late.expect_connect().await;
+    let connecting_at = tokio::time::Instant::now();
+    let timed_out = async {
+        let (cause, _) = expect_reconnecting(&mut events).await;
+        (cause, tokio::time::Instant::now())
+    };
+    let delayed_connack = async {
+        tokio::time::sleep(Duration::from_millis(2_500)).await;
+        late.try_send(&Packet::ConnAck(mqttlink::codec::ConnAck {
+            session_present: false,
+            reason: ConnectReason::Success,
+            properties: Properties::default(),
+        }))
+        .await
+    };
+    let ((cause, timed_out_at), _) = tokio::join!(timed_out, delayed_connack);
+    assert!(
+        matches!(cause, DisconnectCause::Failed(ClientError::ConnectTimeout)),
+        "cause {cause:?}"
+    );
+    assert_about(timed_out_at - connecting_at, timeout, "connect timeout");
+    let rest = late.until_closed().await;
+    assert!(rest.is_empty(), "packets after CONNECT: {rest:?}");
+
+    // CONNACK delayed by 1.5 s is within the timeout: the connection is accepted and the
+    // queued publish goes out on it.
+    let mut accepted = broker.accept().await;
+    let connect = accepted.expect_connect().await;
+    assert!(connect.clean_start, "no connection was accepted before");
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    accepted
+        .send(&Packet::ConnAck(mqttlink::codec::ConnAck {
+            session_present: false,
+            reason: ConnectReason::Success,
+            properties: Properties::default(),
+        }))
+        .await;
+    expect_connected(&mut events, false).await;
+    let sent = expect_publish(accepted.recv().await);
+    accepted
+        .send(&Packet::PubAck(PubAck {
+            packet_id: packet_id(&sent),
+            reason: PubAckReason::Success,
+            properties: Properties::default(),
+        }))
+        .await;
+    assert!(outcome(in_flight).await.is_ok());
+
+    disconnect(&client).await;
+    expect_only_disconnect(&mut accepted).await;
+    drop(client);
+    resume_clock_and_check_actors(baseline).await;
 }
