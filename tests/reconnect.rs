@@ -1211,7 +1211,7 @@ async fn backoff_ceilings_double_with_full_jitter() {
     resume_clock_and_check_actors(baseline).await;
 }
 
-/// Subscribes in a task of its own, answers the SUBSCRIBE with `reasons`, and returns
+/// Subscribes in a task of its own, acknowledges the SUBSCRIBE with `reasons`, and returns
 /// the SUBSCRIBE as the broker received it.
 async fn subscribe_through(
     client: &Client,
@@ -1254,7 +1254,7 @@ async fn publish_matching(
     connection.send(&Packet::Publish(publish)).await;
 }
 
-/// Unsubscribes `filter` in a task of its own and answers the UNSUBSCRIBE with success.
+/// Unsubscribes `filter` in a task of its own and acknowledges the UNSUBSCRIBE with success.
 async fn unsubscribe_through(client: &Client, connection: &mut Connection, filter: &str) {
     let unsubscriber = client.clone();
     let unsubscribe = mqttlink::Unsubscribe::new().filter(filter.parse().unwrap());
