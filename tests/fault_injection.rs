@@ -1,21 +1,22 @@
 //! Connection cuts at every packet boundary of the QoS 1 and QoS 2 flows, in both
 //! directions, against a fake broker that follows the protocol and keeps the session.
 //!
-//! For each protocol version, QoS and flow direction, a run without faults first counts
-//! the packets the broker reads and writes on the connection. Then one run per packet
-//! and fault style cuts the first connection there: before the broker reads the packet,
-//! with a reset while it is in transit, before the broker writes it, or after half of
-//! it was written. Each fault runs three ways: once on the first connection, again on
-//! each of the first three connections, and (for messages the client publishes) once
-//! followed by a broker restart that lost the session.
+//! For each protocol version, QoS and flow direction (the client publishes, the broker
+//! publishes, or both at the same time), a run without faults first counts the packets
+//! the broker reads and writes on the connection. Then one run per packet and fault
+//! style cuts the first connection there: before the broker reads the packet, with a
+//! reset while it is in transit, before the broker writes it, or after half of it was
+//! written. Each fault runs once on the first connection and again on each of the first
+//! three connections. When only the client publishes, it also runs once followed by a
+//! broker restart that lost the session.
 //!
-//! Every run sends three messages on each of two topics and checks that QoS 1 arrived
-//! at least once and QoS 2 exactly once (unless the broker lost its session, where
-//! MQTT promises only at least once), first copies in order per topic, each publish
-//! caller answered once with success and only after the broker wrote the final
-//! acknowledgement, and that live actors and open file descriptors returned to their
-//! baseline. Run it with `cargo test --test fault_injection -- --nocapture` to see the
-//! table of counts.
+//! Every run sends three messages on each of two topics in each direction it covers.
+//! It checks that QoS 1 arrived at least once and QoS 2 exactly once, except that a
+//! broker that lost its session owes only at least once. The first copies must arrive
+//! in order per topic, and each publish caller must get one successful outcome, only
+//! after the broker wrote the final acknowledgement. Live actors and open file
+//! descriptors must return to their baseline after each run. Run it with
+//! `cargo test --test fault_injection -- --nocapture` to see the table of counts.
 //!
 //! The only test of this file measures process-wide counts, so the file holds no other
 //! test that could change them meanwhile.
@@ -39,8 +40,12 @@ use std::time::Duration;
 use actor_broker::{assert_actors_back_to, forward, STEP};
 use bytes::Bytes;
 use mqttlink::codec::{ProtocolVersion, PubAckReason, QoS, TopicName};
-use mqttlink::{live_actor_count, ClientOptions, Disconnect, Message, Publish};
+use mqttlink::{
+    live_actor_count, Client, ClientError, ClientOptions, Disconnect, Message, Publish,
+    PublishOutcome,
+};
 use reconnect_broker::{ConnectionReport, Ended, Fault, Restart, Script, SessionBroker};
+use tokio::task::JoinHandle;
 
 /// Topics of every run; each gets `MESSAGES_PER_TOPIC` messages.
 const TOPICS: [&str; 2] = ["faults/a", "faults/b"];
@@ -58,6 +63,18 @@ enum Flow {
     Outbound,
     /// The broker publishes to the client.
     Inbound,
+    /// Both publish at the same time, so the flows of both directions interleave.
+    Both,
+}
+
+impl Flow {
+    fn client_publishes(self) -> bool {
+        matches!(self, Self::Outbound | Self::Both)
+    }
+
+    fn broker_publishes(self) -> bool {
+        matches!(self, Self::Inbound | Self::Both)
+    }
 }
 
 /// How often and with what session handling a run repeats its fault.
@@ -89,6 +106,7 @@ impl fmt::Display for Case {
         let flow = match self.flow {
             Flow::Outbound => "client publishes",
             Flow::Inbound => "broker publishes",
+            Flow::Both => "both publish",
         };
         write!(f, "{version} QoS {} {flow}", self.qos.level())
     }
@@ -99,6 +117,8 @@ impl fmt::Display for Case {
 struct Run {
     /// One report per connection the broker served.
     connections: Vec<ConnectionReport>,
+    /// Messages published, in both directions together.
+    sent: usize,
     /// Copies delivered to the recipient: the broker for outbound runs, the
     /// application's recipient for inbound runs.
     delivered: usize,
@@ -121,7 +141,7 @@ impl Tally {
     fn add(&mut self, run: &Run) {
         self.runs += 1;
         self.connections += run.connections.len();
-        self.sent += TOPICS.len() * MESSAGES_PER_TOPIC;
+        self.sent += run.sent;
         self.delivered += run.delivered;
         self.duplicates += run.duplicates;
     }
@@ -222,24 +242,16 @@ async fn run(case: Case, scripts: &[Script], what: &str) -> Run {
     let (recipient, mut message_rx) = forward::<Message>();
     client.set_default_recipient(recipient.clone().recipient());
 
-    let mut publishes = Vec::new();
-    for (name, payload) in messages() {
-        match case.flow {
-            Flow::Inbound => broker.queue(topic(name), payload, case.qos),
-            Flow::Outbound => {
-                let publish = Publish::new(topic(name), payload.clone()).qos(case.qos);
-                let pending = client.try_publish(publish).unwrap();
-                let broker = Rc::clone(&broker);
-                // The broker runs on this thread, so its state at the moment the caller
-                // gets the answer shows whether the acknowledgement was already written.
-                publishes.push(actix_rt::spawn(async move {
-                    let outcome = pending.await;
-                    let acknowledged = broker.session.borrow().acknowledged.contains(&payload);
-                    (payload, outcome, acknowledged)
-                }));
-            }
+    if case.flow.broker_publishes() {
+        for (name, payload) in messages() {
+            broker.queue(topic(name), payload, case.qos);
         }
     }
+    let publishes = if case.flow.client_publishes() {
+        start_publishes(&client, &broker, case.qos)
+    } else {
+        Vec::new()
+    };
     let serving = {
         let broker = Rc::clone(&broker);
         let scripts = scripts.to_vec();
@@ -247,26 +259,9 @@ async fn run(case: Case, scripts: &[Script], what: &str) -> Run {
     };
 
     let mut received = Vec::new();
-    match case.flow {
-        Flow::Outbound => {
-            for task in publishes {
-                let (payload, outcome, acknowledged) = tokio::time::timeout(STEP, task)
-                    .await
-                    .unwrap_or_else(|_| panic!("{what}: publish resolves in time"))
-                    .unwrap();
-                let outcome = outcome.unwrap_or_else(|error| {
-                    panic!("{what}: publish of {payload:?} failed: {error}")
-                });
-                assert_eq!(outcome.reason, Some(PubAckReason::Success), "{what}");
-                assert!(
-                    acknowledged,
-                    "{what}: publish of {payload:?} answered before the final acknowledgement"
-                );
-            }
-        }
-        Flow::Inbound => {
-            await_inbound(&broker, &mut message_rx, &mut received, what).await;
-        }
+    await_publishes(publishes, what).await;
+    if case.flow.broker_publishes() {
+        await_inbound(&broker, &mut message_rx, &mut received, what).await;
     }
 
     tokio::time::timeout(STEP, client.disconnect(Disconnect::new()))
@@ -300,15 +295,69 @@ async fn run(case: Case, scripts: &[Script], what: &str) -> Run {
         && !scripts
             .iter()
             .any(|script| script.restart == Restart::LoseSession);
-    let arrived = match case.flow {
-        Flow::Outbound => broker.session.borrow().received.clone(),
-        Flow::Inbound => received,
-    };
-    let duplicates = check_arrivals(&arrived, exactly_once, what);
+    let mut sent = 0;
+    let mut delivered = 0;
+    let mut duplicates = 0;
+    if case.flow.client_publishes() {
+        let arrived = broker.session.borrow().received.clone();
+        sent += messages().len();
+        delivered += arrived.len();
+        duplicates += check_arrivals(&arrived, exactly_once, &format!("{what}, at the broker"));
+    }
+    if case.flow.broker_publishes() {
+        sent += messages().len();
+        delivered += received.len();
+        duplicates += check_arrivals(&received, exactly_once, &format!("{what}, at the client"));
+    }
     Run {
         connections,
-        delivered: arrived.len(),
+        sent,
+        delivered,
         duplicates,
+    }
+}
+
+/// A publish's payload, its outcome, and whether the broker had written the final
+/// acknowledgement when the caller got the outcome.
+type Answered = (Bytes, Result<PublishOutcome, ClientError>, bool);
+
+/// Queues every message of a run as a publish of `client`, and returns one task per
+/// publish.
+fn start_publishes(
+    client: &Client,
+    broker: &Rc<SessionBroker>,
+    qos: QoS,
+) -> Vec<JoinHandle<Answered>> {
+    let mut publishes = Vec::new();
+    for (name, payload) in messages() {
+        let publish = Publish::new(topic(name), payload.clone()).qos(qos);
+        let pending = client.try_publish(publish).unwrap();
+        let broker = Rc::clone(broker);
+        // The broker runs on this thread, so its state at the moment the caller gets the
+        // outcome shows whether the acknowledgement was already written.
+        publishes.push(actix_rt::spawn(async move {
+            let outcome = pending.await;
+            let acknowledged = broker.session.borrow().acknowledged.contains(&payload);
+            (payload, outcome, acknowledged)
+        }));
+    }
+    publishes
+}
+
+/// Checks that every publish succeeded, and only after its final acknowledgement.
+async fn await_publishes(publishes: Vec<JoinHandle<Answered>>, what: &str) {
+    for task in publishes {
+        let (payload, outcome, acknowledged) = tokio::time::timeout(STEP, task)
+            .await
+            .unwrap_or_else(|_| panic!("{what}: publish resolves in time"))
+            .unwrap();
+        let outcome = outcome
+            .unwrap_or_else(|error| panic!("{what}: publish of {payload:?} failed: {error}"));
+        assert_eq!(outcome.reason, Some(PubAckReason::Success), "{what}");
+        assert!(
+            acknowledged,
+            "{what}: publish of {payload:?} completed before the final acknowledgement"
+        );
     }
 }
 
@@ -397,7 +446,7 @@ async fn every_cut_point_keeps_delivery_guarantees() {
     let mut cases = Vec::new();
     for version in [ProtocolVersion::V3_1_1, ProtocolVersion::V5] {
         for qos in [QoS::AtLeastOnce, QoS::ExactlyOnce] {
-            for flow in [Flow::Outbound, Flow::Inbound] {
+            for flow in [Flow::Outbound, Flow::Inbound, Flow::Both] {
                 cases.push(Case { version, qos, flow });
             }
         }
@@ -419,7 +468,7 @@ async fn every_cut_point_keeps_delivery_guarantees() {
         let repeats: &[Repeat] = match case.flow {
             Flow::Outbound => &[Repeat::Once, Repeat::Repeated, Repeat::SessionLost],
             // A broker that lost the session lost the messages queued in it too.
-            Flow::Inbound => &[Repeat::Once, Repeat::Repeated],
+            Flow::Inbound | Flow::Both => &[Repeat::Once, Repeat::Repeated],
         };
         for &repeat in repeats {
             let mut tally = Tally {

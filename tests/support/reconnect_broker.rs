@@ -54,6 +54,8 @@ impl ScriptedBroker {
             .await
             .expect("client connects in time")
             .expect("accept");
+        // Without it, a second small write waits for the client's delayed ACK.
+        stream.set_nodelay(true).expect("set TCP_NODELAY");
         Connection {
             stream,
             decoder: Decoder::for_server(),
