@@ -1617,3 +1617,90 @@ async fn connack_delayed_past_timeout_retries() {
     drop(client);
     resume_clock_and_check_actors(baseline).await;
 }
+
+#[actix_rt::test]
+async fn subscribe_in_flight_across_cut_answered_once() {
+    let _serial = SERIAL.lock().await;
+    let baseline = live_actor_count();
+    let broker = ScriptedBroker::bind().await;
+    let (client, mut events) = start(options(broker.port()));
+    let (recipient, _messages) = forward::<mqttlink::Message>();
+
+    let mut first = broker.accept().await;
+    first.accept_connect(false).await;
+    expect_connected(&mut events, false).await;
+
+    // SUBSCRIBE and UNSUBSCRIBE both sent, neither acknowledged, when the cut comes.
+    let subscriber = client.clone();
+    let subscribe = Subscribe::new(recipient.recipient()).filter(
+        "cut/#".parse().unwrap(),
+        SubscriptionOptions::with_qos(QoS::AtLeastOnce),
+    );
+    let subscribed = actix_rt::spawn(async move { subscriber.subscribe(subscribe).await });
+    let Packet::Subscribe(sent_subscribe) = first.recv().await else {
+        panic!("expected SUBSCRIBE");
+    };
+    let unsubscriber = client.clone();
+    let unsubscribe = mqttlink::Unsubscribe::new().filter("old/#".parse().unwrap());
+    let unsubscribed = actix_rt::spawn(async move { unsubscriber.unsubscribe(unsubscribe).await });
+    let Packet::Unsubscribe(sent_unsubscribe) = first.recv().await else {
+        panic!("expected UNSUBSCRIBE");
+    };
+    first.cut();
+    expect_reconnecting(&mut events).await;
+    assert!(!subscribed.is_finished(), "no answer before SUBACK");
+    assert!(!unsubscribed.is_finished(), "no answer before UNSUBACK");
+
+    // MQTT does not resend them on a resumed session, so the client sends them anew,
+    // in their original order.
+    let mut second = broker.accept().await;
+    second.accept_connect(true).await;
+    expect_connected(&mut events, true).await;
+    let Packet::Subscribe(again) = second.recv().await else {
+        panic!("expected SUBSCRIBE again");
+    };
+    assert_eq!(again.filters, sent_subscribe.filters);
+    let Packet::Unsubscribe(again_unsubscribe) = second.recv().await else {
+        panic!("expected UNSUBSCRIBE again");
+    };
+    assert_eq!(again_unsubscribe.filters, sent_unsubscribe.filters);
+    assert_ne!(again.packet_id, again_unsubscribe.packet_id);
+
+    // The broker acknowledges the new identifiers, in the opposite order. SUBACK for an
+    // identifier that no flow uses any more would be a protocol violation.
+    second
+        .send(&Packet::UnsubAck(mqttlink::codec::UnsubAck {
+            packet_id: again_unsubscribe.packet_id,
+            reasons: vec![mqttlink::codec::UnsubAckReason::Success],
+            properties: Properties::default(),
+        }))
+        .await;
+    let removed = tokio::time::timeout(STEP, unsubscribed)
+        .await
+        .expect("unsubscribe resolves in time")
+        .unwrap()
+        .expect("unsubscribe succeeds");
+    assert_eq!(removed.reasons, [mqttlink::codec::UnsubAckReason::Success]);
+    assert!(
+        !subscribed.is_finished(),
+        "the subscribe still waits for its SUBACK"
+    );
+    second
+        .send(&Packet::SubAck(SubAck {
+            packet_id: again.packet_id,
+            reasons: vec![SubAckReason::GrantedQoS1],
+            properties: Properties::default(),
+        }))
+        .await;
+    let granted = tokio::time::timeout(STEP, subscribed)
+        .await
+        .expect("subscribe resolves in time")
+        .unwrap()
+        .expect("subscribe succeeds");
+    assert_eq!(granted.reasons, [SubAckReason::GrantedQoS1]);
+
+    disconnect(&client).await;
+    expect_only_disconnect(&mut second).await;
+    drop(client);
+    assert_actors_back_to(baseline).await;
+}
