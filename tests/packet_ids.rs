@@ -131,7 +131,7 @@ async fn exhausted_ids_make_requests_wait() {
     assert_eq!(ids.first(), Some(&1), "identifier 0 is never used");
     assert_eq!(ids.last(), Some(&u16::MAX));
 
-    // Every identifier is in flight: a publish and a subscribe must wait.
+    // Every identifier is in flight: a publish, a subscribe and an unsubscribe wait.
     let waiting_publish = actix_rt::spawn(queue_publish(&client, "waiting".to_owned()).await);
     let (recipient, _messages) = forward::<mqttlink::Message>();
     let subscribe = Subscribe::new(recipient.recipient()).filter(
@@ -140,9 +140,13 @@ async fn exhausted_ids_make_requests_wait() {
     );
     let subscriber = client.clone();
     let waiting_subscribe = actix_rt::spawn(async move { subscriber.subscribe(subscribe).await });
+    let unsubscriber = client.clone();
+    let unsubscribe = mqttlink::Unsubscribe::new().filter("ids/old".parse().unwrap());
+    let waiting_unsubscribe =
+        actix_rt::spawn(async move { unsubscriber.unsubscribe(unsubscribe).await });
     let_actors_run().await;
     let stats = client.stats().await.unwrap();
-    assert_eq!(stats.queued_requests, 2, "both requests wait in the queue");
+    assert_eq!(stats.queued_requests, 3, "every request waits in the queue");
     assert_eq!(stats.inflight_out, ALL_IDS);
     let packets_out = stats.packets_out;
 
@@ -155,7 +159,11 @@ async fn exhausted_ids_make_requests_wait() {
         stats.packets_out, packets_out,
         "nothing is sent while waiting"
     );
-    assert_eq!(stats.queued_requests, 2);
+    assert_eq!(stats.queued_requests, 3);
+    assert!(
+        !waiting_unsubscribe.is_finished(),
+        "the waiting unsubscribe has no result yet"
+    );
     assert!(
         !waiting_publish.is_finished(),
         "the waiting publish has no result yet"
@@ -175,7 +183,10 @@ async fn exhausted_ids_make_requests_wait() {
     assert_eq!(resent.delivery.packet_id(), Some(freed));
     let_actors_run().await;
     let stats = client.stats().await.unwrap();
-    assert_eq!(stats.queued_requests, 1, "the subscribe still waits");
+    assert_eq!(
+        stats.queued_requests, 2,
+        "the subscribe and unsubscribe still wait"
+    );
     assert_eq!(stats.packets_out, packets_out + 1, "only one packet left");
 
     // Freeing a second identifier lets the subscribe go, with that identifier.
@@ -186,6 +197,9 @@ async fn exhausted_ids_make_requests_wait() {
         other => panic!("expected SUBSCRIBE, got {other:?}"),
     };
     assert_eq!(subscribe.packet_id, freed);
+    let_actors_run().await;
+    let stats = client.stats().await.unwrap();
+    assert_eq!(stats.queued_requests, 1, "the unsubscribe still waits");
     connection
         .send(&Packet::SubAck(SubAck {
             packet_id: subscribe.packet_id,
@@ -198,6 +212,26 @@ async fn exhausted_ids_make_requests_wait() {
         .expect("subscribe resolves in time")
         .unwrap()
         .expect("subscribe succeeds");
+
+    // SUBACK freed the subscribe's identifier, which lets the unsubscribe go with it.
+    let unsubscribe = match connection.recv().await {
+        Packet::Unsubscribe(unsubscribe) => unsubscribe,
+        other => panic!("expected UNSUBSCRIBE, got {other:?}"),
+    };
+    assert_eq!(unsubscribe.packet_id, subscribe.packet_id);
+    connection
+        .send(&Packet::UnsubAck(mqttlink::codec::UnsubAck {
+            packet_id: unsubscribe.packet_id,
+            reasons: vec![mqttlink::codec::UnsubAckReason::Success],
+            properties: Properties::default(),
+        }))
+        .await;
+    tokio::time::timeout(STEP, waiting_unsubscribe)
+        .await
+        .expect("unsubscribe resolves in time")
+        .unwrap()
+        .expect("unsubscribe succeeds");
+    assert_eq!(client.stats().await.unwrap().queued_requests, 0);
 
     // The first acknowledged publish completed with success.
     let first = pending.swap_remove(1_000);
@@ -216,7 +250,7 @@ async fn exhausted_ids_make_requests_wait() {
         resent_order.push(String::from_utf8(publish.payload.to_vec()).unwrap());
     }
     let mut expected_order: Vec<String> = (0..ALL_IDS)
-        .filter(|index| *index != 1_000 && *index != 2_000)
+        .filter(|index| ![1_000, 2_000].contains(index))
         .map(|index| index.to_string())
         .collect();
     expected_order.push("waiting".to_owned());
