@@ -18,6 +18,7 @@ mod actor_broker;
 #[path = "support/reconnect_broker.rs"]
 mod reconnect_broker;
 
+use std::alloc::System;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
@@ -31,9 +32,18 @@ use mqttlink::{
     Subscribe,
 };
 use reconnect_broker::{Connection, ScriptedBroker};
+use stats_alloc::{StatsAlloc, INSTRUMENTED_SYSTEM};
 
 /// Every packet identifier there is.
 const ALL_IDS: usize = u16::MAX as usize;
+
+/// Allocations allowed in the whole process while every request waits for an identifier
+/// through ten minutes of paused time, advanced one second at a time, and 1,600 yields
+/// to the actors.
+const MAX_IDLE_ALLOCATIONS: usize = 64;
+
+#[global_allocator]
+static ALLOCATOR: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
 
 fn topic(name: &str) -> TopicName {
     name.parse().unwrap()
@@ -150,10 +160,23 @@ async fn exhausted_ids_make_requests_wait() {
     assert_eq!(stats.inflight_out, ALL_IDS);
     let packets_out = stats.packets_out;
 
-    // Time passing changes nothing: no packet, no failure.
+    // Time passing changes nothing: no packet, no failure, and no work. A client that
+    // polled for a free identifier, by timer or by messages to itself, would allocate
+    // on every round (actix boxes each message), so the allocations count its work.
     tokio::time::pause();
-    tokio::time::advance(Duration::from_secs(600)).await;
+    let allocations_before = ALLOCATOR.stats().allocations;
+    // Advancing one second at a time lets every timer due on the way fire.
+    for _ in 0..600 {
+        tokio::time::advance(Duration::from_secs(1)).await;
+        tokio::task::yield_now().await;
+    }
     let_actors_run().await;
+    let allocations = ALLOCATOR.stats().allocations - allocations_before;
+    println!("allocations while waiting for a packet identifier: {allocations}");
+    assert!(
+        allocations <= MAX_IDLE_ALLOCATIONS,
+        "{allocations} allocations while every request waits"
+    );
     let stats = client.stats().await.unwrap();
     assert_eq!(
         stats.packets_out, packets_out,
