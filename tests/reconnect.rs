@@ -2,8 +2,10 @@
 //!
 //! The tests cover resending unacknowledged flows after a cut, subscribing again when the
 //! session is gone, stopping on fatal CONNACK codes and retrying on transient ones,
-//! failover, and ending cleanly while a reconnect is pending. Backoff delays are a few
-//! milliseconds, and no test reads the wall clock.
+//! failover, and ending cleanly while a reconnect is pending. Others run on a paused
+//! tokio clock: keep-alive against a stalled broker, delayed PINGRESP and CONNACK, and
+//! the spacing and jitter of the backoff. Backoff delays are a few milliseconds, and no
+//! test reads the wall clock.
 
 #![allow(
     clippy::unwrap_used,
