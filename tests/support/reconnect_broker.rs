@@ -401,8 +401,8 @@ impl SessionBroker {
         self.broker.port()
     }
 
-    /// Queues a message for the client; it is sent on the next connection, or at once
-    /// when the broker is between packets of a connection.
+    /// Queues a message for the client. It is sent after CONNACK of the next
+    /// connection, or on the current one after the next packet the client sends.
     pub fn queue(&self, topic: TopicName, payload: Bytes, qos: QoS) {
         self.session
             .borrow_mut()
