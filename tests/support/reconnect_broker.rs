@@ -635,7 +635,7 @@ impl SessionBroker {
         }
     }
 
-    /// Answers PUBREL with PUBCOMP and forgets the identifier once PUBCOMP is written,
+    /// Sends PUBCOMP for a PUBREL and forgets the identifier once PUBCOMP is written,
     /// so a PUBREL repeated after a cut still finds the message it completes.
     async fn on_pubrel(&self, io: &mut FaultyConnection, id: PacketId) -> Step {
         let known = self.session.borrow().awaiting_pubrel.contains_key(&id);
