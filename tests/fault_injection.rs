@@ -8,7 +8,10 @@
 //! reset while it is in transit, before the broker writes it, or after half of it was
 //! written. Each fault runs once on the first connection and again on each of the first
 //! three connections. When only the client publishes, it also runs once followed by a
-//! broker restart that lost the session.
+//! broker restart that lost the session. Last, on a paused clock, the broker stalls
+//! before each packet it writes: it keeps the socket open and acts on nothing, so the
+//! client must give up through its PINGRESP deadline (its connect timeout before
+//! CONNACK) and reconnect.
 //!
 //! Every run sends three messages on each of two topics in each direction it covers.
 //! It checks that QoS 1 arrived at least once and QoS 2 exactly once, except that a
@@ -87,6 +90,19 @@ enum Repeat {
     /// The first connection is cut, and the broker accepts the next one as if it
     /// restarted without the session.
     SessionLost,
+    /// The first connection stalls, on a paused clock, until the client gives up on it
+    /// through its PINGRESP deadline (or its connect timeout, before CONNACK).
+    Stalled,
+}
+
+impl Repeat {
+    /// Returns how the fault ends the first connection.
+    fn ends_with(self) -> Ended {
+        match self {
+            Self::Stalled => Ended::Stalled,
+            Self::Once | Self::Repeated | Self::SessionLost => Ended::Cut,
+        }
+    }
 }
 
 /// One combination of version, QoS and direction.
@@ -167,8 +183,19 @@ fn sequence_of(payload: &[u8]) -> usize {
     text.rsplit('#').next().unwrap().parse().unwrap()
 }
 
-fn options(case: Case, port: u16) -> ClientOptions {
-    let options = ClientOptions::new("127.0.0.1", port)
+/// Keep-alive interval and connect timeout of the runs that stall, short enough that the
+/// client gives up within the `STEP` bound of every wait. Runs without a stall keep the
+/// defaults, so a slow machine never adds a PINGREQ that would shift the packet counts.
+const STALL_DETECTION: Duration = Duration::from_secs(1);
+
+fn options(case: Case, port: u16, stalls: bool) -> ClientOptions {
+    let mut options = ClientOptions::new("127.0.0.1", port);
+    if stalls {
+        options = options
+            .keep_alive(STALL_DETECTION)
+            .connect_timeout(STALL_DETECTION);
+    }
+    let options = options
         .client_id("fault-injection")
         .protocol(case.version)
         .reconnect(true)
@@ -236,9 +263,18 @@ fn check_arrivals(arrived: &[(String, Bytes)], exactly_once: bool, what: &str) -
 /// Runs one client against a broker that plays `scripts`, with the messages flowing as
 /// `case` sets, and checks the guarantees.
 async fn run(case: Case, scripts: &[Script], what: &str) -> Run {
+    // A stall is detected only after the keep-alive interval, which a paused clock
+    // passes at once. The clock runs again before the leak checks, whose waits yield in
+    // a loop that a paused clock would never time out.
+    let stalls = scripts
+        .iter()
+        .any(|script| matches!(script.fault, Some(Fault::StallBeforeWrite(_))));
+    if stalls {
+        tokio::time::pause();
+    }
     let baseline = live_actor_count();
     let broker = Rc::new(SessionBroker::bind().await);
-    let client = options(case, broker.port()).start().unwrap();
+    let client = options(case, broker.port(), stalls).start().unwrap();
     let (recipient, mut message_rx) = forward::<Message>();
     client.set_default_recipient(recipient.clone().recipient());
 
@@ -262,6 +298,9 @@ async fn run(case: Case, scripts: &[Script], what: &str) -> Run {
     await_publishes(publishes, what).await;
     if case.flow.broker_publishes() {
         await_inbound(&broker, &mut message_rx, &mut received, what).await;
+    }
+    if stalls {
+        tokio::time::resume();
     }
 
     tokio::time::timeout(STEP, client.disconnect(Disconnect::new()))
@@ -407,9 +446,14 @@ async fn await_inbound(
     }
 }
 
-/// Returns every fault of the first connection: each style at each packet the broker
+/// Returns a stall at each packet the broker wrote in the run without faults.
+fn stalls(clean: &ConnectionReport) -> Vec<Fault> {
+    (0..clean.writes).map(Fault::StallBeforeWrite).collect()
+}
+
+/// Returns every cut of the first connection: each style at each packet the broker
 /// read (CONNECT and the flows, not DISCONNECT) or wrote in the run without faults.
-fn faults(clean: &ConnectionReport) -> Vec<Fault> {
+fn cuts(clean: &ConnectionReport) -> Vec<Fault> {
     let reads_before_disconnect = clean.reads - 1;
     let mut faults = Vec::new();
     for index in 0..reads_before_disconnect {
@@ -429,7 +473,7 @@ fn scripts(fault: Fault, repeat: Repeat) -> Vec<Script> {
         restart: Restart::KeepSession,
     };
     match repeat {
-        Repeat::Once => vec![cut],
+        Repeat::Once | Repeat::Stalled => vec![cut],
         Repeat::Repeated => vec![cut; REPEATED_CUTS],
         Repeat::SessionLost => vec![
             cut,
@@ -463,14 +507,19 @@ async fn every_cut_point_keeps_delivery_guarantees() {
         let clean = run(case, &[Script::CLEAN], &format!("{case}, no fault")).await;
         assert_eq!(clean.connections.len(), 1, "{case}: one connection");
         assert_eq!(clean.duplicates, 0, "{case}: no duplicates without faults");
-        let faults = faults(&clean.connections[0]);
+        let cuts = cuts(&clean.connections[0]);
+        let mut plans = vec![
+            (Repeat::Once, cuts.clone()),
+            (Repeat::Repeated, cuts.clone()),
+        ];
+        // A broker that lost the session lost the messages queued in it too, so only
+        // runs in which just the client publishes can check delivery after that.
+        if case.flow == Flow::Outbound {
+            plans.push((Repeat::SessionLost, cuts));
+        }
+        plans.push((Repeat::Stalled, stalls(&clean.connections[0])));
 
-        let repeats: &[Repeat] = match case.flow {
-            Flow::Outbound => &[Repeat::Once, Repeat::Repeated, Repeat::SessionLost],
-            // A broker that lost the session lost the messages queued in it too.
-            Flow::Inbound | Flow::Both => &[Repeat::Once, Repeat::Repeated],
-        };
-        for &repeat in repeats {
+        for (repeat, faults) in plans {
             let mut tally = Tally {
                 cut_points: faults.len(),
                 ..Tally::default()
@@ -480,10 +529,16 @@ async fn every_cut_point_keeps_delivery_guarantees() {
                 let run = run(case, &scripts(fault, repeat), &what).await;
                 assert_eq!(
                     run.connections[0].ended,
-                    Ended::Cut,
-                    "{what}: the fault cut the first connection"
+                    repeat.ends_with(),
+                    "{what}: the fault ended the first connection"
                 );
                 assert!(run.connections.len() >= 2, "{what}: the client reconnected");
+                if repeat == Repeat::Stalled && fault != Fault::StallBeforeWrite(0) {
+                    assert_eq!(
+                        run.connections[0].unanswered_pings, 1,
+                        "{what}: one PINGREQ, then the PINGRESP deadline ended the connection"
+                    );
+                }
                 tally.add(&run);
                 assert_fds_back_to(fd_baseline, &what).await;
             }

@@ -249,6 +249,9 @@ pub enum Fault {
     CutBeforeWrite(usize),
     /// Write the first half of broker packet `n`, then cut the connection.
     CutInsideWrite(usize),
+    /// Stall instead of writing broker packet `n`: keep the socket open, act on
+    /// nothing the client sends and send nothing, until the client closes it.
+    StallBeforeWrite(usize),
 }
 
 /// How [`SessionBroker`] treats the session state at the start of one connection.
@@ -283,6 +286,8 @@ impl Script {
 pub enum Ended {
     /// The scripted fault cut the connection.
     Cut,
+    /// The scripted fault stalled the connection until the client closed it.
+    Stalled,
     /// The client sent DISCONNECT and closed the connection.
     Disconnected,
     /// The client closed the connection without DISCONNECT.
@@ -298,6 +303,8 @@ pub struct ConnectionReport {
     pub writes: usize,
     /// How the connection ended.
     pub ended: Ended,
+    /// PINGREQ packets the client sent while the connection stalled.
+    pub unanswered_pings: usize,
 }
 
 /// Stage of a QoS 1 or 2 message the broker sent to the client.
@@ -443,11 +450,22 @@ impl SessionBroker {
             Ok(()) => unreachable!("a connection runs until it ends"),
             Err(ended) => ended,
         };
+        let mut unanswered_pings = 0;
+        if ended == Ended::Stalled {
+            // The broker drains what the client sends so that it sees the close, but it
+            // acts on none of it: PINGREQ gets no PINGRESP.
+            let drained = io.until_closed().await;
+            unanswered_pings = drained
+                .iter()
+                .filter(|packet| matches!(packet, Packet::PingReq))
+                .count();
+        }
         self.changed.notify_one();
         ConnectionReport {
             reads: io.reads,
             writes: io.writes,
             ended,
+            unanswered_pings,
         }
     }
 
@@ -755,6 +773,10 @@ impl FaultyConnection {
                 let half = connection.encode(packet).len() / 2;
                 connection.cut_inside(packet, half.max(1)).await;
                 return Err(Ended::Cut);
+            }
+            Some(Fault::StallBeforeWrite(n)) if n == index => {
+                self.connection = Some(connection);
+                return Err(Ended::Stalled);
             }
             _ => {}
         }
