@@ -810,12 +810,11 @@ async fn stalled_broker_misses_pingresp_deadline() {
     resume_clock_and_check_actors(baseline).await;
 }
 
-#[actix_rt::test]
-async fn broker_traffic_does_not_hide_dead_link() {
-    let _serial = SERIAL.lock().await;
-    let baseline = live_actor_count();
-    let broker = ScriptedBroker::bind().await;
-    tokio::time::pause();
+/// Connects a client with a one second keep-alive to a broker that sends a message with
+/// `qos` every 250 ms but never reads, and checks that the client still gives up at the
+/// PINGRESP deadline. Returns what the client sent on the connection.
+async fn check_dead_link_under_traffic(broker: &ScriptedBroker, qos: QoS) -> Vec<Packet> {
+    let what = format!("QoS {} traffic", qos.level());
     let keep_alive = Duration::from_secs(1);
     let (client, mut events) = start(options(broker.port()).keep_alive(keep_alive));
     let (messages, mut message_rx) = forward::<mqttlink::Message>();
@@ -826,15 +825,24 @@ async fn broker_traffic_does_not_hide_dead_link() {
     let connected_at = tokio::time::Instant::now();
     expect_connected(&mut events, false).await;
 
-    // The broker keeps sending QoS 0 messages every 250 ms but never reads, so PINGREQ
-    // gets no PINGRESP. Incoming messages must not count as a PINGRESP.
-    let mut sent = 0;
+    let mut sent: u16 = 0;
     let cause = loop {
-        assert!(sent < 40, "no keep-alive timeout after {sent} messages");
+        assert!(
+            sent < 40,
+            "{what}: no keep-alive timeout after {sent} messages"
+        );
         tokio::select! {
             event = next(&mut events) => break event,
             () = tokio::time::sleep(Duration::from_millis(250)) => {
-                if connection.try_send(&qos0_publish("traffic/in", "tick")).await {
+                let delivery = match qos {
+                    QoS::AtMostOnce => Delivery::AtMostOnce,
+                    _ => Delivery::AtLeastOnce(PacketId::try_from(sent + 1).unwrap()),
+                };
+                let Packet::Publish(mut publish) = qos0_publish("traffic/in", "tick") else {
+                    unreachable!("qos0_publish builds a PUBLISH");
+                };
+                publish.delivery = delivery;
+                if connection.try_send(&Packet::Publish(publish)).await {
                     sent += 1;
                 }
             }
@@ -847,23 +855,48 @@ async fn broker_traffic_does_not_hide_dead_link() {
                 reason: DisconnectCause::Failed(ClientError::KeepAliveTimeout)
             }
         ),
-        "cause {cause:?}"
+        "{what}: cause {cause:?}"
     );
-    assert_about(
-        elapsed_since(connected_at),
-        2 * keep_alive,
-        "keep-alive timeout",
-    );
+    assert_about(elapsed_since(connected_at), 2 * keep_alive, &what);
     let mut delivered = 0;
     while message_rx.try_recv().is_ok() {
         delivered += 1;
     }
-    assert!(delivered >= 4, "{delivered} of {sent} messages delivered");
-    let rest = connection.until_closed().await;
-    assert_eq!(rest, [Packet::PingReq], "the client sent only PINGREQ");
+    assert!(
+        delivered >= 4,
+        "{what}: {delivered} of {sent} messages delivered"
+    );
 
     disconnect(&client).await;
     drop(client);
+    connection.until_closed().await
+}
+
+#[actix_rt::test]
+async fn broker_traffic_does_not_hide_dead_link() {
+    let _serial = SERIAL.lock().await;
+    let baseline = live_actor_count();
+    let broker = ScriptedBroker::bind().await;
+    tokio::time::pause();
+
+    // Incoming messages must not count as a PINGRESP.
+    let sent = check_dead_link_under_traffic(&broker, QoS::AtMostOnce).await;
+    assert_eq!(sent, [Packet::PingReq], "the client sent only PINGREQ");
+
+    // The PUBACKs the client sends for QoS 1 messages do not postpone PINGREQ either,
+    // because they do not show that the broker reads.
+    let sent = check_dead_link_under_traffic(&broker, QoS::AtLeastOnce).await;
+    let pings = sent
+        .iter()
+        .filter(|packet| matches!(packet, Packet::PingReq))
+        .count();
+    assert_eq!(pings, 1, "one PINGREQ among {sent:?}");
+    assert!(
+        sent.iter()
+            .all(|packet| matches!(packet, Packet::PingReq | Packet::PubAck(_))),
+        "only PUBACK and PINGREQ: {sent:?}"
+    );
+
     resume_clock_and_check_actors(baseline).await;
 }
 
