@@ -1739,3 +1739,76 @@ async fn subscribe_in_flight_across_cut_answered_once() {
     drop(client);
     assert_actors_back_to(baseline).await;
 }
+
+/// Waits for the client to reconnect after a broker restart, skipping the events of
+/// attempts that failed while the broker was down, and returns Session Present.
+async fn await_reconnected(events: &mut UnboundedReceiver<Event>) -> bool {
+    // Bounded: the restart takes well under the 100 attempts allowed here.
+    for _ in 0..100 {
+        match next(events).await {
+            Event::Connected {
+                session_present, ..
+            } => return session_present,
+            Event::Disconnected { .. } | Event::Reconnecting { .. } => {}
+            other => panic!("expected the reconnect, got {other:?}"),
+        }
+    }
+    panic!("no reconnect within 100 events");
+}
+
+#[actix_rt::test]
+async fn mosquitto_restart_without_session_resubscribes() {
+    let _serial = SERIAL.lock().await;
+    let baseline = live_actor_count();
+    let Some(mut broker) = RestartableMosquitto::start_with("reconnect-resubscribe", false).await
+    else {
+        return;
+    };
+
+    for version in [ProtocolVersion::V3_1_1, ProtocolVersion::V5] {
+        let mut options = ClientOptions::new("127.0.0.1", broker.port())
+            .client_id(&format!("resubscriber-{}", version.level()))
+            .protocol(version)
+            .reconnect(true)
+            .reconnect_backoff(Duration::from_millis(5), Duration::from_millis(100))
+            .resume_on_reconnect(true);
+        if version == ProtocolVersion::V5 {
+            options = options.session_expiry(Duration::from_secs(60));
+        }
+        let (client, mut events) = start(options);
+        expect_connected(&mut events, false).await;
+        let (messages, mut message_rx) = forward::<mqttlink::Message>();
+        let subscribe = Subscribe::new(messages.recipient()).filter(
+            "lost/#".parse().unwrap(),
+            SubscriptionOptions::with_qos(QoS::AtLeastOnce),
+        );
+        tokio::time::timeout(STEP, client.subscribe(subscribe))
+            .await
+            .expect("subscribe resolves in time")
+            .unwrap();
+
+        // Without persistence the restarted broker has no session for the client.
+        broker.restart().await;
+        let session_present = await_reconnected(&mut events).await;
+        assert!(!session_present, "{version:?}: the broker lost the session");
+        match next(&mut events).await {
+            Event::Resubscribed { filters } => assert_eq!(filters, 1, "{version:?}"),
+            other => panic!("{version:?}: expected Resubscribed, got {other:?}"),
+        }
+
+        // The client's own message, sent after the SUBSCRIBE on the same connection,
+        // reaches it only through the restored subscription.
+        let publish = Publish::new(topic("lost/again"), "after restart").qos(QoS::AtLeastOnce);
+        tokio::time::timeout(STEP, client.publish(publish))
+            .await
+            .expect("publish resolves in time")
+            .unwrap();
+        let message = next(&mut message_rx).await;
+        assert_eq!(message.topic, topic("lost/again"), "{version:?}");
+        assert_eq!(message.payload, "after restart");
+
+        disconnect(&client).await;
+        drop(client);
+        assert_actors_back_to(baseline).await;
+    }
+}

@@ -819,6 +819,13 @@ impl RestartableMosquitto {
     /// Starts a broker with persistence in a fresh directory, or returns `None` after
     /// printing why the test is skipped when no binary exists.
     pub async fn start(name: &str) -> Option<Self> {
+        Self::start_with(name, true).await
+    }
+
+    /// Starts a broker in a fresh directory, with persistence or without, so that a
+    /// restart keeps the sessions or loses them. Returns `None` after printing why the
+    /// test is skipped when no binary exists.
+    pub async fn start_with(name: &str, persistence: bool) -> Option<Self> {
         let binary = std::env::var_os(MOSQUITTO_BINARY_VAR)
             .map_or_else(|| "/usr/sbin/mosquitto".into(), std::path::PathBuf::from);
         if !binary.is_file() {
@@ -838,7 +845,7 @@ impl RestartableMosquitto {
             .expect("find a free port")
             .port();
         let mut config = format!(
-            "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\n\
+            "listener {port} 127.0.0.1\nallow_anonymous true\npersistence {persistence}\n\
              persistence_location {}/\nlog_dest file {}/mosquitto.log\n\
              log_type all\nmax_queued_messages 10000\n",
             dir.display(),
