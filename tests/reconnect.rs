@@ -2,8 +2,10 @@
 //!
 //! The tests cover resending unacknowledged flows after a cut, subscribing again when the
 //! session is gone, stopping on fatal CONNACK codes and retrying on transient ones,
-//! failover, and ending cleanly while a reconnect is pending. Backoff delays are a few
-//! milliseconds, and no test reads the wall clock.
+//! failover, and ending cleanly while a reconnect is pending. Others run on a paused
+//! tokio clock: keep-alive against a stalled broker, delayed PINGRESP and CONNACK, and
+//! the spacing and jitter of the backoff. Backoff delays are a few milliseconds, and no
+//! test reads the wall clock.
 
 #![allow(
     clippy::unwrap_used,
@@ -21,8 +23,8 @@ use std::time::Duration;
 
 use actor_broker::{assert_actors_back_to, forward, next, STEP};
 use mqttlink::codec::{
-    ConnectReason, Delivery, Packet, PacketId, Properties, PubAck, PubAckReason, PubComp,
-    PubCompReason, PubRec, QoS, SubAck, SubAckReason, SubscriptionOptions,
+    ConnectReason, Delivery, Packet, PacketId, Properties, ProtocolVersion, PubAck, PubAckReason,
+    PubComp, PubCompReason, PubRec, QoS, SubAck, SubAckReason, SubscriptionOptions,
 };
 use mqttlink::{
     live_actor_count, Client, ClientError, ClientOptions, ClosedBy, Disconnect, DisconnectCause,
@@ -888,4 +890,1100 @@ async fn session_taken_over_stops_for_good() {
         events.try_recv().is_err(),
         "no Reconnecting after the session was taken over"
     );
+}
+
+/// Returns the time from `start` to now on tokio's clock, which the keep-alive tests pause.
+fn elapsed_since(start: tokio::time::Instant) -> Duration {
+    tokio::time::Instant::now() - start
+}
+
+/// Checks that `elapsed` is `expected` on a paused clock, give or take the few
+/// milliseconds that loopback I/O may let the clock advance.
+fn assert_about(elapsed: Duration, expected: Duration, what: &str) {
+    assert!(
+        elapsed >= expected && elapsed < expected + Duration::from_millis(50),
+        "{what} after {elapsed:?}, expected {expected:?}"
+    );
+}
+
+/// Resumes tokio's clock, then waits for the live actor count to return to `baseline`.
+/// The wait yields in a loop, and on a paused clock that loop would keep its own
+/// timeout from ever expiring.
+async fn resume_clock_and_check_actors(baseline: usize) {
+    tokio::time::resume();
+    assert_actors_back_to(baseline).await;
+}
+
+/// Expects the Disconnected and Reconnecting events of a keep-alive timeout.
+async fn expect_keep_alive_timeout(events: &mut UnboundedReceiver<Event>) {
+    let (cause, _) = expect_reconnecting(events).await;
+    assert!(
+        matches!(
+            cause,
+            DisconnectCause::Failed(ClientError::KeepAliveTimeout)
+        ),
+        "cause {cause:?}"
+    );
+}
+
+fn qos0_publish(name: &str, payload: &'static str) -> Packet {
+    Packet::Publish(mqttlink::codec::Publish {
+        dup: false,
+        delivery: Delivery::AtMostOnce,
+        retain: false,
+        topic: Some(topic(name)),
+        properties: Properties::default(),
+        payload: payload.into(),
+    })
+}
+
+#[actix_rt::test]
+async fn stalled_broker_misses_pingresp_deadline() {
+    let _serial = SERIAL.lock().await;
+    let baseline = live_actor_count();
+    let broker = ScriptedBroker::bind().await;
+    tokio::time::pause();
+    let keep_alive = Duration::from_secs(1);
+    let (client, mut events) = start(options(broker.port()).keep_alive(keep_alive));
+
+    let mut stalled = broker.accept().await;
+    let connect = stalled.accept_connect(false).await;
+    assert_eq!(connect.keep_alive, 1);
+    let connected_at = tokio::time::Instant::now();
+    expect_connected(&mut events, false).await;
+
+    // The broker reads nothing and sends nothing from here on, with the socket open.
+    // The client sends PINGREQ after one interval and gives up one interval later.
+    expect_keep_alive_timeout(&mut events).await;
+    assert_about(
+        elapsed_since(connected_at),
+        2 * keep_alive,
+        "keep-alive timeout",
+    );
+    let sent = stalled.until_closed().await;
+    assert_eq!(sent, [Packet::PingReq], "the client sent only PINGREQ");
+
+    // The next connection starts with fresh keep-alive state: PINGREQ one interval after
+    // CONNECT, and each PINGRESP keeps the connection up.
+    let mut second = broker.accept().await;
+    second.accept_connect(true).await;
+    let mut last = tokio::time::Instant::now();
+    expect_connected(&mut events, true).await;
+    for round in 0..3 {
+        assert_eq!(second.recv().await, Packet::PingReq, "round {round}");
+        assert_about(elapsed_since(last), keep_alive, "PINGREQ");
+        last = tokio::time::Instant::now();
+        second.send(&Packet::PingResp).await;
+    }
+    assert!(events.try_recv().is_err(), "the connection stayed up");
+
+    disconnect(&client).await;
+    expect_only_disconnect(&mut second).await;
+    drop(client);
+    resume_clock_and_check_actors(baseline).await;
+}
+
+/// Connects a client with a one second keep-alive to a broker that sends a message with
+/// `qos` every 250 ms but never reads, and checks that the client still gives up at the
+/// PINGRESP deadline. Returns what the client sent on the connection.
+async fn check_dead_link_under_traffic(broker: &ScriptedBroker, qos: QoS) -> Vec<Packet> {
+    let what = format!("QoS {} traffic", qos.level());
+    let keep_alive = Duration::from_secs(1);
+    let (client, mut events) = start(options(broker.port()).keep_alive(keep_alive));
+    let (messages, mut message_rx) = forward::<mqttlink::Message>();
+    client.set_default_recipient(messages.recipient());
+
+    let mut connection = broker.accept().await;
+    connection.accept_connect(false).await;
+    let connected_at = tokio::time::Instant::now();
+    expect_connected(&mut events, false).await;
+
+    let mut sent: u16 = 0;
+    let cause = loop {
+        assert!(
+            sent < 40,
+            "{what}: no keep-alive timeout after {sent} messages"
+        );
+        tokio::select! {
+            event = next(&mut events) => break event,
+            () = tokio::time::sleep(Duration::from_millis(250)) => {
+                let delivery = match qos {
+                    QoS::AtMostOnce => Delivery::AtMostOnce,
+                    _ => Delivery::AtLeastOnce(PacketId::try_from(sent + 1).unwrap()),
+                };
+                let Packet::Publish(mut publish) = qos0_publish("traffic/in", "tick") else {
+                    unreachable!("qos0_publish builds a PUBLISH");
+                };
+                publish.delivery = delivery;
+                if connection.try_send(&Packet::Publish(publish)).await {
+                    sent += 1;
+                }
+            }
+        }
+    };
+    assert!(
+        matches!(
+            cause,
+            Event::Disconnected {
+                reason: DisconnectCause::Failed(ClientError::KeepAliveTimeout)
+            }
+        ),
+        "{what}: cause {cause:?}"
+    );
+    assert_about(elapsed_since(connected_at), 2 * keep_alive, &what);
+    let mut delivered = 0;
+    while message_rx.try_recv().is_ok() {
+        delivered += 1;
+    }
+    assert!(
+        delivered >= 4,
+        "{what}: {delivered} of {sent} messages delivered"
+    );
+
+    disconnect(&client).await;
+    drop(client);
+    connection.until_closed().await
+}
+
+#[actix_rt::test]
+async fn broker_traffic_does_not_hide_dead_link() {
+    let _serial = SERIAL.lock().await;
+    let baseline = live_actor_count();
+    let broker = ScriptedBroker::bind().await;
+    tokio::time::pause();
+
+    // Incoming messages must not count as a PINGRESP.
+    let sent = check_dead_link_under_traffic(&broker, QoS::AtMostOnce).await;
+    assert_eq!(sent, [Packet::PingReq], "the client sent only PINGREQ");
+
+    // The PUBACKs the client sends for QoS 1 messages do not postpone PINGREQ either,
+    // because they do not show that the broker reads.
+    let sent = check_dead_link_under_traffic(&broker, QoS::AtLeastOnce).await;
+    let pings = sent
+        .iter()
+        .filter(|packet| matches!(packet, Packet::PingReq))
+        .count();
+    assert_eq!(pings, 1, "one PINGREQ among {sent:?}");
+    assert!(
+        sent.iter()
+            .all(|packet| matches!(packet, Packet::PingReq | Packet::PubAck(_))),
+        "only PUBACK and PINGREQ: {sent:?}"
+    );
+
+    resume_clock_and_check_actors(baseline).await;
+}
+
+#[actix_rt::test]
+async fn server_keep_alive_replaces_client_interval() {
+    let _serial = SERIAL.lock().await;
+    let baseline = live_actor_count();
+    let broker = ScriptedBroker::bind().await;
+    tokio::time::pause();
+    // (client keep-alive, Server Keep Alive in CONNACK), both in seconds.
+    for (client_seconds, server_seconds) in [(60_u16, 1_u16), (1, 3)] {
+        let options = options(broker.port()).keep_alive(Duration::from_secs(client_seconds.into()));
+        let (client, mut events) = start(options);
+        let mut connection = broker.accept().await;
+        let properties = Properties {
+            server_keep_alive: Some(server_seconds),
+            ..Properties::default()
+        };
+        let connect = connection.accept_connect_with(false, properties).await;
+        assert_eq!(connect.keep_alive, client_seconds);
+        let connected_at = tokio::time::Instant::now();
+        expect_connected(&mut events, false).await;
+
+        let interval = Duration::from_secs(server_seconds.into());
+        assert_eq!(connection.recv().await, Packet::PingReq);
+        assert_about(elapsed_since(connected_at), interval, "PINGREQ");
+
+        // Unanswered, the PINGREQ times out one Server Keep Alive later.
+        expect_keep_alive_timeout(&mut events).await;
+        assert_about(
+            elapsed_since(connected_at),
+            2 * interval,
+            "keep-alive timeout",
+        );
+
+        disconnect(&client).await;
+        drop(client);
+        resume_clock_and_check_actors(baseline).await;
+        tokio::time::pause();
+    }
+}
+
+#[actix_rt::test]
+async fn late_pingresp_counts_only_before_deadline() {
+    let _serial = SERIAL.lock().await;
+    let baseline = live_actor_count();
+    let broker = ScriptedBroker::bind().await;
+    tokio::time::pause();
+    let keep_alive = Duration::from_secs(1);
+    let (client, mut events) = start(options(broker.port()).keep_alive(keep_alive));
+    let mut connection = broker.accept().await;
+    connection.accept_connect(false).await;
+    expect_connected(&mut events, false).await;
+
+    // PINGRESP delayed by 900 ms arrives before the deadline: the connection stays.
+    assert_eq!(connection.recv().await, Packet::PingReq);
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    connection.send(&Packet::PingResp).await;
+    assert!(events.try_recv().is_err(), "the connection stayed up");
+
+    // PINGRESP delayed by 1,100 ms misses the deadline one interval after PINGREQ.
+    assert_eq!(connection.recv().await, Packet::PingReq);
+    let pinged_at = tokio::time::Instant::now();
+    let late = async {
+        tokio::time::sleep(Duration::from_millis(1_100)).await;
+        connection.try_send(&Packet::PingResp).await
+    };
+    let timed_out = async {
+        expect_keep_alive_timeout(&mut events).await;
+        tokio::time::Instant::now()
+    };
+    let (_, timed_out_at) = tokio::join!(late, timed_out);
+    assert_about(timed_out_at - pinged_at, keep_alive, "keep-alive timeout");
+
+    disconnect(&client).await;
+    drop(client);
+    resume_clock_and_check_actors(baseline).await;
+}
+
+/// What automatic reconnect does after a CONNACK refusal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AfterRefusal {
+    /// The client stops and fails the waiting callers.
+    Stop,
+    /// The client connects again after a backoff delay, to the next server.
+    Retry,
+}
+
+/// Every v5 CONNACK failure code with the response the reconnect policy documents.
+/// Use Another Server and Server Moved redirect, which without a Server Reference is a
+/// retry on the next server.
+const V5_REFUSALS: [(ConnectReason, AfterRefusal); 21] = [
+    (ConnectReason::UnspecifiedError, AfterRefusal::Retry),
+    (ConnectReason::MalformedPacket, AfterRefusal::Stop),
+    (ConnectReason::ProtocolError, AfterRefusal::Stop),
+    (
+        ConnectReason::ImplementationSpecificError,
+        AfterRefusal::Retry,
+    ),
+    (
+        ConnectReason::UnsupportedProtocolVersion,
+        AfterRefusal::Stop,
+    ),
+    (ConnectReason::ClientIdentifierNotValid, AfterRefusal::Stop),
+    (ConnectReason::BadUserNameOrPassword, AfterRefusal::Stop),
+    (ConnectReason::NotAuthorized, AfterRefusal::Stop),
+    (ConnectReason::ServerUnavailable, AfterRefusal::Retry),
+    (ConnectReason::ServerBusy, AfterRefusal::Retry),
+    (ConnectReason::Banned, AfterRefusal::Stop),
+    (ConnectReason::BadAuthenticationMethod, AfterRefusal::Stop),
+    (ConnectReason::TopicNameInvalid, AfterRefusal::Stop),
+    (ConnectReason::PacketTooLarge, AfterRefusal::Stop),
+    (ConnectReason::QuotaExceeded, AfterRefusal::Retry),
+    (ConnectReason::PayloadFormatInvalid, AfterRefusal::Stop),
+    (ConnectReason::RetainNotSupported, AfterRefusal::Stop),
+    (ConnectReason::QoSNotSupported, AfterRefusal::Stop),
+    (ConnectReason::UseAnotherServer, AfterRefusal::Retry),
+    (ConnectReason::ServerMoved, AfterRefusal::Retry),
+    (ConnectReason::ConnectionRateExceeded, AfterRefusal::Retry),
+];
+
+/// The MQTT 3.1.1 CONNACK return codes 1 to 5 (section 3.2.2.3), the reason each maps
+/// to, and the response.
+const V3_REFUSALS: [(u8, ConnectReason, AfterRefusal); 5] = [
+    (
+        1,
+        ConnectReason::UnsupportedProtocolVersion,
+        AfterRefusal::Stop,
+    ),
+    (
+        2,
+        ConnectReason::ClientIdentifierNotValid,
+        AfterRefusal::Stop,
+    ),
+    (3, ConnectReason::ServerUnavailable, AfterRefusal::Retry),
+    (4, ConnectReason::BadUserNameOrPassword, AfterRefusal::Stop),
+    (5, ConnectReason::NotAuthorized, AfterRefusal::Stop),
+];
+
+/// Connects a client whose broker refuses with `refusal`, the bytes of a CONNACK, and
+/// checks the reported reason and what the client does next.
+async fn check_refusal(
+    version: ProtocolVersion,
+    refusal: &[u8],
+    reason: ConnectReason,
+    after: AfterRefusal,
+) {
+    let what = format!("{version:?} {reason:?}");
+    let baseline = live_actor_count();
+    let broker = ScriptedBroker::bind().await;
+    let fallback = ScriptedBroker::bind().await;
+    let long_wait = Duration::from_secs(600);
+    let options = options(broker.port())
+        .protocol(version)
+        .reconnect_backoff(long_wait, long_wait)
+        .fallback_server("127.0.0.1", fallback.port());
+    let (client, mut events) = start(options);
+    let pending = spawn_publish(&client, "t/refused", QoS::AtLeastOnce);
+
+    let mut connection = broker.accept().await;
+    connection.expect_connect().await;
+    connection.send_raw(refusal).await;
+    let rest = connection.until_closed().await;
+    assert!(
+        rest.is_empty(),
+        "{what}: packets after the refusal: {rest:?}"
+    );
+    match next(&mut events).await {
+        Event::Disconnected {
+            reason: DisconnectCause::Failed(ClientError::ConnectRefused { reason: got, .. }),
+        } => assert_eq!(got, reason, "{what}: reported reason"),
+        other => panic!("{what}: expected Disconnected, got {other:?}"),
+    }
+
+    match after {
+        AfterRefusal::Stop => {
+            match outcome(pending).await {
+                Err(ClientError::ConnectRefused { reason: got, .. }) => {
+                    assert_eq!(got, reason, "{what}: publish error");
+                }
+                other => panic!("{what}: expected ConnectRefused, got {other:?}"),
+            }
+            assert_actors_back_to(baseline).await;
+            assert!(
+                matches!(client.stats().await, Err(ClientError::Stopped)),
+                "{what}: client stopped"
+            );
+            assert!(events.try_recv().is_err(), "{what}: no Reconnecting");
+        }
+        AfterRefusal::Retry => {
+            match next(&mut events).await {
+                Event::Reconnecting {
+                    delay,
+                    port,
+                    attempt,
+                    ..
+                } => {
+                    assert_eq!(attempt, 1, "{what}: attempt");
+                    assert_eq!(port, fallback.port(), "{what}: next server");
+                    assert!(delay <= long_wait, "{what}: delay {delay:?}");
+                }
+                other => panic!("{what}: expected Reconnecting, got {other:?}"),
+            }
+            disconnect(&client).await;
+            assert!(
+                matches!(outcome(pending).await, Err(ClientError::Stopped)),
+                "{what}: publish ends with Stopped"
+            );
+            drop(client);
+            assert_actors_back_to(baseline).await;
+        }
+    }
+}
+
+#[actix_rt::test]
+async fn each_connack_refusal_follows_policy() {
+    let _serial = SERIAL.lock().await;
+    for (reason, after) in V5_REFUSALS {
+        let mut connack = bytes::BytesMut::new();
+        let packet = Packet::ConnAck(mqttlink::codec::ConnAck {
+            session_present: false,
+            reason,
+            properties: Properties::default(),
+        });
+        mqttlink::codec::encode(&packet, ProtocolVersion::V5, u32::MAX, &mut connack).unwrap();
+        check_refusal(ProtocolVersion::V5, &connack, reason, after).await;
+    }
+    for (code, reason, after) in V3_REFUSALS {
+        // CONNACK: type 2, remaining length 2, no session present, the return code.
+        let connack = [0x20, 0x02, 0x00, code];
+        check_refusal(ProtocolVersion::V3_1_1, &connack, reason, after).await;
+    }
+}
+
+/// Refuses the next `attempts` connection attempts with Server Busy and returns, for
+/// each, the delay of its Reconnecting event. Checks on the paused clock that each next
+/// attempt starts once its delay has passed, and not later.
+async fn refuse_attempts(
+    broker: &ScriptedBroker,
+    events: &mut UnboundedReceiver<Event>,
+    attempts: u32,
+) -> Vec<Duration> {
+    let mut delays = Vec::new();
+    let mut scheduled: Option<(tokio::time::Instant, Duration)> = None;
+    for expected_attempt in 1..=attempts {
+        let mut connection = broker.accept().await;
+        if let Some((at, delay)) = scheduled {
+            assert_about(elapsed_since(at), delay, "next attempt");
+        }
+        connection.reject_connect(ConnectReason::ServerBusy).await;
+        let (_, reconnecting) = expect_reconnecting(events).await;
+        let Event::Reconnecting { delay, attempt, .. } = reconnecting else {
+            unreachable!("checked by expect_reconnecting");
+        };
+        assert_eq!(attempt, expected_attempt);
+        scheduled = Some((tokio::time::Instant::now(), delay));
+        delays.push(delay);
+    }
+    delays
+}
+
+#[actix_rt::test]
+async fn backoff_ceilings_double_with_full_jitter() {
+    let _serial = SERIAL.lock().await;
+    let baseline = live_actor_count();
+    let broker = ScriptedBroker::bind().await;
+    tokio::time::pause();
+    let base = Duration::from_millis(100);
+    let max = Duration::from_millis(1_600);
+    let ceiling = |attempt: u32| max.min(base * 2_u32.pow(attempt - 1));
+
+    // The ceilings: 16 clients, 6 attempts each. Every delay of attempt n is at most
+    // its ceiling. Some exceed the ceiling of attempt n - 1 (half the ceiling once it
+    // reached the maximum), so the ceiling really doubled. All 16 staying below would
+    // happen with probability 2^-16 per attempt.
+    let clients = 16;
+    let first_attempts = 6_u32;
+    let mut by_attempt = vec![Vec::new(); first_attempts as usize];
+    for index in 0..clients {
+        let options = options(broker.port())
+            .client_id(&format!("jitter-{index}"))
+            .reconnect_backoff(base, max);
+        let (client, mut events) = start(options);
+        let delays = refuse_attempts(&broker, &mut events, first_attempts).await;
+        for (slot, delay) in by_attempt.iter_mut().zip(delays) {
+            slot.push(delay);
+        }
+        disconnect(&client).await;
+        drop(client);
+    }
+    for (index, delays) in by_attempt.iter().enumerate() {
+        let attempt = u32::try_from(index).unwrap() + 1;
+        let largest = delays.iter().max().copied().unwrap();
+        assert!(
+            largest <= ceiling(attempt),
+            "attempt {attempt}: {largest:?} above {:?}",
+            ceiling(attempt)
+        );
+        let floor = if attempt == 1 {
+            base / 2
+        } else {
+            ceiling(attempt - 1).min(ceiling(attempt) / 2)
+        };
+        assert!(
+            largest > floor,
+            "attempt {attempt}: largest of {clients} delays {largest:?} not above {floor:?}"
+        );
+    }
+
+    // The jitter: 120 attempts of one client, whose delays from attempt 5 on are drawn
+    // from [0, max]. Each quarter of the range gets at least 5 % of them (25 % is
+    // expected), and the extremes are reached within 10 %.
+    let options = options(broker.port())
+        .client_id("jitter-spread")
+        .reconnect_backoff(base, max);
+    let (client, mut events) = start(options);
+    let delays = refuse_attempts(&broker, &mut events, 120).await;
+    let capped: Vec<Duration> = delays[4..].to_vec();
+    assert!(
+        capped.iter().all(|delay| *delay <= max),
+        "delay above {max:?}"
+    );
+    let mut quarters = [0_usize; 4];
+    for delay in &capped {
+        let quarter = (delay.as_nanos() * 4 / (max.as_nanos() + 1)) as usize;
+        quarters[quarter] += 1;
+    }
+    for (quarter, count) in quarters.iter().enumerate() {
+        assert!(
+            count * 20 >= capped.len(),
+            "quarter {quarter} of [0, {max:?}] has {count} of {} delays: {quarters:?}",
+            capped.len()
+        );
+    }
+    let smallest = capped.iter().min().copied().unwrap();
+    let largest = capped.iter().max().copied().unwrap();
+    assert!(smallest < max / 10, "smallest delay {smallest:?}");
+    assert!(largest > max * 9 / 10, "largest delay {largest:?}");
+    println!(
+        "backoff jitter: {} delays in [0, {max:?}], quarters {quarters:?}, \
+         smallest {smallest:?}, largest {largest:?}",
+        capped.len()
+    );
+
+    disconnect(&client).await;
+    drop(client);
+    resume_clock_and_check_actors(baseline).await;
+}
+
+/// Subscribes in a task of its own, acknowledges the SUBSCRIBE with `reasons`, and returns
+/// the SUBSCRIBE as the broker received it.
+async fn subscribe_through(
+    client: &Client,
+    connection: &mut Connection,
+    subscribe: Subscribe,
+    reasons: Vec<SubAckReason>,
+) -> mqttlink::codec::Subscribe {
+    let subscriber = client.clone();
+    let task = actix_rt::spawn(async move { subscriber.subscribe(subscribe).await });
+    let sent = match connection.recv().await {
+        Packet::Subscribe(sent) => sent,
+        other => panic!("expected SUBSCRIBE, got {other:?}"),
+    };
+    connection
+        .send(&Packet::SubAck(SubAck {
+            packet_id: sent.packet_id,
+            reasons,
+            properties: Properties::default(),
+        }))
+        .await;
+    tokio::time::timeout(STEP, task)
+        .await
+        .expect("subscribe resolves in time")
+        .unwrap()
+        .expect("subscribe succeeds");
+    sent
+}
+
+/// Sends a QoS 0 message on `name` that carries `identifiers`, as a v5 broker does for
+/// the subscriptions the message matched.
+async fn publish_matching(
+    connection: &mut Connection,
+    name: &str,
+    identifiers: &[std::num::NonZeroU32],
+) {
+    let Packet::Publish(mut publish) = qos0_publish(name, "routed") else {
+        unreachable!("qos0_publish builds a PUBLISH");
+    };
+    publish.properties.subscription_identifiers = identifiers.to_vec();
+    connection.send(&Packet::Publish(publish)).await;
+}
+
+/// Unsubscribes `filter` in a task of its own and acknowledges the UNSUBSCRIBE with success.
+async fn unsubscribe_through(client: &Client, connection: &mut Connection, filter: &str) {
+    let unsubscriber = client.clone();
+    let unsubscribe = mqttlink::Unsubscribe::new().filter(filter.parse().unwrap());
+    let task = actix_rt::spawn(async move { unsubscriber.unsubscribe(unsubscribe).await });
+    let Packet::Unsubscribe(sent) = connection.recv().await else {
+        panic!("expected UNSUBSCRIBE");
+    };
+    // MQTT 3.1.1 UNSUBACK has no reason codes.
+    let reasons = if connection.is_v5() {
+        vec![mqttlink::codec::UnsubAckReason::Success]
+    } else {
+        Vec::new()
+    };
+    connection
+        .send(&Packet::UnsubAck(mqttlink::codec::UnsubAck {
+            packet_id: sent.packet_id,
+            reasons,
+            properties: Properties::default(),
+        }))
+        .await;
+    tokio::time::timeout(STEP, task)
+        .await
+        .expect("unsubscribe resolves in time")
+        .unwrap()
+        .expect("unsubscribe succeeds");
+}
+
+/// Reads SUBSCRIBE packets until they cover `count` filters, grants each, and returns
+/// every filter with its options and the SUBSCRIBE that carried it.
+async fn read_resubscribes(
+    connection: &mut Connection,
+    count: usize,
+) -> Vec<(String, SubscriptionOptions, mqttlink::codec::Subscribe)> {
+    let mut restored = Vec::new();
+    while restored.len() < count {
+        let Packet::Subscribe(subscribe) = connection.recv().await else {
+            panic!("expected SUBSCRIBE again");
+        };
+        for (filter, options) in &subscribe.filters {
+            restored.push((filter.as_str().to_owned(), *options, subscribe.clone()));
+        }
+        connection
+            .send(&Packet::SubAck(SubAck {
+                packet_id: subscribe.packet_id,
+                reasons: vec![SubAckReason::GrantedQoS1; subscribe.filters.len()],
+                properties: Properties::default(),
+            }))
+            .await;
+    }
+    restored
+}
+
+/// Returns QoS 1 options with every v5 option away from its default. MQTT 3.1.1
+/// carries only the QoS of each filter.
+fn detailed_options(version: ProtocolVersion) -> SubscriptionOptions {
+    if version != ProtocolVersion::V5 {
+        return SubscriptionOptions::with_qos(QoS::AtLeastOnce);
+    }
+    SubscriptionOptions {
+        qos: QoS::AtLeastOnce,
+        no_local: true,
+        retain_as_published: true,
+        retain_handling: mqttlink::codec::RetainHandling::DoNotSend,
+    }
+}
+
+/// Subscribes three filters with different options in two SUBSCRIBE packets, has one
+/// filter rejected and one removed again, and loses the session on the broker. Then
+/// checks that the reconnect subscribes exactly the remaining granted filters again,
+/// each with its options and subscription identifier, and that messages still reach
+/// their recipients.
+async fn check_resubscribe(version: ProtocolVersion) {
+    let what = format!("{version:?}");
+    let v5 = version == ProtocolVersion::V5;
+    let baseline = live_actor_count();
+    let broker = ScriptedBroker::bind().await;
+    let (client, mut events) = start(options(broker.port()).protocol(version));
+    let (sensors, mut sensor_rx) = forward::<mqttlink::Message>();
+    let (alarms, mut alarm_rx) = forward::<mqttlink::Message>();
+
+    let mut first = broker.accept().await;
+    first.accept_connect(false).await;
+    expect_connected(&mut events, false).await;
+
+    let detailed = detailed_options(version);
+    let exactly_once = SubscriptionOptions::with_qos(QoS::ExactlyOnce);
+    let at_most_once = SubscriptionOptions::with_qos(QoS::AtMostOnce);
+    let sensor_subscribe = Subscribe::new(sensors.recipient())
+        .filter("sensors/+".parse().unwrap(), detailed)
+        .filter("rooms/#".parse().unwrap(), exactly_once)
+        .filter("secret/x".parse().unwrap(), at_most_once);
+    let sensor_reasons = vec![
+        SubAckReason::GrantedQoS1,
+        SubAckReason::GrantedQoS2,
+        SubAckReason::UnspecifiedError,
+    ];
+    let sensor_sent =
+        subscribe_through(&client, &mut first, sensor_subscribe, sensor_reasons).await;
+
+    let mut alarm_subscribe = Subscribe::new(alarms.recipient())
+        .filter("alarms".parse().unwrap(), at_most_once)
+        .filter("alarms/old".parse().unwrap(), exactly_once);
+    if v5 {
+        alarm_subscribe = alarm_subscribe.properties(Properties {
+            subscription_identifiers: vec![std::num::NonZeroU32::new(77).unwrap()],
+            ..Properties::default()
+        });
+    }
+    let alarm_reasons = vec![SubAckReason::GrantedQoS0, SubAckReason::GrantedQoS2];
+    let alarm_sent = subscribe_through(&client, &mut first, alarm_subscribe, alarm_reasons).await;
+    if v5 {
+        assert_eq!(
+            alarm_sent.properties.subscription_identifiers,
+            [std::num::NonZeroU32::new(77).unwrap()],
+            "{what}: the application's identifier is kept"
+        );
+        assert_eq!(sensor_sent.properties.subscription_identifiers.len(), 1);
+    }
+
+    unsubscribe_through(&client, &mut first, "alarms/old").await;
+
+    // The broker restarts without the session.
+    first.cut();
+    expect_reconnecting(&mut events).await;
+    let mut second = broker.accept().await;
+    let connect = second.accept_connect(false).await;
+    assert!(!connect.clean_start, "{what}: the reconnect asks to resume");
+    expect_connected(&mut events, false).await;
+    match next(&mut events).await {
+        Event::Resubscribed { filters } => assert_eq!(filters, 3, "{what}"),
+        other => panic!("{what}: expected Resubscribed, got {other:?}"),
+    }
+
+    // Granted filters, in order, with the SUBSCRIBE each was first sent in.
+    let expected = [
+        ("sensors/+", detailed, &sensor_sent),
+        ("rooms/#", exactly_once, &sensor_sent),
+        ("alarms", at_most_once, &alarm_sent),
+    ];
+    let restored = read_resubscribes(&mut second, expected.len()).await;
+    assert_eq!(restored.len(), expected.len(), "{what}: {restored:?}");
+    for ((filter, options, subscribe), (expected_filter, expected_options, original)) in
+        restored.iter().zip(&expected)
+    {
+        assert_eq!(filter, expected_filter, "{what}: filter order");
+        assert_eq!(options, expected_options, "{what}: options of {filter}");
+        assert_eq!(
+            subscribe.properties.subscription_identifiers,
+            original.properties.subscription_identifiers,
+            "{what}: subscription identifier of {filter}"
+        );
+    }
+
+    // The routes survived: each recipient gets its own messages, and the removed
+    // filter matches nothing.
+    let sensor_ids = &sensor_sent.properties.subscription_identifiers;
+    let alarm_ids = &alarm_sent.properties.subscription_identifiers;
+    publish_matching(&mut second, "sensors/kitchen", sensor_ids).await;
+    publish_matching(&mut second, "alarms/old", &[]).await;
+    publish_matching(&mut second, "alarms", alarm_ids).await;
+    assert_eq!(next(&mut sensor_rx).await.topic, topic("sensors/kitchen"));
+    assert_eq!(next(&mut alarm_rx).await.topic, topic("alarms"));
+    assert!(sensor_rx.try_recv().is_err(), "{what}: one message each");
+    assert!(alarm_rx.try_recv().is_err(), "{what}: alarms/old is gone");
+    let stats = client.stats().await.unwrap();
+    assert_eq!(
+        stats.unmatched_messages, 1,
+        "{what}: alarms/old matched nothing"
+    );
+
+    disconnect(&client).await;
+    expect_only_disconnect(&mut second).await;
+    drop(client);
+    assert_actors_back_to(baseline).await;
+}
+
+#[actix_rt::test]
+async fn lost_session_restores_granted_filters() {
+    let _serial = SERIAL.lock().await;
+    check_resubscribe(ProtocolVersion::V3_1_1).await;
+    check_resubscribe(ProtocolVersion::V5).await;
+}
+
+fn qos2_publish(packet_id: PacketId, dup: bool, payload: &'static str) -> Packet {
+    Packet::Publish(mqttlink::codec::Publish {
+        dup,
+        delivery: Delivery::ExactlyOnce(packet_id),
+        retain: false,
+        topic: Some(topic("exactly/once")),
+        properties: Properties::default(),
+        payload: payload.into(),
+    })
+}
+
+fn pubrel(packet_id: PacketId) -> Packet {
+    Packet::PubRel(mqttlink::codec::PubRel {
+        packet_id,
+        reason: PubCompReason::Success,
+        properties: Properties::default(),
+    })
+}
+
+async fn expect_pubrec(connection: &mut Connection, packet_id: PacketId, what: &str) {
+    match connection.recv().await {
+        Packet::PubRec(rec) => assert_eq!(rec.packet_id, packet_id, "{what}"),
+        other => panic!("{what}: expected PUBREC, got {other:?}"),
+    }
+}
+
+async fn expect_pubcomp(
+    connection: &mut Connection,
+    packet_id: PacketId,
+    reason: PubCompReason,
+    what: &str,
+) {
+    match connection.recv().await {
+        Packet::PubComp(comp) => {
+            assert_eq!(comp.packet_id, packet_id, "{what}");
+            assert_eq!(comp.reason, reason, "{what}");
+        }
+        other => panic!("{what}: expected PUBCOMP, got {other:?}"),
+    }
+}
+
+/// Checks that a QoS 2 message the broker sends again after a resumed session is
+/// acknowledged again but delivered once, and that PUBREL for an identifier already
+/// released still gets PUBCOMP. After a lost session the same identifier carries a new
+/// message, which must be delivered.
+async fn check_inbound_qos2_across_reconnect(version: ProtocolVersion) {
+    let what = format!("{version:?}");
+    let baseline = live_actor_count();
+    let broker = ScriptedBroker::bind().await;
+    // Clean start 0 from the first connection, so that a 3.1.1 session outlives it too.
+    let options = options(broker.port()).protocol(version).clean_start(false);
+    let (client, mut events) = start(options);
+    let (messages, mut message_rx) = forward::<mqttlink::Message>();
+    client.set_default_recipient(messages.recipient());
+    let id = PacketId::try_from(9).unwrap();
+
+    let mut first = broker.accept().await;
+    first.accept_connect(false).await;
+    expect_connected(&mut events, false).await;
+    first.send(&qos2_publish(id, false, "first")).await;
+    expect_pubrec(&mut first, id, &what).await;
+    assert_eq!(next(&mut message_rx).await.payload, "first");
+    first.cut();
+    expect_reconnecting(&mut events).await;
+
+    // The resumed session: the broker did not see PUBREC, so it sends the PUBLISH again.
+    let mut second = broker.accept().await;
+    second.accept_connect(true).await;
+    expect_connected(&mut events, true).await;
+    second.send(&qos2_publish(id, true, "first")).await;
+    expect_pubrec(&mut second, id, &what).await;
+    second.send(&pubrel(id)).await;
+    expect_pubcomp(&mut second, id, PubCompReason::Success, &what).await;
+    // A PUBREL repeated because its PUBCOMP was lost still gets PUBCOMP.
+    second.send(&pubrel(id)).await;
+    let unknown = if version == ProtocolVersion::V5 {
+        PubCompReason::PacketIdentifierNotFound
+    } else {
+        PubCompReason::Success
+    };
+    expect_pubcomp(&mut second, id, unknown, &what).await;
+    // A QoS 0 marker sent after the flow arrives next, so no second copy was queued.
+    second.send(&qos0_publish("exactly/once", "marker")).await;
+    assert_eq!(next(&mut message_rx).await.payload, "marker", "{what}");
+
+    // A PUBLISH awaiting PUBREL when the session is lost: the new session may use the
+    // same identifier for a new message, which must be delivered.
+    second.send(&qos2_publish(id, false, "second")).await;
+    expect_pubrec(&mut second, id, &what).await;
+    assert_eq!(next(&mut message_rx).await.payload, "second");
+    second.cut();
+    expect_reconnecting(&mut events).await;
+    let mut third = broker.accept().await;
+    third.accept_connect(false).await;
+    expect_connected(&mut events, false).await;
+    third.send(&qos2_publish(id, false, "third")).await;
+    expect_pubrec(&mut third, id, &what).await;
+    assert_eq!(next(&mut message_rx).await.payload, "third", "{what}");
+    third.send(&pubrel(id)).await;
+    expect_pubcomp(&mut third, id, PubCompReason::Success, &what).await;
+
+    disconnect(&client).await;
+    expect_only_disconnect(&mut third).await;
+    drop(client);
+    assert_actors_back_to(baseline).await;
+    assert!(message_rx.try_recv().is_err(), "{what}: no further copies");
+}
+
+#[actix_rt::test]
+async fn inbound_qos2_duplicate_across_reconnect() {
+    let _serial = SERIAL.lock().await;
+    check_inbound_qos2_across_reconnect(ProtocolVersion::V3_1_1).await;
+    check_inbound_qos2_across_reconnect(ProtocolVersion::V5).await;
+}
+
+#[actix_rt::test]
+async fn connack_delayed_past_timeout_retries() {
+    let _serial = SERIAL.lock().await;
+    let baseline = live_actor_count();
+    let broker = ScriptedBroker::bind().await;
+    tokio::time::pause();
+    let timeout = Duration::from_secs(2);
+    let (client, mut events) = start(options(broker.port()).connect_timeout(timeout));
+    let in_flight = spawn_publish(&client, "t/delayed", QoS::AtLeastOnce);
+
+    // CONNACK delayed by 2.5 s misses the connect timeout; the late CONNACK finds the
+    // connection closed.
+    let mut late = broker.accept().await;
+    late.expect_connect().await;
+    let connecting_at = tokio::time::Instant::now();
+    let timed_out = async {
+        let (cause, _) = expect_reconnecting(&mut events).await;
+        (cause, tokio::time::Instant::now())
+    };
+    let delayed_connack = async {
+        tokio::time::sleep(Duration::from_millis(2_500)).await;
+        late.try_send(&Packet::ConnAck(mqttlink::codec::ConnAck {
+            session_present: false,
+            reason: ConnectReason::Success,
+            properties: Properties::default(),
+        }))
+        .await
+    };
+    let ((cause, timed_out_at), _) = tokio::join!(timed_out, delayed_connack);
+    assert!(
+        matches!(cause, DisconnectCause::Failed(ClientError::ConnectTimeout)),
+        "cause {cause:?}"
+    );
+    assert_about(timed_out_at - connecting_at, timeout, "connect timeout");
+    let rest = late.until_closed().await;
+    assert!(rest.is_empty(), "packets after CONNECT: {rest:?}");
+
+    // CONNACK delayed by 1.5 s is within the timeout: the connection is accepted and the
+    // queued publish goes out on it.
+    let mut accepted = broker.accept().await;
+    let connect = accepted.expect_connect().await;
+    assert!(connect.clean_start, "no connection was accepted before");
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    accepted
+        .send(&Packet::ConnAck(mqttlink::codec::ConnAck {
+            session_present: false,
+            reason: ConnectReason::Success,
+            properties: Properties::default(),
+        }))
+        .await;
+    expect_connected(&mut events, false).await;
+    let sent = expect_publish(accepted.recv().await);
+    accepted
+        .send(&Packet::PubAck(PubAck {
+            packet_id: packet_id(&sent),
+            reason: PubAckReason::Success,
+            properties: Properties::default(),
+        }))
+        .await;
+    assert!(outcome(in_flight).await.is_ok());
+
+    disconnect(&client).await;
+    expect_only_disconnect(&mut accepted).await;
+    drop(client);
+    resume_clock_and_check_actors(baseline).await;
+}
+
+#[actix_rt::test]
+async fn subscribe_in_flight_across_cut_answered_once() {
+    let _serial = SERIAL.lock().await;
+    let baseline = live_actor_count();
+    let broker = ScriptedBroker::bind().await;
+    let (client, mut events) = start(options(broker.port()));
+    let (recipient, _messages) = forward::<mqttlink::Message>();
+
+    let mut first = broker.accept().await;
+    first.accept_connect(false).await;
+    expect_connected(&mut events, false).await;
+
+    // SUBSCRIBE and UNSUBSCRIBE both sent, neither acknowledged, when the cut comes.
+    let subscriber = client.clone();
+    let subscribe = Subscribe::new(recipient.recipient()).filter(
+        "cut/#".parse().unwrap(),
+        SubscriptionOptions::with_qos(QoS::AtLeastOnce),
+    );
+    let subscribed = actix_rt::spawn(async move { subscriber.subscribe(subscribe).await });
+    let Packet::Subscribe(sent_subscribe) = first.recv().await else {
+        panic!("expected SUBSCRIBE");
+    };
+    let unsubscriber = client.clone();
+    let unsubscribe = mqttlink::Unsubscribe::new().filter("old/#".parse().unwrap());
+    let unsubscribed = actix_rt::spawn(async move { unsubscriber.unsubscribe(unsubscribe).await });
+    let Packet::Unsubscribe(sent_unsubscribe) = first.recv().await else {
+        panic!("expected UNSUBSCRIBE");
+    };
+    first.cut();
+    expect_reconnecting(&mut events).await;
+    assert!(!subscribed.is_finished(), "no answer before SUBACK");
+    assert!(!unsubscribed.is_finished(), "no answer before UNSUBACK");
+
+    // MQTT does not resend them on a resumed session, so the client sends them anew,
+    // in their original order.
+    let mut second = broker.accept().await;
+    second.accept_connect(true).await;
+    expect_connected(&mut events, true).await;
+    let Packet::Subscribe(again) = second.recv().await else {
+        panic!("expected SUBSCRIBE again");
+    };
+    assert_eq!(again.filters, sent_subscribe.filters);
+    let Packet::Unsubscribe(again_unsubscribe) = second.recv().await else {
+        panic!("expected UNSUBSCRIBE again");
+    };
+    assert_eq!(again_unsubscribe.filters, sent_unsubscribe.filters);
+    assert_ne!(again.packet_id, again_unsubscribe.packet_id);
+
+    // The broker acknowledges the new identifiers, in the opposite order. SUBACK for an
+    // identifier that no flow uses any more would be a protocol violation.
+    second
+        .send(&Packet::UnsubAck(mqttlink::codec::UnsubAck {
+            packet_id: again_unsubscribe.packet_id,
+            reasons: vec![mqttlink::codec::UnsubAckReason::Success],
+            properties: Properties::default(),
+        }))
+        .await;
+    let removed = tokio::time::timeout(STEP, unsubscribed)
+        .await
+        .expect("unsubscribe resolves in time")
+        .unwrap()
+        .expect("unsubscribe succeeds");
+    assert_eq!(removed.reasons, [mqttlink::codec::UnsubAckReason::Success]);
+    assert!(
+        !subscribed.is_finished(),
+        "the subscribe still waits for its SUBACK"
+    );
+    second
+        .send(&Packet::SubAck(SubAck {
+            packet_id: again.packet_id,
+            reasons: vec![SubAckReason::GrantedQoS1],
+            properties: Properties::default(),
+        }))
+        .await;
+    let granted = tokio::time::timeout(STEP, subscribed)
+        .await
+        .expect("subscribe resolves in time")
+        .unwrap()
+        .expect("subscribe succeeds");
+    assert_eq!(granted.reasons, [SubAckReason::GrantedQoS1]);
+
+    disconnect(&client).await;
+    expect_only_disconnect(&mut second).await;
+    drop(client);
+    assert_actors_back_to(baseline).await;
+}
+
+/// Waits for the client to reconnect after a broker restart, skipping the events of
+/// attempts that failed while the broker was down, and returns Session Present.
+async fn await_reconnected(events: &mut UnboundedReceiver<Event>) -> bool {
+    // Bounded: the restart takes well under the 100 attempts allowed here.
+    for _ in 0..100 {
+        match next(events).await {
+            Event::Connected {
+                session_present, ..
+            } => return session_present,
+            Event::Disconnected { .. } | Event::Reconnecting { .. } => {}
+            other => panic!("expected the reconnect, got {other:?}"),
+        }
+    }
+    panic!("no reconnect within 100 events");
+}
+
+#[actix_rt::test]
+async fn mosquitto_restart_without_session_resubscribes() {
+    let _serial = SERIAL.lock().await;
+    let baseline = live_actor_count();
+    let Some(mut broker) = RestartableMosquitto::start_with("reconnect-resubscribe", false).await
+    else {
+        return;
+    };
+
+    for version in [ProtocolVersion::V3_1_1, ProtocolVersion::V5] {
+        let mut options = ClientOptions::new("127.0.0.1", broker.port())
+            .client_id(&format!("resubscriber-{}", version.level()))
+            .protocol(version)
+            .reconnect(true)
+            .reconnect_backoff(Duration::from_millis(5), Duration::from_millis(100))
+            .resume_on_reconnect(true);
+        if version == ProtocolVersion::V5 {
+            options = options.session_expiry(Duration::from_secs(60));
+        }
+        let (client, mut events) = start(options);
+        expect_connected(&mut events, false).await;
+        let (messages, mut message_rx) = forward::<mqttlink::Message>();
+        let subscribe = Subscribe::new(messages.recipient()).filter(
+            "lost/#".parse().unwrap(),
+            SubscriptionOptions::with_qos(QoS::AtLeastOnce),
+        );
+        tokio::time::timeout(STEP, client.subscribe(subscribe))
+            .await
+            .expect("subscribe resolves in time")
+            .unwrap();
+
+        // Without persistence the restarted broker has no session for the client.
+        broker.restart().await;
+        let session_present = await_reconnected(&mut events).await;
+        assert!(!session_present, "{version:?}: the broker lost the session");
+        match next(&mut events).await {
+            Event::Resubscribed { filters } => assert_eq!(filters, 1, "{version:?}"),
+            other => panic!("{version:?}: expected Resubscribed, got {other:?}"),
+        }
+
+        // The client's own message, sent after the SUBSCRIBE on the same connection,
+        // reaches it only through the restored subscription.
+        let publish = Publish::new(topic("lost/again"), "after restart").qos(QoS::AtLeastOnce);
+        tokio::time::timeout(STEP, client.publish(publish))
+            .await
+            .expect("publish resolves in time")
+            .unwrap();
+        let message = next(&mut message_rx).await;
+        assert_eq!(message.topic, topic("lost/again"), "{version:?}");
+        assert_eq!(message.payload, "after restart");
+
+        disconnect(&client).await;
+        drop(client);
+        assert_actors_back_to(baseline).await;
+    }
 }

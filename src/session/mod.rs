@@ -223,7 +223,10 @@ pub struct Session<S> {
     limits: EffectiveLimits,
     store: S,
     state: State,
-    /// When the last packet was handed out for writing, for keep-alive.
+    /// When the last packet other than PUBACK, PUBREC or PUBCOMP was handed out for
+    /// writing, for keep-alive. Those three acknowledge the broker's messages, so a
+    /// broker that keeps publishing but reads nothing would otherwise keep PINGREQ
+    /// from ever being sent and the dead connection from being detected.
     last_sent: Instant,
     transmits: VecDeque<Transmit>,
     events: VecDeque<SessionEvent>,
@@ -633,7 +636,12 @@ impl<S: Store> Session<S> {
             packet_type = ?packet.packet_type(),
             "packet queued"
         );
-        self.last_sent = now;
+        if !matches!(
+            packet,
+            Packet::PubAck(_) | Packet::PubRec(_) | Packet::PubComp(_)
+        ) {
+            self.last_sent = now;
+        }
         self.transmits.push_back(Transmit { packet, written });
     }
 

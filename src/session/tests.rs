@@ -818,6 +818,43 @@ fn sending_a_packet_postpones_pingreq() {
 }
 
 #[test]
+fn acknowledgements_do_not_postpone_pingreq() {
+    let now = Instant::now();
+    let mut session = connected(ProtocolVersion::V5, now);
+    for (index, delivery) in [Delivery::AtLeastOnce(id(1)), Delivery::ExactlyOnce(id(2))]
+        .into_iter()
+        .enumerate()
+    {
+        let at = now + (10 + 10 * index as u32) * SECOND;
+        session.handle_packet(
+            inbound_publish(delivery, Some("t"), Properties::default()),
+            at,
+        );
+        let Some(SessionEvent::Message { ack: Some(ack), .. }) = session.poll_event() else {
+            panic!("expected a message with an ack");
+        };
+        session.handle_delivered(ack, at);
+    }
+    let pubrel = Packet::PubRel(PubRel {
+        packet_id: id(2),
+        reason: PubCompReason::Success,
+        properties: Properties::default(),
+    });
+    session.handle_packet(pubrel, now + 30 * SECOND);
+    assert!(matches!(
+        &packets(&mut session)[..],
+        [Packet::PubAck(_), Packet::PubRec(_), Packet::PubComp(_)]
+    ));
+    assert_eq!(
+        session.poll_timeout(),
+        Some(now + 60 * SECOND),
+        "PINGREQ still due one interval after CONNECT"
+    );
+    session.handle_timeout(now + 60 * SECOND);
+    assert!(matches!(&packets(&mut session)[..], [Packet::PingReq]));
+}
+
+#[test]
 fn server_keep_alive_overrides_configured_interval() {
     let now = Instant::now();
     let broker = Properties {

@@ -18,7 +18,13 @@ pub struct MemoryStore {
     queued_bytes: usize,
     max_queued_bytes: Option<usize>,
     cursor: PacketId,
-    outbound: BTreeMap<PacketId, OutboundFlow>,
+    /// Outbound flows with the sequence number of their first insertion.
+    outbound: BTreeMap<PacketId, (u64, OutboundFlow)>,
+    /// Sequence number of the last flow inserted under a free identifier.
+    next_sequence: u64,
+    /// Number of `OutboundFlow::Publish` entries in `outbound`, kept so that the session
+    /// can check its in-flight window for each request without a scan of every flow.
+    outbound_publishes: usize,
     inbound: BTreeSet<PacketId>,
 }
 
@@ -33,6 +39,8 @@ impl MemoryStore {
             max_queued_bytes: None,
             cursor: PacketId::MIN,
             outbound: BTreeMap::new(),
+            next_sequence: 0,
+            outbound_publishes: 0,
             inbound: BTreeSet::new(),
         }
     }
@@ -108,11 +116,25 @@ impl Store for MemoryStore {
     }
 
     fn insert_outbound(&mut self, id: PacketId, flow: OutboundFlow) {
-        self.outbound.insert(id, flow);
+        let is_publish = matches!(flow, OutboundFlow::Publish { .. });
+        // A flow that moves on (PUBREC to PUBCOMP) keeps its place in the sending order.
+        let sequence = if let Some((sequence, _)) = self.outbound.get(&id) {
+            *sequence
+        } else {
+            self.next_sequence += 1;
+            self.next_sequence
+        };
+        let replaced = self.outbound.insert(id, (sequence, flow));
+        if matches!(replaced, Some((_, OutboundFlow::Publish { .. }))) {
+            self.outbound_publishes = self.outbound_publishes.saturating_sub(1);
+        }
+        if is_publish {
+            self.outbound_publishes += 1;
+        }
     }
 
     fn outbound(&self, id: PacketId) -> Option<OutboundFlow> {
-        self.outbound.get(&id).cloned()
+        self.outbound.get(&id).map(|(_, flow)| flow.clone())
     }
 
     fn contains_outbound(&self, id: PacketId) -> bool {
@@ -120,11 +142,21 @@ impl Store for MemoryStore {
     }
 
     fn outbound_ids(&self) -> Vec<PacketId> {
-        self.outbound.keys().copied().collect()
+        let mut ids: Vec<(u64, PacketId)> = self
+            .outbound
+            .iter()
+            .map(|(id, (sequence, _))| (*sequence, *id))
+            .collect();
+        ids.sort_unstable();
+        ids.into_iter().map(|(_, id)| id).collect()
     }
 
     fn remove_outbound(&mut self, id: PacketId) -> Option<OutboundFlow> {
-        self.outbound.remove(&id)
+        let (_, removed) = self.outbound.remove(&id)?;
+        if matches!(removed, OutboundFlow::Publish { .. }) {
+            self.outbound_publishes = self.outbound_publishes.saturating_sub(1);
+        }
+        Some(removed)
     }
 
     fn outbound_len(&self) -> usize {
@@ -132,10 +164,7 @@ impl Store for MemoryStore {
     }
 
     fn outbound_publish_len(&self) -> usize {
-        self.outbound
-            .values()
-            .filter(|flow| matches!(flow, OutboundFlow::Publish { .. }))
-            .count()
+        self.outbound_publishes
     }
 
     fn insert_inbound(&mut self, id: PacketId) -> bool {
@@ -161,7 +190,11 @@ impl Store for MemoryStore {
     fn take_all_requests(&mut self) -> (Vec<QueuedRequest>, Vec<OutboundFlow>) {
         self.queued_bytes = 0;
         let queued = self.queue.drain(..).collect();
-        let outbound = std::mem::take(&mut self.outbound).into_values().collect();
+        let outbound = std::mem::take(&mut self.outbound)
+            .into_values()
+            .map(|(_, flow)| flow)
+            .collect();
+        self.outbound_publishes = 0;
         (queued, outbound)
     }
 }
@@ -394,5 +427,71 @@ mod tests {
         assert_eq!(outbound.len(), 1);
         assert_eq!(store.queued_len(), 0);
         assert_eq!(store.outbound_len(), 0);
+    }
+    #[test]
+    fn publish_count_follows_inserts_and_removals() {
+        let mut store = MemoryStore::new(4);
+        let publish = |token| OutboundFlow::Publish {
+            token: RequestToken(token),
+            packet: crate::codec::Publish {
+                dup: false,
+                delivery: crate::codec::Delivery::AtLeastOnce(PacketId::MIN),
+                retain: false,
+                topic: Some("a/b".parse().unwrap()),
+                properties: crate::codec::Properties::default(),
+                payload: bytes::Bytes::new(),
+            },
+            awaiting: crate::store::AwaitedAck::PubAck,
+        };
+        let first = PacketId::MIN;
+        let second = first.next_wrapping();
+        store.insert_outbound(first, publish(1));
+        store.insert_outbound(second, publish(2));
+        assert_eq!(store.outbound_publish_len(), 2);
+
+        // Replacing a publish with a publish, as PUBREC does, keeps the count.
+        store.insert_outbound(first, publish(1));
+        assert_eq!(store.outbound_publish_len(), 2);
+
+        let subscribe = OutboundFlow::Subscribe {
+            token: RequestToken(3),
+            filter_count: 1,
+        };
+        store.insert_outbound(second, subscribe);
+        assert_eq!(store.outbound_publish_len(), 1, "replaced by a subscribe");
+        store.remove_outbound(second);
+        assert_eq!(store.outbound_publish_len(), 1, "a subscribe removed");
+        store.remove_outbound(first);
+        assert_eq!(store.outbound_publish_len(), 0);
+        assert!(store.remove_outbound(first).is_none());
+        assert_eq!(store.outbound_publish_len(), 0, "a missing flow removed");
+
+        store.insert_outbound(first, publish(4));
+        store.take_all_requests();
+        assert_eq!(store.outbound_publish_len(), 0, "every flow taken");
+    }
+    #[test]
+    fn outbound_ids_keep_first_insertion_order() {
+        let mut store = MemoryStore::new(4);
+        let flow = |token| OutboundFlow::Unsubscribe {
+            token: RequestToken(token),
+            filter_count: 1,
+        };
+        let last = PacketId::MAX;
+        let first = PacketId::MIN;
+        let second = first.next_wrapping();
+        store.insert_outbound(last, flow(1));
+        store.insert_outbound(second, flow(2));
+        store.insert_outbound(first, flow(3));
+        assert_eq!(store.outbound_ids(), [last, second, first]);
+
+        // A flow replaced under its identifier keeps its place.
+        store.insert_outbound(last, flow(1));
+        assert_eq!(store.outbound_ids(), [last, second, first]);
+
+        // An identifier freed and used again goes to the end.
+        store.remove_outbound(second);
+        store.insert_outbound(second, flow(4));
+        assert_eq!(store.outbound_ids(), [last, first, second]);
     }
 }

@@ -237,7 +237,9 @@ pub trait Store {
     fn outbound(&self, id: PacketId) -> Option<OutboundFlow>;
     /// Returns `true` when an outbound flow uses `id`.
     fn contains_outbound(&self, id: PacketId) -> bool;
-    /// Returns the packet identifiers in use by outbound flows, in ascending order.
+    /// Returns the packet identifiers in use by outbound flows, in the order the flows
+    /// were first inserted, which is the order their packets were first sent. Resending
+    /// in this order keeps messages in order after the identifiers wrap [MQTT-4.6.0-1].
     fn outbound_ids(&self) -> Vec<PacketId>;
     /// Removes and returns the outbound flow using `id`.
     fn remove_outbound(&mut self, id: PacketId) -> Option<OutboundFlow>;
