@@ -308,3 +308,15 @@ impl Drop for RestartableMosquitto {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+impl RestartableMosquitto {
+    /// Appends `lines` to the broker's config file. They take effect at the next
+    /// [`RestartableMosquitto::restart`], and a later line overrides an earlier one
+    /// of the same option, such as `max_queued_messages`.
+    pub fn append_config(&self, lines: &str) {
+        let path = self.dir.join("mosquitto.conf");
+        let mut config = std::fs::read_to_string(&path).expect("read the broker config");
+        config.push_str(lines);
+        std::fs::write(&path, config).expect("write the broker config");
+    }
+}
