@@ -319,4 +319,9 @@ impl RestartableMosquitto {
         config.push_str(lines);
         std::fs::write(&path, config).expect("write the broker config");
     }
+
+    /// Returns the broker's whole log, across its restarts.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("mosquitto.log")).unwrap_or_default()
+    }
 }
