@@ -93,6 +93,40 @@ fn pub_sends_each_stdin_line() {
 }
 
 #[test]
+fn pub_300_lines_qos2_mqtt_3_1_1() {
+    let Some(broker) = Mosquitto::start() else {
+        return;
+    };
+    // Mosquitto accepts 20 inbound QoS 2 messages in flight by default and drops the
+    // rest. MQTT 3.1.1 has no way to announce that limit, so `pub` must keep to it.
+    let mut sub = spawn_sub(
+        &broker,
+        "many-sub",
+        &["-V", "311", "-t", "many", "-q", "2", "-C", "300"],
+    );
+    broker.wait_for_log("Sending SUBACK to many-sub");
+    let input: String = (1..=300)
+        .flat_map(|line| [line.to_string(), "\n".into()])
+        .collect();
+
+    let output = run_pub(
+        &broker,
+        &["-V", "311", "-t", "many", "-l", "-q", "2"],
+        Some(&input),
+    );
+    assert!(output.status.success(), "pub exit: {output:?}");
+    assert_eq!(output.stderr, "");
+
+    let status = sub.wait_with_timeout();
+    assert!(status.success(), "sub exit status {status}");
+    assert_eq!(sub.read_stdout_to_end(), input, "every line once, in order");
+    assert!(
+        !broker.log().contains("rc151"),
+        "the broker refused a publish for its quota"
+    );
+}
+
+#[test]
 fn sub_flushes_each_message_at_once() {
     let Some(broker) = Mosquitto::start() else {
         return;
