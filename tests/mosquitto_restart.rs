@@ -328,7 +328,7 @@ fn print_counts(
     subscriber_sessions: &[bool],
 ) {
     println!(
-        "Mosquitto 2.0.11 stopped with SIGTERM and started again {restarts} times, \
+        "Mosquitto stopped with SIGTERM and started again {restarts} times, \
          MQTT {version:?}"
     );
     println!("qos    sent  acknowledged  received  distinct  duplicates  lost");
