@@ -23,8 +23,8 @@ use mqttlink::codec::{
     TopicName,
 };
 use mqttlink::{
-    Client, ClientError, ClientOptions, Disconnect, Event, Message, Publish, PublishOutcome,
-    Subscribe,
+    Client, ClientError, ClientOptions, Disconnect, DisconnectCause, Event, Message, Publish,
+    PublishOutcome, Subscribe,
 };
 use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, BufReader};
 use tokio::sync::mpsc;
@@ -36,6 +36,10 @@ const USAGE_ERROR: u8 = 2;
 
 /// Publishes not yet acknowledged that `pub -l` keeps before it waits for the oldest.
 const MAX_PENDING_PUBLISHES: usize = 64;
+
+/// QoS 1 and 2 publishes the client keeps in flight at once; the rest wait in its
+/// queue. An MQTT 5 broker's Receive Maximum lowers it further.
+const MAX_INFLIGHT: u16 = 20;
 
 /// Command-line MQTT client built on mqttlink.
 #[derive(Debug, Parser)]
@@ -101,6 +105,21 @@ struct ConnectArgs {
     /// Retain the last will
     #[arg(long, requires = "will_topic")]
     will_retain: bool,
+
+    /// Maximum wait in seconds before the first reconnect attempt after the connection
+    /// is lost. Each further attempt may wait twice as long, up to --reconnect-max.
+    /// Decimals such as 0.5 are allowed
+    #[arg(long, value_name = "SECONDS", default_value = "0.5", value_parser = parse_seconds)]
+    reconnect_base: Duration,
+
+    /// Maximum wait in seconds before any reconnect attempt
+    #[arg(long, value_name = "SECONDS", default_value = "30", value_parser = parse_seconds)]
+    reconnect_max: Duration,
+
+    /// Seconds a connection must last before the wait starts again from
+    /// --reconnect-base
+    #[arg(long, value_name = "SECONDS", default_value = "30", value_parser = parse_seconds)]
+    reconnect_reset: Duration,
 
     /// Print the client's debug log on standard error
     #[arg(short, long)]
@@ -200,11 +219,14 @@ fn main() -> ExitCode {
         Err(error) => return report_usage_error(&error),
     };
 
-    let debug = match &cli {
-        Cli::Pub(args) => args.connect.debug,
-        Cli::Sub(args) => args.connect.debug,
+    let connect = match &cli {
+        Cli::Pub(args) => &args.connect,
+        Cli::Sub(args) => &args.connect,
     };
-    if debug {
+    if let Err(error) = check_reconnect_bounds(connect) {
+        return report_usage_error(&error);
+    }
+    if connect.debug {
         tracing_subscriber::fmt()
             .with_writer(std::io::stderr)
             .with_env_filter("mqttlink=debug")
@@ -224,6 +246,25 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Checks the reconnect flags against each other, which clap checks one at a time.
+fn check_reconnect_bounds(args: &ConnectArgs) -> Result<(), clap::Error> {
+    let message = if args.reconnect_base.is_zero() {
+        "--reconnect-base must be greater than 0".to_owned()
+    } else if args.reconnect_max < args.reconnect_base {
+        format!(
+            "--reconnect-max of {} s is below --reconnect-base of {} s",
+            args.reconnect_max.as_secs_f64(),
+            args.reconnect_base.as_secs_f64()
+        )
+    } else {
+        return Ok(());
+    };
+    Err(clap::Error::raw(
+        clap::error::ErrorKind::ValueValidation,
+        message,
+    ))
 }
 
 /// Prints help as clap does, and any other argument error as one line.
@@ -257,7 +298,7 @@ fn report_usage_error(error: &clap::Error) -> ExitCode {
 async fn run_pub(args: PubArgs) -> Result<(), BoxError> {
     let step_timeout = Duration::from_secs(args.timeout);
     let options = client_options(&args.connect, "pub", step_timeout);
-    let client = options.start()?;
+    let client = connect(options, step_timeout).await?.client;
 
     let mut publisher = Publisher::new(&client, &args, step_timeout);
     if args.payload.stdin_line {
@@ -371,14 +412,43 @@ impl<'a> Publisher<'a> {
     }
 }
 
-async fn run_sub(args: SubArgs) -> Result<(), BoxError> {
-    let connect_timeout = Duration::from_secs(args.connect_timeout);
-    let options = client_options(&args.connect, "sub", connect_timeout);
+/// Starts the client and waits for its first connection. Automatic reconnect retries
+/// only a connection that was up. A broker that cannot be reached at all fails the
+/// command at once, as it fails mosquitto_pub and mosquitto_sub.
+async fn connect(options: ClientOptions, timeout: Duration) -> Result<Connection, BoxError> {
     let client = options.start()?;
-
     let (incoming_tx, mut incoming_rx) = mpsc::unbounded_channel();
     let forwarder = Forwarder { incoming_tx }.start();
     client.subscribe_events(forwarder.clone().recipient());
+    match within(timeout, incoming_rx.recv()).await? {
+        Some(Incoming::Connected) => Ok(Connection {
+            client,
+            forwarder,
+            incoming_rx,
+        }),
+        Some(Incoming::Disconnected(DisconnectCause::Failed(error))) => Err(error.into()),
+        Some(Incoming::Disconnected(cause)) => Err(cause.to_string().into()),
+        Some(Incoming::Message(_)) | None => Err("the event forwarder stopped".into()),
+    }
+}
+
+/// A connected client, with the actor that forwards its messages and connection
+/// events to `incoming_rx`.
+struct Connection {
+    client: Client,
+    forwarder: Addr<Forwarder>,
+    incoming_rx: mpsc::UnboundedReceiver<Incoming>,
+}
+
+async fn run_sub(args: SubArgs) -> Result<(), BoxError> {
+    let connect_timeout = Duration::from_secs(args.connect_timeout);
+    let options = client_options(&args.connect, "sub", connect_timeout);
+    let Connection {
+        client,
+        forwarder,
+        mut incoming_rx,
+    } = connect(options, connect_timeout).await?;
+
     let mut subscribe = Subscribe::new(forwarder.recipient());
     for topic in &args.topics {
         subscribe = subscribe.filter(topic.clone(), SubscriptionOptions::with_qos(args.qos));
@@ -390,7 +460,7 @@ async fn run_sub(args: SubArgs) -> Result<(), BoxError> {
         }
     }
 
-    let received = print_messages(&mut incoming_rx, &args).await?;
+    let received = print_messages(&client, &mut incoming_rx, &args).await?;
     if let (Some(count), Some(seconds)) = (args.count, args.timeout) {
         if received < count {
             return Err(
@@ -403,8 +473,10 @@ async fn run_sub(args: SubArgs) -> Result<(), BoxError> {
 }
 
 /// Prints messages until the count is reached or the timeout passes, and returns how
-/// many it printed.
+/// many it printed. A lost connection is an error only when the client stopped
+/// instead of reconnecting, for example because the broker refused it for good.
 async fn print_messages(
+    client: &Client,
     incoming_rx: &mut mpsc::UnboundedReceiver<Incoming>,
     args: &SubArgs,
 ) -> Result<u64, BoxError> {
@@ -421,13 +493,20 @@ async fn print_messages(
             None => incoming_rx.recv().await,
         };
         match next {
-            Some(Incoming::Message(message)) => print_message(&message, args.verbose)?,
+            Some(Incoming::Message(message)) => {
+                print_message(&message, args.verbose)?;
+                received += 1;
+            }
+            Some(Incoming::Connected) => {}
+            // A client that stopped for good fails every request, and one that
+            // reconnects returns its counters and needs nothing from `sub`.
             Some(Incoming::Disconnected(reason)) => {
-                return Err(format!("connection lost: {reason}").into())
+                if client.stats().await.is_err() {
+                    return Err(format!("connection lost: {reason}").into());
+                }
             }
             None => return Err("the message forwarder stopped".into()),
         }
-        received += 1;
     }
     Ok(received)
 }
@@ -443,13 +522,14 @@ fn print_message(message: &Message, verbose: bool) -> std::io::Result<()> {
     stdout.flush()
 }
 
-/// An event the forwarder actor sends to `run_sub`.
+/// A message or connection event that the forwarder actor passes on.
 enum Incoming {
     Message(Box<Message>),
-    Disconnected(String),
+    Connected,
+    Disconnected(DisconnectCause),
 }
 
-/// Forwards incoming messages and the end of the connection to a channel.
+/// Forwards incoming messages and connection events to a channel.
 struct Forwarder {
     incoming_tx: mpsc::UnboundedSender<Incoming>,
 }
@@ -470,11 +550,12 @@ impl Handler<Event> for Forwarder {
     type Result = ();
 
     fn handle(&mut self, event: Event, _: &mut Context<Self>) {
-        if let Event::Disconnected { reason, .. } = event {
-            let _ = self
-                .incoming_tx
-                .send(Incoming::Disconnected(reason.to_string()));
-        }
+        let incoming = match event {
+            Event::Connected { .. } => Incoming::Connected,
+            Event::Disconnected { reason } => Incoming::Disconnected(reason),
+            _ => return,
+        };
+        let _ = self.incoming_tx.send(incoming);
     }
 }
 
@@ -490,7 +571,18 @@ fn client_options(args: &ConnectArgs, role: &str, connect_timeout: Duration) -> 
         .protocol(args.protocol)
         .keep_alive(Duration::from_secs(args.keepalive.into()))
         .clean_start(!args.disable_clean_session)
-        .connect_timeout(connect_timeout);
+        // With -c the user asks for the session an earlier run left on the broker, as
+        // mosquitto_sub -c gives it, so the client takes it without local state.
+        .adopt_broker_session(args.disable_clean_session)
+        .connect_timeout(connect_timeout)
+        // Mosquitto 2.0.11 accepts 20 inbound QoS 1 and 2 messages in flight per client
+        // by default, and a 3.1.1 client has no way to learn that limit. Above it the
+        // broker drops the message, acknowledges it with a failure reason code that
+        // 3.1.1 cannot carry, and closes the connection.
+        .max_inflight(MAX_INFLIGHT)
+        .reconnect(true)
+        .reconnect_backoff(args.reconnect_base, args.reconnect_max)
+        .reconnect_reset_after(args.reconnect_reset);
 
     // As in mosquitto_pub, -c in MQTT 5 requests a session that never expires.
     if args.disable_clean_session && args.protocol.is_v5() {
@@ -540,6 +632,14 @@ fn parse_protocol(value: &str) -> Result<ProtocolVersion, String> {
             "unknown protocol version {other:?}, expected 31, 311 or 5"
         )),
     }
+}
+
+fn parse_seconds(value: &str) -> Result<Duration, String> {
+    value
+        .parse::<f64>()
+        .ok()
+        .and_then(|seconds| Duration::try_from_secs_f64(seconds).ok())
+        .ok_or_else(|| format!("invalid duration {value:?}, expected seconds such as 2 or 0.5"))
 }
 
 fn parse_qos(value: &str) -> Result<QoS, String> {

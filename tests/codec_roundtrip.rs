@@ -110,8 +110,10 @@ fn connect_properties() -> impl Strategy<Value = Properties> {
                     request_response_information: response,
                     request_problem_information: problem,
                     user_properties: user,
+                    // The encoder rejects Authentication Data without Authentication
+                    // Method on CONNECT.
+                    authentication_data: data.filter(|_| method.is_some()),
                     authentication_method: method,
-                    authentication_data: data,
                     ..Properties::default()
                 }
             },
@@ -252,12 +254,14 @@ fn connect(version: ProtocolVersion) -> impl Strategy<Value = Packet> {
     )
         .prop_map(
             move |((clean_start, keep_alive, id), will, (username, password), properties)| {
-                // MQTT 3.1 and 3.1.1 allow a password only together with a user name.
+                // MQTT 3.1 and 3.1.1 allow a password only together with a user name,
+                // and an empty client identifier only with clean session.
                 let password = if v5 || username.is_some() {
                     password
                 } else {
                     None
                 };
+                let clean_start = clean_start || (!v5 && id.is_empty());
                 Packet::Connect(Box::new(Connect {
                     protocol: version,
                     clean_start,

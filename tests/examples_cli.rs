@@ -1,6 +1,7 @@
 //! Runs the `mqtt` example binary (`examples/mqtt.rs`) against a test Mosquitto:
-//! `sub` and `pub` in separate processes, stdin input, the last will, and the error
-//! exits. Also runs the quickstart, with its embedded broker and with `MQTT_URL`.
+//! `sub` and `pub` in separate processes, stdin input, the last will, reconnecting
+//! across a broker restart, and the error exits. Also runs the quickstart, with its
+//! embedded broker and with `MQTT_URL`.
 //!
 //! `cargo test` builds the example before it runs the tests. When the binary is
 //! missing or older than its sources, as after `cargo test --test examples_cli`
@@ -13,8 +14,12 @@
     clippy::indexing_slicing
 )]
 
+#[path = "support/actor_broker.rs"]
+mod actor_broker;
 #[path = "support/mosquitto.rs"]
 mod mosquitto;
+#[path = "support/reconnect_broker.rs"]
+mod reconnect_broker;
 
 use std::fs;
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
@@ -26,6 +31,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use mosquitto::Mosquitto;
+use reconnect_broker::RestartableMosquitto;
 
 /// Upper bound for every single wait in these tests.
 const WAIT: Duration = Duration::from_secs(20);
@@ -83,6 +89,40 @@ fn pub_sends_each_stdin_line() {
         sub.read_stdout_to_end(),
         "alpha\nbeta\ngamma\n",
         "one message per non-empty line, in order"
+    );
+}
+
+#[test]
+fn pub_300_lines_qos2_mqtt_3_1_1() {
+    let Some(broker) = Mosquitto::start() else {
+        return;
+    };
+    // Mosquitto accepts 20 inbound QoS 2 messages in flight by default and drops the
+    // rest. MQTT 3.1.1 has no way to announce that limit, so `pub` must keep to it.
+    let mut sub = spawn_sub(
+        &broker,
+        "many-sub",
+        &["-V", "311", "-t", "many", "-q", "2", "-C", "300"],
+    );
+    broker.wait_for_log("Sending SUBACK to many-sub");
+    let input: String = (1..=300)
+        .flat_map(|line| [line.to_string(), "\n".into()])
+        .collect();
+
+    let output = run_pub(
+        &broker,
+        &["-V", "311", "-t", "many", "-l", "-q", "2"],
+        Some(&input),
+    );
+    assert!(output.status.success(), "pub exit: {output:?}");
+    assert_eq!(output.stderr, "");
+
+    let status = sub.wait_with_timeout();
+    assert!(status.success(), "sub exit status {status}");
+    assert_eq!(sub.read_stdout_to_end(), input, "every line once, in order");
+    assert!(
+        !broker.log().contains("rc151"),
+        "the broker refused a publish for its quota"
     );
 }
 
@@ -199,6 +239,148 @@ fn sub_will_published_when_killed() {
     assert_eq!(watcher.read_stdout_to_end(), "cli/will gone\n");
 }
 
+#[test]
+fn sub_keeps_receiving_across_broker_restart() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let Some(mut broker) = runtime.block_on(RestartableMosquitto::start("cli-restart")) else {
+        return;
+    };
+    let port = broker.port().to_string();
+    // -c keeps the session, and with it the subscription, in the broker's persistence
+    // file across the restart.
+    let sub_args = [
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &port,
+        "-i",
+        "restart-sub",
+        "-c",
+        "-t",
+        "cli/restart",
+        "-q",
+        "1",
+        "-C",
+        "2",
+        "-v",
+        "--reconnect-base",
+        "0.05",
+        "--reconnect-max",
+        "0.2",
+    ];
+    let mut sub = spawn_mqtt("sub", &sub_args);
+    wait_for_restartable_log(&broker, "Sending SUBACK to restart-sub", 1);
+    let lines = sub.stdout_lines();
+    let publish = |payload| {
+        let args = [
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-t",
+            "cli/restart",
+            "-q",
+            "1",
+            "-W",
+            "10",
+            "-m",
+            payload,
+        ];
+        run_mqtt("pub", &args, None)
+    };
+
+    let before = publish("before");
+    assert!(before.status.success(), "pub exit: {before:?}");
+    let line = lines.recv_timeout(WAIT).expect("first message printed");
+    assert_eq!(line, "cli/restart before");
+
+    runtime.block_on(broker.restart());
+    let after = publish("after");
+    assert!(after.status.success(), "pub exit: {after:?}");
+    let line = lines
+        .recv_timeout(WAIT)
+        .expect("message after the restart printed");
+    assert_eq!(line, "cli/restart after");
+
+    let status = sub.wait_with_timeout();
+    assert!(status.success(), "sub exit status {status}");
+    assert_eq!(sub.read_stderr_to_end(), "");
+    assert_eq!(
+        broker.log().matches("as restart-sub ").count(),
+        2,
+        "sub connected before and after the restart"
+    );
+}
+
+#[test]
+fn reconnect_max_below_base_fails_before_connecting() {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+    let port = listener.local_addr().unwrap().port().to_string();
+    let args = [
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &port,
+        "-t",
+        "bounds",
+        "--reconnect-base",
+        "5",
+        "--reconnect-max",
+        "1",
+    ];
+    for (subcommand, extra) in [("pub", ["-m", "x"]), ("sub", ["-C", "1"])] {
+        let mut all_args = args.to_vec();
+        all_args.extend_from_slice(&extra);
+        let output = run_mqtt(subcommand, &all_args, None);
+
+        assert_eq!(
+            output.status.code(),
+            Some(2),
+            "{subcommand} exit: {output:?}"
+        );
+        assert_one_error_line(&output.stderr);
+        assert!(
+            output
+                .stderr
+                .contains("--reconnect-max of 1 s is below --reconnect-base of 5 s"),
+            "stderr: {}",
+            output.stderr
+        );
+    }
+    listener.set_nonblocking(true).unwrap();
+    assert!(
+        listener.accept().is_err(),
+        "a client connected although its reconnect bounds are invalid"
+    );
+}
+
+#[test]
+fn reconnect_flags_reject_invalid_seconds() {
+    let cases: [(&[&str], &str); 5] = [
+        (&["--reconnect-base", "soon"], "--reconnect-base"),
+        (&["--reconnect-base=-1"], "--reconnect-base"),
+        (&["--reconnect-base", "0"], "--reconnect-base"),
+        (&["--reconnect-max", "NaN"], "--reconnect-max"),
+        (&["--reconnect-reset", "1e30"], "--reconnect-reset"),
+    ];
+    for (flags, named) in cases {
+        let mut args = vec!["-t", "a"];
+        args.extend_from_slice(flags);
+        let output = run_mqtt("sub", &args, None);
+
+        assert_eq!(output.status.code(), Some(2), "{flags:?}: {output:?}");
+        assert_one_error_line(&output.stderr);
+        assert!(
+            output.stderr.contains(named),
+            "{flags:?}: stderr {}",
+            output.stderr
+        );
+    }
+}
+
 // ---------------------------------------------------------------------------
 // The quickstart example
 
@@ -256,6 +438,21 @@ fn quickstart_connection_refused_fails() {
 
 // ---------------------------------------------------------------------------
 // Helpers
+
+/// Waits until the broker's log contains `needle` at least `count` times, failing the
+/// test after [`WAIT`]. The broker writes its log as it goes, so the log is read again
+/// every [`POLL_INTERVAL`].
+fn wait_for_restartable_log(broker: &RestartableMosquitto, needle: &str, count: usize) {
+    let deadline = Instant::now() + WAIT;
+    while broker.log().matches(needle).count() < count {
+        assert!(
+            Instant::now() < deadline,
+            "mosquitto log has {needle:?} fewer than {count} times after {WAIT:?}:\n{}",
+            broker.log_tail()
+        );
+        thread::sleep(POLL_INTERVAL);
+    }
+}
 
 fn assert_one_error_line(stderr: &str) {
     assert_eq!(stderr.lines().count(), 1, "stderr: {stderr:?}");

@@ -1,21 +1,28 @@
 //! Layout of CONNECT (section 3.1) and CONNACK (section 3.2), in both directions.
 //!
 //! CONNECT is the one packet whose layout differs between MQTT 3.1 and 3.1.1: the
-//! protocol name is "MQIsdp" at level 3 instead of "MQTT" at level 4.
+//! protocol name is "MQIsdp" at level 3 instead of "MQTT" at level 4. It is also the
+//! one packet encoded in a single checking-and-writing pass, by [`encode_connect`].
 
 use bytes::{BufMut, BytesMut};
 
-use super::encoder::{binary_field_len, string_field_len, Sizes};
+use super::encoder::{
+    binary_field_len, checked_total, first_byte_of, string_field_len, write_packet, Sizes,
+};
 use super::error::{EncodeError, Violation};
 use super::packet::{ConnAck, Connect, LastWill, PacketType};
 use super::properties::Properties;
+use super::properties::PropertyId;
 use super::property_wire::{
-    measure_properties, put_properties, read_properties, section_len, PropertyContext,
+    measure_properties, measure_properties_but_characters, put_properties, read_properties,
+    section_len, PropertyContext,
 };
 use super::reason::ConnectReason;
 use super::topic::TopicName;
 use super::types::{ClientId, ProtocolVersion, QoS};
-use super::wire::{put_prefixed, value_violation, Reader};
+use super::wire::{
+    put_prefixed, put_variable_byte_integer, value_violation, Reader, Sink, SizedWriter,
+};
 
 const USERNAME_FLAG: u8 = 0b1000_0000;
 const PASSWORD_FLAG: u8 = 0b0100_0000;
@@ -125,27 +132,36 @@ fn read_will(
     })
 }
 
+/// Checks a CONNECT for `version` and returns its sizes.
 pub(crate) fn measure_connect(
     connect: &Connect,
     version: ProtocolVersion,
 ) -> Result<Sizes, EncodeError> {
-    if connect.protocol != version {
-        return Err(EncodeError::InvalidPacket(
-            "CONNECT protocol differs from the encoding version",
-        ));
-    }
-    // NOTE: two client rules are not enforced yet, because the codec round-trip tests
-    // generate such packets: an empty client identifier needs clean session before
-    // 5.0 [MQTT-3.1.3-7], and Authentication Data needs an Authentication Method.
+    checked_connect_sizes::<true>(connect, version)
+}
 
-    // [MQTT-3.1.2-22]: before 5.0 a password requires a user name.
-    if !version.is_v5() && connect.password.is_some() && connect.username.is_none() {
-        return Err(EncodeError::NotInVersion {
-            what: "a password without a user name",
-            version,
-        });
-    }
-    let properties = measure_properties(
+/// Checks and measures a CONNECT as [`measure_connect`] does, except for the
+/// characters of the user name and the property strings: the caller writes it with
+/// [`put_connect`] to a [`SizedWriter`](super::wire::SizedWriter) and runs
+/// [`measure_connect`] when that finds a string that is not printable ASCII.
+pub(crate) fn measure_connect_but_characters(
+    connect: &Connect,
+    version: ProtocolVersion,
+) -> Result<Sizes, EncodeError> {
+    checked_connect_sizes::<false>(connect, version)
+}
+
+fn checked_connect_sizes<const CHARACTERS: bool>(
+    connect: &Connect,
+    version: ProtocolVersion,
+) -> Result<Sizes, EncodeError> {
+    check_connect_rules(connect, version)?;
+    let measure = if CHARACTERS {
+        measure_properties
+    } else {
+        measure_properties_but_characters
+    };
+    let properties = measure(
         &connect.properties,
         version,
         PropertyContext::Connect,
@@ -157,7 +173,7 @@ pub(crate) fn measure_connect(
 
     let mut will_properties = 0;
     if let Some(will) = &connect.will {
-        will_properties = measure_properties(
+        will_properties = measure(
             &will.properties,
             version,
             PropertyContext::Will,
@@ -168,7 +184,11 @@ pub(crate) fn measure_connect(
         remaining += binary_field_len("will payload", &will.payload)?;
     }
     if let Some(username) = &connect.username {
-        remaining += string_field_len("user name", username)?;
+        remaining += if CHARACTERS {
+            string_field_len("user name", username)?
+        } else {
+            binary_field_len("user name", username.as_bytes())?
+        };
     }
     if let Some(password) = &connect.password {
         remaining += binary_field_len("password", password)?;
@@ -178,6 +198,94 @@ pub(crate) fn measure_connect(
         properties,
         will_properties,
     })
+}
+
+/// Encodes a CONNECT with the same result as the two passes of
+/// [`encode`](super::encoder::encode), but checks the characters of its strings
+/// while writing them.
+///
+/// Strings of printable ASCII, the common case, need no further check. When one is
+/// not, [`measure_connect`] runs the full checks, so that the error and its
+/// precedence are those of the two-pass path, and on success that path writes the
+/// packet again.
+#[inline(never)]
+pub(crate) fn encode_connect(
+    connect: &Connect,
+    version: ProtocolVersion,
+    max_packet_size: u32,
+    dst: &mut BytesMut,
+) -> Result<(), EncodeError> {
+    let sizes = measure_connect_but_characters(connect, version)?;
+    let total = match checked_total(sizes.remaining, max_packet_size) {
+        Ok(total) => total,
+        Err(too_large) => {
+            // A character error comes first, as in the two-pass path.
+            measure_connect(connect, version)?;
+            return Err(too_large);
+        }
+    };
+
+    let start = dst.len();
+    dst.resize(start + total, 0);
+    let mut writer = SizedWriter::new(dst.get_mut(start..).unwrap_or_default());
+    writer.write_array([first_byte_of(PacketType::Connect)]);
+    put_variable_byte_integer(&mut writer, sizes.remaining as u32);
+    put_connect(connect, version, &sizes, &mut writer);
+    debug_assert!(
+        !writer.is_clean() || writer.is_full(),
+        "CONNECT measured {total} bytes and wrote fewer"
+    );
+    if writer.is_clean() {
+        return Ok(());
+    }
+
+    dst.truncate(start);
+    let sizes = measure_connect(connect, version)?;
+    write_packet(
+        first_byte_of(PacketType::Connect),
+        &sizes,
+        max_packet_size,
+        dst,
+        |dst| put_connect(connect, version, &sizes, dst),
+    )
+}
+
+/// Checks the rules that relate the fields of a CONNECT to each other and to the
+/// encoding version.
+fn check_connect_rules(connect: &Connect, version: ProtocolVersion) -> Result<(), EncodeError> {
+    if connect.protocol != version {
+        return Err(EncodeError::InvalidPacket(
+            "CONNECT protocol differs from the encoding version",
+        ));
+    }
+    if !version.is_v5() {
+        // [MQTT-3.1.2-22]: before 5.0 a password requires a user name.
+        if connect.password.is_some() && connect.username.is_none() {
+            return Err(EncodeError::NotInVersion {
+                what: "a password without a user name",
+                version,
+            });
+        }
+        // [MQTT-3.1.3-7]: before 5.0 an empty client identifier requires clean
+        // session 1. MQTT 5.0 lets the server assign one to any session.
+        if connect.client_id.is_empty() && !connect.clean_start {
+            return Err(EncodeError::NotInVersion {
+                what: "an empty client identifier without clean session",
+                version,
+            });
+        }
+    }
+    // Authentication Data without Authentication Method is a Protocol Error (MQTT 5.0
+    // section 3.1.2.11.10).
+    let properties = &connect.properties;
+    if properties.authentication_data.is_some() && properties.authentication_method.is_none() {
+        return Err(EncodeError::InvalidProperty {
+            packet_type: PacketType::Connect,
+            property: PropertyId::AuthenticationData,
+            problem: "authentication data requires an authentication method",
+        });
+    }
+    Ok(())
 }
 
 fn connect_flags(connect: &Connect) -> u8 {
@@ -200,16 +308,16 @@ fn connect_flags(connect: &Connect) -> u8 {
     flags
 }
 
-pub(crate) fn put_connect(
+/// Appends the body of a CONNECT measured with `sizes`.
+pub(crate) fn put_connect<S: Sink>(
     connect: &Connect,
     version: ProtocolVersion,
     sizes: &Sizes,
-    dst: &mut BytesMut,
+    dst: &mut S,
 ) {
     put_prefixed(dst, protocol_name(version).as_bytes());
-    dst.put_u8(version.level());
-    dst.put_u8(connect_flags(connect));
-    dst.put_u16(connect.keep_alive);
+    dst.write_array([version.level(), connect_flags(connect)]);
+    dst.write_array(connect.keep_alive.to_be_bytes());
     if version.is_v5() {
         put_properties(dst, &connect.properties, sizes.properties);
     }
@@ -222,7 +330,7 @@ pub(crate) fn put_connect(
         put_prefixed(dst, &will.payload);
     }
     if let Some(username) = &connect.username {
-        put_prefixed(dst, username.as_bytes());
+        dst.write_string(None, username);
     }
     if let Some(password) = &connect.password {
         put_prefixed(dst, password);

@@ -6,15 +6,13 @@
 
 use std::num::{NonZeroU16, NonZeroU32};
 
-use bytes::{BufMut, BytesMut};
-
 use super::error::{EncodeError, Violation};
 use super::packet::PacketType;
 use super::properties::{PayloadFormat, Properties, PropertyId};
 use super::topic::TopicName;
 use super::types::{disallowed_character, ProtocolVersion, QoS};
 use super::wire::{
-    put_prefixed, put_variable_byte_integer, value_violation, variable_byte_integer_len, Reader,
+    put_variable_byte_integer, value_violation, variable_byte_integer_len, Reader, Sink,
     MAX_VARIABLE_BYTE_INTEGER,
 };
 
@@ -291,19 +289,35 @@ impl Value<'_> {
         }
     }
 
+    /// Appends the property: its identifier, which is below 128 and so takes one
+    /// byte, then the value.
     #[allow(clippy::inline_always)] // Called from `WriteVisitor`, see there.
     #[inline(always)]
-    fn put(&self, dst: &mut BytesMut) {
+    fn put(&self, id: PropertyId, dst: &mut impl Sink) {
+        let id = id as u8;
         match self {
-            Self::Byte(value) => dst.put_u8(*value),
-            Self::TwoBytes(value) => dst.put_u16(*value),
-            Self::FourBytes(value) => dst.put_u32(*value),
-            Self::VariableByteInteger(value) => put_variable_byte_integer(dst, *value),
-            Self::String(value) => put_prefixed(dst, value.as_bytes()),
-            Self::Binary(value) => put_prefixed(dst, value),
+            Self::Byte(value) => dst.write_array([id, *value]),
+            Self::TwoBytes(value) => {
+                let [high, low] = value.to_be_bytes();
+                dst.write_array([id, high, low]);
+            }
+            Self::FourBytes(value) => {
+                let [a, b, c, d] = value.to_be_bytes();
+                dst.write_array([id, a, b, c, d]);
+            }
+            Self::VariableByteInteger(value) => {
+                dst.write_array([id]);
+                put_variable_byte_integer(dst, *value);
+            }
+            Self::String(value) => dst.write_string(Some(id), value),
+            Self::Binary(value) => {
+                let [high, low] = (value.len() as u16).to_be_bytes();
+                dst.write_array([id, high, low]);
+                dst.write_slice(value);
+            }
             Self::Pair(name, value) => {
-                put_prefixed(dst, name.as_bytes());
-                put_prefixed(dst, value.as_bytes());
+                dst.write_string(Some(id), name);
+                dst.write_string(None, value);
             }
         }
     }
@@ -316,9 +330,10 @@ trait PropertyVisitor<'a> {
     fn visit(&mut self, id: PropertyId, value: Value<'a>);
 }
 
-/// Sums the encoded length of a property list and notes what it contains.
+/// Sums the encoded length of a property list and notes what it contains. With
+/// `CHARACTERS` true it also records the first value the wire cannot carry.
 #[derive(Default)]
-struct LengthVisitor {
+struct LengthVisitor<const CHARACTERS: bool> {
     /// Bytes of the list, without its length prefix.
     len: usize,
     /// One bit per identifier present.
@@ -327,13 +342,16 @@ struct LengthVisitor {
     problem: Option<(PropertyId, &'static str)>,
 }
 
-impl<'a> PropertyVisitor<'a> for LengthVisitor {
+impl<'a, const CHARACTERS: bool> PropertyVisitor<'a> for LengthVisitor<CHARACTERS> {
     #[allow(clippy::inline_always)] // See the trait.
     #[inline(always)]
     fn visit(&mut self, id: PropertyId, value: Value<'a>) {
         // Every identifier is below 128, so it takes one byte.
         self.present |= 1 << id as u8;
         self.len += 1 + value.len();
+        if !CHARACTERS {
+            return;
+        }
         if let Err(text) = check_value(&value) {
             self.problem.get_or_insert((id, text));
         }
@@ -341,15 +359,13 @@ impl<'a> PropertyVisitor<'a> for LengthVisitor {
 }
 
 /// Appends each property, identifier first.
-struct WriteVisitor<'d>(&'d mut BytesMut);
+struct WriteVisitor<'d, S>(&'d mut S);
 
-impl<'a> PropertyVisitor<'a> for WriteVisitor<'_> {
+impl<'a, S: Sink> PropertyVisitor<'a> for WriteVisitor<'_, S> {
     #[allow(clippy::inline_always)] // See the trait.
     #[inline(always)]
     fn visit(&mut self, id: PropertyId, value: Value<'a>) {
-        // Every identifier is below 128, so it takes one byte.
-        self.0.put_u8(id as u8);
-        value.put(self.0);
+        value.put(id, self.0);
     }
 }
 
@@ -371,7 +387,9 @@ fn for_each_property<'a>(p: &'a Properties, visitor: &mut impl PropertyVisitor<'
         visitor.visit(P::TopicAlias, V::TwoBytes(value.get()));
     }
     if let Some(value) = &p.response_topic {
-        visitor.visit(P::ResponseTopic, V::String(value.as_str()));
+        // A topic name had its characters checked when it was built, so it goes out
+        // as plain bytes.
+        visitor.visit(P::ResponseTopic, V::Binary(value.as_str().as_bytes()));
     }
     if let Some(value) = &p.correlation_data {
         visitor.visit(P::CorrelationData, V::Binary(value));
@@ -449,24 +467,30 @@ fn for_each_property<'a>(p: &'a Properties, visitor: &mut impl PropertyVisitor<'
 
 /// Checks that `properties` may be sent in `context` and returns the length of the
 /// property list, without its length prefix.
-pub(crate) fn properties_len(
+///
+/// With `CHARACTERS` false the walk checks no value. A list of at most 65,535 bytes
+/// without Subscription Identifier has no value too long for its length prefix and
+/// no number out of range, and what remains to check are the characters of strings.
+/// For any other list the walk is repeated with `CHARACTERS` true.
+pub(crate) fn properties_len<const CHARACTERS: bool>(
     properties: &Properties,
     context: PropertyContext,
     packet_type: PacketType,
 ) -> Result<usize, EncodeError> {
-    if !has_properties(properties) {
-        return Ok(0);
-    }
-
     // The walk records which identifiers are present and leaves the rules on
     // fixed-size values to the checks after it.
-    let mut visitor = LengthVisitor::default();
+    let mut visitor = LengthVisitor::<CHARACTERS>::default();
     for_each_property(properties, &mut visitor);
     let LengthVisitor {
         len,
         present,
         problem,
     } = visitor;
+    if !CHARACTERS
+        && (len > usize::from(u16::MAX) || !properties.subscription_identifiers.is_empty())
+    {
+        return properties_len::<true>(properties, context, packet_type);
+    }
 
     let invalid = |property, problem| EncodeError::InvalidProperty {
         packet_type,
@@ -546,11 +570,29 @@ pub(crate) fn measure_properties(
     if !has_properties(properties) {
         return Ok(0);
     }
-    measure_present_properties(properties, version, context, packet_type)
+    measure_present_properties::<true>(properties, version, context, packet_type)
+}
+
+/// Checks and measures `properties` as [`measure_properties`] does, except for the
+/// characters of strings: the caller writes the list with [`put_properties`] to a
+/// [`SizedWriter`](super::wire::SizedWriter) and checks the characters when that
+/// finds a string that is not printable ASCII.
+pub(crate) fn measure_properties_but_characters(
+    properties: &Properties,
+    version: ProtocolVersion,
+    context: PropertyContext,
+    packet_type: PacketType,
+) -> Result<usize, EncodeError> {
+    // An empty list costs the walk little more than the `has_properties` test, so
+    // CONNECT, the only caller, skips that test.
+    if version.is_v5() {
+        return properties_len::<false>(properties, context, packet_type);
+    }
+    measure_properties(properties, version, context, packet_type)
 }
 
 #[inline(never)]
-fn measure_present_properties(
+fn measure_present_properties<const CHARACTERS: bool>(
     properties: &Properties,
     version: ProtocolVersion,
     context: PropertyContext,
@@ -562,7 +604,7 @@ fn measure_present_properties(
             version,
         });
     }
-    properties_len(properties, context, packet_type)
+    properties_len::<CHARACTERS>(properties, context, packet_type)
 }
 
 /// Returns the bytes a property list of `len` bytes takes with its length prefix:
@@ -639,24 +681,26 @@ pub(crate) fn has_properties(properties: &Properties) -> bool {
 /// Appends the property length `len`, as returned by [`properties_len`], and the
 /// property list.
 #[inline]
-pub(crate) fn put_properties(dst: &mut BytesMut, properties: &Properties, len: usize) {
+pub(crate) fn put_properties<S: Sink>(dst: &mut S, properties: &Properties, len: usize) {
     if len == 0 {
-        dst.put_u8(0);
+        dst.write_array([0]);
         return;
     }
     put_property_list(dst, properties, len);
 }
 
 #[inline(never)]
-fn put_property_list(dst: &mut BytesMut, properties: &Properties, len: usize) {
-    put_variable_byte_integer(dst, len as u32);
-    for_each_property(properties, &mut WriteVisitor(dst));
+fn put_property_list<S: Sink>(dst: &mut S, properties: &Properties, len: usize) {
+    dst.write_locally(|dst| {
+        put_variable_byte_integer(dst, len as u32);
+        for_each_property(properties, &mut WriteVisitor(dst));
+    });
 }
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::indexing_slicing)]
 mod tests {
-    use bytes::Bytes;
+    use bytes::{Bytes, BytesMut};
 
     use super::*;
 
@@ -668,7 +712,7 @@ mod tests {
     }
 
     fn encode(properties: &Properties, context: PropertyContext) -> Vec<u8> {
-        let len = properties_len(properties, context, PacketType::ConnAck).unwrap();
+        let len = properties_len::<true>(properties, context, PacketType::ConnAck).unwrap();
         let mut dst = BytesMut::new();
         put_properties(&mut dst, properties, len);
         dst.to_vec()
@@ -825,7 +869,8 @@ mod tests {
             topic_alias: NonZeroU16::new(1),
             ..Properties::default()
         };
-        let result = properties_len(&properties, PropertyContext::Connect, PacketType::Connect);
+        let result =
+            properties_len::<true>(&properties, PropertyContext::Connect, PacketType::Connect);
         assert!(
             matches!(result, Err(EncodeError::InvalidProperty { .. })),
             "{result:?}"
@@ -838,7 +883,8 @@ mod tests {
             maximum_qos: Some(QoS::ExactlyOnce),
             ..Properties::default()
         };
-        let result = properties_len(&properties, PropertyContext::ConnAck, PacketType::ConnAck);
+        let result =
+            properties_len::<true>(&properties, PropertyContext::ConnAck, PacketType::ConnAck);
         assert!(
             matches!(result, Err(EncodeError::InvalidProperty { .. })),
             "{result:?}"

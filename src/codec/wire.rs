@@ -12,7 +12,7 @@ use bytestring::ByteString;
 
 use super::error::Violation;
 use super::packet::PacketType;
-use super::types::{disallowed_character, InvalidValue, PacketId};
+use super::types::{disallowed_character, is_printable_ascii, InvalidValue, PacketId};
 
 /// Largest value a Variable Byte Integer can hold (four bytes of seven bits).
 pub(crate) const MAX_VARIABLE_BYTE_INTEGER: u32 = 268_435_455;
@@ -29,25 +29,269 @@ pub(crate) fn variable_byte_integer_len(value: u32) -> usize {
 
 /// Appends `value` as a Variable Byte Integer. The caller keeps `value` at or below
 /// [`MAX_VARIABLE_BYTE_INTEGER`]; higher bits are dropped.
-pub(crate) fn put_variable_byte_integer(dst: &mut BytesMut, value: u32) {
+pub(crate) fn put_variable_byte_integer(dst: &mut impl Sink, value: u32) {
     let mut rest = value & MAX_VARIABLE_BYTE_INTEGER;
     loop {
         let byte = (rest & 0x7F) as u8;
         rest >>= 7;
         if rest == 0 {
-            dst.put_u8(byte);
+            dst.write_array([byte]);
             return;
         }
-        dst.put_u8(byte | 0x80);
+        dst.write_array([byte | 0x80]);
     }
 }
 
 /// Appends a length-prefixed string or binary value. The caller has checked that it is
 /// at most 65,535 bytes long.
-pub(crate) fn put_prefixed(dst: &mut BytesMut, value: &[u8]) {
-    dst.put_u16(value.len() as u16);
-    dst.put_slice(value);
+#[inline]
+pub(crate) fn put_prefixed(dst: &mut impl Sink, value: &[u8]) {
+    dst.write_array((value.len() as u16).to_be_bytes());
+    dst.write_slice(value);
 }
+
+/// Destination of the encoder's writing pass: a `BytesMut` that grows as needed, or
+/// a [`SizedWriter`] over bytes sized in advance.
+pub(crate) trait Sink: Sized {
+    /// Appends the bytes of a fixed-size array.
+    fn write_array<const N: usize>(&mut self, bytes: [u8; N]);
+
+    /// Appends `bytes`.
+    fn write_slice(&mut self, bytes: &[u8]);
+
+    /// Appends `tag`, when there is one, and a length-prefixed string. A
+    /// [`SizedWriter`] also notes whether the string is printable ASCII. The caller
+    /// has checked that it is at most 65,535 bytes long.
+    fn write_string(&mut self, tag: Option<u8>, value: &str) {
+        if let Some(tag) = tag {
+            self.write_array([tag]);
+        }
+        put_prefixed(self, value.as_bytes());
+    }
+
+    /// Runs `write` on this sink, or on a copy of it in a local variable, which the
+    /// compiler keeps in registers because no write through the sink can change it.
+    fn write_locally<R>(&mut self, write: impl FnOnce(&mut Self) -> R) -> R {
+        write(self)
+    }
+}
+
+impl Sink for BytesMut {
+    #[inline]
+    fn write_array<const N: usize>(&mut self, bytes: [u8; N]) {
+        BufMut::put_slice(self, &bytes);
+    }
+
+    #[inline]
+    fn write_slice(&mut self, bytes: &[u8]) {
+        BufMut::put_slice(self, bytes);
+    }
+}
+
+/// Writes over a slice that already has the packet's measured length. A write is a
+/// bounds check and a store, without the capacity and length updates of a
+/// `BytesMut`, and strings of up to 16 bytes and other values of up to 32 bytes are
+/// copied inline instead of through `memcpy`. Each string is checked for printable
+/// ASCII on the words of its copy.
+///
+/// A write that does not fit is skipped and ends the writing. Then, as after a
+/// string that is not printable ASCII, [`SizedWriter::is_clean`] returns `false`,
+/// and the caller must check and write the packet the slow way.
+#[derive(Debug)]
+pub(crate) struct SizedWriter<'a> {
+    /// The part of the slice not written yet.
+    rest: &'a mut [u8],
+    /// [`unprintable_marks`] of every string written, or'ed together, and
+    /// [`HIGH_BITS`] after a write that did not fit.
+    marks: u64,
+}
+
+impl<'a> SizedWriter<'a> {
+    /// Starts writing at the beginning of `buf`.
+    pub(crate) fn new(buf: &'a mut [u8]) -> Self {
+        Self {
+            rest: buf,
+            marks: 0,
+        }
+    }
+
+    /// Returns `true` when every byte of the slice has been written.
+    pub(crate) fn is_full(&self) -> bool {
+        self.rest.is_empty()
+    }
+
+    /// Returns `true` when every write fit and every string written was printable
+    /// ASCII, so that nothing needs a further check.
+    pub(crate) fn is_clean(&self) -> bool {
+        self.marks & HIGH_BITS == 0
+    }
+
+    /// Writes `head` and then the string `bytes` with one bounds check for both, and
+    /// notes the [`unprintable_marks`] of `bytes`.
+    #[allow(clippy::inline_always)] // See `write_array`.
+    #[inline(always)]
+    fn write_headed<const N: usize>(&mut self, head: &[u8; N], bytes: &[u8]) {
+        // With the checked sum the compiler can prove that the slot is at least N
+        // bytes long, so the split below needs no check of its own.
+        let slot = bytes
+            .len()
+            .checked_add(N)
+            .and_then(|len| self.next_slot(len));
+        let Some((head_slot, body)) = slot.and_then(<[u8]>::split_first_chunk_mut::<N>) else {
+            self.marks |= HIGH_BITS;
+            return;
+        };
+        *head_slot = *head;
+        self.marks |= copy_short(body, bytes, true);
+    }
+
+    /// Returns the next `len` bytes to write, or `None` when they do not fit.
+    #[allow(clippy::inline_always)] // See `write_array`.
+    #[inline(always)]
+    fn next_slot(&mut self, len: usize) -> Option<&'a mut [u8]> {
+        let Some((slot, rest)) = std::mem::take(&mut self.rest).split_at_mut_checked(len) else {
+            self.marks |= HIGH_BITS;
+            return None;
+        };
+        self.rest = rest;
+        Some(slot)
+    }
+}
+
+impl Sink for SizedWriter<'_> {
+    #[allow(clippy::inline_always)] // Each call is a few instructions once inlined.
+    #[inline(always)]
+    fn write_array<const N: usize>(&mut self, bytes: [u8; N]) {
+        let Some((slot, rest)) = std::mem::take(&mut self.rest).split_first_chunk_mut::<N>() else {
+            self.marks |= HIGH_BITS;
+            return;
+        };
+        *slot = bytes;
+        self.rest = rest;
+    }
+
+    #[allow(clippy::inline_always)] // See `write_array`.
+    #[inline(always)]
+    fn write_slice(&mut self, bytes: &[u8]) {
+        if let Some(slot) = self.next_slot(bytes.len()) {
+            copy_short(slot, bytes, false);
+        }
+    }
+
+    #[allow(clippy::inline_always)] // See `write_array`.
+    #[inline(always)]
+    fn write_string(&mut self, tag: Option<u8>, value: &str) {
+        let bytes = value.as_bytes();
+        let [high, low] = (bytes.len() as u16).to_be_bytes();
+        match tag {
+            Some(tag) => self.write_headed(&[tag, high, low], bytes),
+            None => self.write_headed(&[high, low], bytes),
+        }
+    }
+
+    #[inline]
+    fn write_locally<R>(&mut self, write: impl FnOnce(&mut Self) -> R) -> R {
+        let mut local = SizedWriter {
+            rest: std::mem::take(&mut self.rest),
+            marks: self.marks,
+        };
+        let result = write(&mut local);
+        *self = local;
+        result
+    }
+}
+
+/// Copies `src` into `dst`, which has the same length, and with `mark` true returns
+/// the [`unprintable_marks`] of `src`, else 0.
+///
+/// Up to 16 bytes are copied as two overlapping words of 4 or 8 bytes, or byte by
+/// byte below 4, which is cheaper than a call to `memcpy` for the short values most
+/// packets carry, and the marks come from the same words. The common 4 to 8 bytes
+/// are tested first.
+#[allow(clippy::inline_always)] // See `SizedWriter::write_array`.
+#[inline(always)]
+fn copy_short(dst: &mut [u8], src: &[u8], mark: bool) -> u64 {
+    let len = src.len();
+    if dst.len() != len {
+        return HIGH_BITS;
+    }
+    if len.wrapping_sub(4) <= 4 {
+        let (Some(first), Some(last)) = (src.first_chunk::<4>(), src.last_chunk::<4>()) else {
+            return HIGH_BITS;
+        };
+        let word =
+            u64::from(u32::from_le_bytes(*first)) | u64::from(u32::from_le_bytes(*last)) << 32;
+        copy_ends(dst, first, last);
+        return if mark { unprintable_marks(word) } else { 0 };
+    }
+    if len.wrapping_sub(9) <= 7 {
+        let (Some(first), Some(last)) = (src.first_chunk::<8>(), src.last_chunk::<8>()) else {
+            return HIGH_BITS;
+        };
+        let words = (u64::from_le_bytes(*first), u64::from_le_bytes(*last));
+        copy_ends(dst, first, last);
+        return if mark {
+            unprintable_marks(words.0) | unprintable_marks(words.1)
+        } else {
+            0
+        };
+    }
+    if len.wrapping_sub(17) <= 15 && !mark {
+        let (Some(first), Some(last)) = (src.first_chunk::<16>(), src.last_chunk::<16>()) else {
+            return HIGH_BITS;
+        };
+        copy_ends(dst, first, last);
+        return 0;
+    }
+    if len > 16 {
+        dst.copy_from_slice(src);
+        return if !mark || is_printable_ascii(src) {
+            0
+        } else {
+            HIGH_BITS
+        };
+    }
+    // Up to 3 bytes, padded with spaces, which are printable.
+    let mut word = [b' '; 8];
+    for ((slot, padded), &byte) in dst.iter_mut().zip(&mut word).zip(src) {
+        *slot = byte;
+        *padded = byte;
+    }
+    if mark {
+        unprintable_marks(u64::from_le_bytes(word))
+    } else {
+        0
+    }
+}
+
+/// Writes `first` at the start of `dst` and `last` at its end, which overlap when
+/// `dst` is shorter than both together.
+#[allow(clippy::inline_always)] // See `SizedWriter::write_array`.
+#[inline(always)]
+fn copy_ends<const N: usize>(dst: &mut [u8], first: &[u8; N], last: &[u8; N]) {
+    if let Some(slot) = dst.first_chunk_mut::<N>() {
+        *slot = *first;
+    }
+    if let Some(slot) = dst.last_chunk_mut::<N>() {
+        *slot = *last;
+    }
+}
+
+/// Returns a word whose bytes have their high bit set where `word` has a byte
+/// outside printable ASCII, 0x20 to 0x7E, and maybe in bytes above it, because a
+/// flagged byte can carry or borrow into the next one. Other bits carry no meaning:
+/// callers or the results together and test the high bits once at the end.
+#[allow(clippy::inline_always)] // See `SizedWriter::write_array`.
+#[inline(always)]
+fn unprintable_marks(word: u64) -> u64 {
+    const EVERY_BYTE: u64 = 0x0101_0101_0101_0101;
+    // Below 0x20, subtracting 0x20 borrows the high bit. Adding 1 to 0x7F sets it, and
+    // above 0x7F it is set already.
+    word.wrapping_sub(EVERY_BYTE * 0x20) | word.wrapping_add(EVERY_BYTE) | word
+}
+
+/// The high bit of every byte of a word.
+const HIGH_BITS: u64 = 0x8080_8080_8080_8080;
 
 /// Parses a Variable Byte Integer at the start of `bytes`. Returns `Ok(None)` when
 /// `bytes` ends before the integer does, else the value and the number of bytes used.

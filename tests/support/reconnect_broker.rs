@@ -968,6 +968,21 @@ impl RestartableMosquitto {
     pub async fn start_again(&mut self) {
         self.launch().await;
     }
+
+    /// Appends `lines` to the broker's config file. They take effect at the next
+    /// [`RestartableMosquitto::restart`], and a later line overrides an earlier one
+    /// of the same option, such as `max_queued_messages`.
+    pub fn append_config(&self, lines: &str) {
+        let path = self.dir.join("mosquitto.conf");
+        let mut config = std::fs::read_to_string(&path).expect("read the broker config");
+        config.push_str(lines);
+        std::fs::write(&path, config).expect("write the broker config");
+    }
+
+    /// Returns the broker's whole log, across its restarts.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("mosquitto.log")).unwrap_or_default()
+    }
 }
 
 /// Waits until `client` reports `expected` queued requests, reading its counters a
@@ -984,10 +999,10 @@ pub async fn wait_for_queued(client: &mqttlink::Client, expected: usize) -> usiz
     queued
 }
 
-/// Options of a client whose session survives a broker restart. The client uses MQTT
-/// 3.1.1 with clean session 0, because Mosquitto 2.0.11 sent Session Present 0 after a
-/// restart to a v5 client with a Session Expiry Interval of one hour, so it had lost
-/// the session and the messages queued in it.
+/// Options of a client whose session survives a broker restart: MQTT 3.1.1 with clean
+/// session 0. Mosquitto 2.0.11 writes to its persistence file only the sessions of
+/// clients that connected with clean start 0, so a v5 client that starts with clean
+/// start 1 and a Session Expiry Interval loses its session at the first restart.
 pub fn persistent(port: u16, client_id: &str) -> mqttlink::ClientOptions {
     mqttlink::ClientOptions::new("127.0.0.1", port)
         .client_id(client_id)
