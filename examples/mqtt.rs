@@ -37,10 +37,6 @@ const USAGE_ERROR: u8 = 2;
 /// Publishes not yet acknowledged that `pub -l` keeps before it waits for the oldest.
 const MAX_PENDING_PUBLISHES: usize = 64;
 
-/// QoS 1 and 2 publishes the client keeps in flight at once; the rest wait in its
-/// queue. An MQTT 5 broker's Receive Maximum lowers it further.
-const MAX_INFLIGHT: u16 = 20;
-
 /// Command-line MQTT client built on mqttlink.
 #[derive(Debug, Parser)]
 #[command(name = "mqtt")]
@@ -575,11 +571,6 @@ fn client_options(args: &ConnectArgs, role: &str, connect_timeout: Duration) -> 
         // mosquitto_sub -c gives it, so the client takes it without local state.
         .adopt_broker_session(args.disable_clean_session)
         .connect_timeout(connect_timeout)
-        // Mosquitto 2.0.11 accepts 20 inbound QoS 1 and 2 messages in flight per client
-        // by default, and a 3.1.1 client has no way to learn that limit. Above it the
-        // broker drops the message, acknowledges it with a failure reason code that
-        // 3.1.1 cannot carry, and closes the connection.
-        .max_inflight(MAX_INFLIGHT)
         .reconnect(true)
         .reconnect_backoff(args.reconnect_base, args.reconnect_max)
         .reconnect_reset_after(args.reconnect_reset);

@@ -23,6 +23,10 @@ use super::Client;
 /// queue a broker connection drains in reasonable time.
 const MAX_PENDING_REQUESTS: usize = 1 << 20;
 
+/// Default of `max_inflight` for MQTT 3.1 and 3.1.1, whose brokers cannot announce a
+/// Receive Maximum: the default limit of Mosquitto 2.0, which drops what exceeds it.
+const DEFAULT_MAX_INFLIGHT_V3: u16 = 20;
+
 /// Port of unencrypted MQTT.
 const DEFAULT_PORT: u16 = 1883;
 
@@ -89,7 +93,8 @@ pub struct ClientOptions {
     connect_timeout: Duration,
     disconnect_timeout: Duration,
     receive_maximum: u16,
-    max_inflight: u16,
+    /// `None` until set: the default then depends on the protocol version.
+    max_inflight: Option<u16>,
     max_pending_requests: usize,
     max_queued_bytes: Option<usize>,
     queue_full_policy: QueueFullPolicy,
@@ -124,7 +129,7 @@ impl ClientOptions {
             connect_timeout: Duration::from_secs(10),
             disconnect_timeout: Duration::from_secs(5),
             receive_maximum: u16::MAX,
-            max_inflight: u16::MAX,
+            max_inflight: None,
             max_pending_requests: 1024,
             max_queued_bytes: None,
             queue_full_policy: QueueFullPolicy::RefuseNew,
@@ -245,10 +250,15 @@ impl ClientOptions {
     }
 
     /// Sets the most outbound QoS 1 and 2 messages in flight at once; the broker's Receive
-    /// Maximum lowers it further. Must not be zero; 65,535 by default.
+    /// Maximum lowers it further. Must not be zero.
+    ///
+    /// The default is 65,535 for MQTT 5.0, where the broker announces its limit, and
+    /// 20 for 3.1 and 3.1.1, where it cannot. Mosquitto 2.0, for
+    /// one, accepts 20 messages in flight from a client by default; above that it drops
+    /// the message and still acknowledges it to a 3.1.1 client, which cannot tell.
     #[must_use]
     pub fn max_inflight(mut self, maximum: u16) -> Self {
-        self.max_inflight = maximum;
+        self.max_inflight = Some(maximum);
         self
     }
 
@@ -581,7 +591,12 @@ impl ClientOptions {
         let Some(receive_maximum) = NonZeroU16::new(self.receive_maximum) else {
             return invalid("receive_maximum must not be 0");
         };
-        let Some(max_inflight) = NonZeroU16::new(self.max_inflight) else {
+        let max_inflight = self.max_inflight.unwrap_or(if self.protocol.is_v5() {
+            u16::MAX
+        } else {
+            DEFAULT_MAX_INFLIGHT_V3
+        });
+        let Some(max_inflight) = NonZeroU16::new(max_inflight) else {
             return invalid("max_inflight must not be 0");
         };
         if self.max_pending_requests == 0 {
