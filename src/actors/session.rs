@@ -54,6 +54,8 @@ pub(crate) struct SessionActor {
     backlog: VecDeque<Delivery>,
     /// The delivery waiting for room in a recipient's mailbox, if any.
     blocked_delivery: Option<SpawnHandle>,
+    /// The recipients of the message being routed, own_copy to reuse its allocation.
+    recipients: Vec<Rc<Recipient<Message>>>,
     /// The deadline last sent to the keep-alive actor, so an unchanged one is not resent.
     armed: Option<Instant>,
 }
@@ -83,6 +85,7 @@ impl SessionActor {
             counters: parts.counters,
             backlog: VecDeque::new(),
             blocked_delivery: None,
+            recipients: Vec::new(),
             armed: None,
         }
     }
@@ -126,7 +129,9 @@ impl SessionActor {
                     properties,
                 });
             }
-            SessionEvent::Message { message, ack } => self.enqueue_delivery(message.into(), ack),
+            SessionEvent::Message { message, ack } => {
+                self.enqueue_delivery(message.into(), ack, ctx);
+            }
             SessionEvent::Completed { token, outcome } => {
                 self.notify_client(SessionUpdate::Completed { token, outcome });
             }
@@ -144,8 +149,18 @@ impl SessionActor {
         }
     }
 
-    fn enqueue_delivery(&mut self, message: Message, ack: Option<InboundAck>) {
-        let recipients = self.router.borrow_mut().recipients(&message);
+    /// Hands an incoming message to its recipients, or queues it behind earlier
+    /// messages that wait for a recipient with a full mailbox.
+    fn enqueue_delivery(
+        &mut self,
+        message: Message,
+        ack: Option<InboundAck>,
+        ctx: &mut Context<Self>,
+    ) {
+        let mut recipients = std::mem::take(&mut self.recipients);
+        self.router
+            .borrow_mut()
+            .collect_recipients(&message, &mut recipients);
         if recipients.is_empty() {
             tracing::debug!(
                 client_id = %self.client_id,
@@ -154,7 +169,16 @@ impl SessionActor {
                 "message matched no route"
             );
         }
+
+        // The common case: nothing waits, so the message goes out now and the
+        // recipient list is reused for the next one.
+        if self.backlog.is_empty() && self.blocked_delivery.is_none() {
+            self.deliver(message, recipients.drain(..), ack, ctx);
+            self.recipients = recipients;
+            return;
+        }
         if ack.is_none() && self.backlog.len() >= MAX_QOS0_BACKLOG {
+            self.recipients = recipients;
             Counters::add(&self.counters.dropped_messages, 1);
             tracing::warn!(
                 client_id = %self.client_id,
@@ -166,9 +190,10 @@ impl SessionActor {
         }
         self.backlog.push_back(Delivery {
             message,
-            recipients,
+            recipients: recipients.clone(),
             ack,
         });
+        self.recipients = recipients;
     }
 
     /// Hands waiting messages to their recipients in order. A recipient with a full
@@ -179,43 +204,83 @@ impl SessionActor {
             let Some(delivery) = self.backlog.pop_front() else {
                 return;
             };
-            let mut full = Vec::new();
-            for recipient in delivery.recipients {
-                match recipient.try_send(delivery.message.clone()) {
-                    Ok(()) => {}
-                    Err(SendError::Full(_)) => full.push(recipient),
-                    Err(SendError::Closed(_)) => {
-                        tracing::debug!(
-                            client_id = %self.client_id,
-                            "recipient stopped, its routes removed"
-                        );
-                        self.router.borrow_mut().remove_recipient(&recipient);
-                    }
-                }
-            }
-            if full.is_empty() {
-                self.acknowledge(delivery.ack);
-                continue;
-            }
-
-            let message = delivery.message;
-            let ack = delivery.ack;
-            let wait_for_room = async move {
-                for recipient in full {
-                    // An error means the recipient stopped; the others still get it.
-                    let _ = recipient.send(message.clone()).await;
-                }
-            };
-            let handle = ctx.spawn(wait_for_room.into_actor(self).map(move |(), actor, ctx| {
-                actor.blocked_delivery = None;
-                if actor.link.is_down() {
-                    return;
-                }
-                actor.acknowledge(ack);
-                actor.drive(ctx);
-            }));
-            self.blocked_delivery = Some(handle);
+            self.deliver(
+                delivery.message,
+                delivery.recipients.into_iter(),
+                delivery.ack,
+                ctx,
+            );
         }
+    }
+
+    /// Offers `message` to each recipient and acknowledges it once all have it. The
+    /// last recipient gets the message itself, the others a clone. When a mailbox is
+    /// full, the delivery waits for room there and blocks later deliveries until then.
+    fn deliver(
+        &mut self,
+        message: Message,
+        recipients: impl ExactSizeIterator<Item = Rc<Recipient<Message>>>,
+        ack: Option<InboundAck>,
+        ctx: &mut Context<Self>,
+    ) {
+        let last = recipients.len().saturating_sub(1);
+        let mut own_copy = Some(message);
+        let mut full = Vec::new();
+        for (index, recipient) in recipients.enumerate() {
+            let offered = if index == last {
+                own_copy.take()
+            } else {
+                own_copy.clone()
+            };
+            let Some(offered) = offered else {
+                break;
+            };
+            match recipient.try_send(offered) {
+                Ok(()) => {}
+                Err(SendError::Full(returned)) => {
+                    full.push(recipient);
+                    own_copy.get_or_insert(returned);
+                }
+                Err(SendError::Closed(returned)) => {
+                    tracing::debug!(
+                        client_id = %self.client_id,
+                        "recipient stopped, its routes removed"
+                    );
+                    self.router.borrow_mut().remove_recipient(&recipient);
+                    own_copy.get_or_insert(returned);
+                }
+            }
+        }
+        match own_copy {
+            Some(message) if !full.is_empty() => self.wait_for_room(message, full, ack, ctx),
+            _ => self.acknowledge(ack),
+        }
+    }
+
+    /// Sends `message` to the recipients whose mailbox was full, waiting for room in
+    /// each, and acknowledges it afterwards. Later deliveries wait until then.
+    fn wait_for_room(
+        &mut self,
+        message: Message,
+        full: Vec<Rc<Recipient<Message>>>,
+        ack: Option<InboundAck>,
+        ctx: &mut Context<Self>,
+    ) {
+        let wait_for_room = async move {
+            for recipient in full {
+                // An error means the recipient stopped; the others still get it.
+                let _ = recipient.send(message.clone()).await;
+            }
+        };
+        let handle = ctx.spawn(wait_for_room.into_actor(self).map(move |(), actor, ctx| {
+            actor.blocked_delivery = None;
+            if actor.link.is_down() {
+                return;
+            }
+            actor.acknowledge(ack);
+            actor.drive(ctx);
+        }));
+        self.blocked_delivery = Some(handle);
     }
 
     fn acknowledge(&mut self, ack: Option<InboundAck>) {
