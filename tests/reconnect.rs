@@ -169,7 +169,7 @@ async fn qos1_publish_resent_with_dup_after_cut() {
         .send(&Packet::ConnAck(mqttlink::codec::ConnAck {
             session_present: true,
             reason: ConnectReason::Success,
-            properties: Properties::default(),
+            properties: Properties::default().into(),
         }))
         .await;
     expect_connected(&mut events, true).await;
@@ -188,7 +188,7 @@ async fn qos1_publish_resent_with_dup_after_cut() {
             .send(&Packet::PubAck(PubAck {
                 packet_id: id,
                 reason: PubAckReason::Success,
-                properties: Properties::default(),
+                properties: Properties::default().into(),
             }))
             .await;
     }
@@ -221,7 +221,7 @@ async fn qos2_after_pubrec_resumes_with_pubrel() {
         .send(&Packet::PubRec(PubRec {
             packet_id: id,
             reason: PubAckReason::Success,
-            properties: Properties::default(),
+            properties: Properties::default().into(),
         }))
         .await;
     match first.recv().await {
@@ -242,7 +242,7 @@ async fn qos2_after_pubrec_resumes_with_pubrel() {
         .send(&Packet::PubComp(PubComp {
             packet_id: id,
             reason: PubCompReason::Success,
-            properties: Properties::default(),
+            properties: Properties::default().into(),
         }))
         .await;
     let completed = outcome(in_flight).await.unwrap();
@@ -279,7 +279,7 @@ async fn session_lost_triggers_resubscribe() {
         .send(&Packet::SubAck(SubAck {
             packet_id: id,
             reasons: vec![SubAckReason::GrantedQoS1],
-            properties: Properties::default(),
+            properties: Properties::default().into(),
         }))
         .await;
     tokio::time::timeout(STEP, subscribed)
@@ -310,7 +310,8 @@ async fn session_lost_triggers_resubscribe() {
             reasons: vec![SubAckReason::GrantedQoS1],
             properties: Properties {
                 ..Properties::default()
-            },
+            }
+            .into(),
         }))
         .await;
 
@@ -324,7 +325,8 @@ async fn session_lost_triggers_resubscribe() {
             properties: Properties {
                 subscription_identifiers: again.properties.subscription_identifiers.clone(),
                 ..Properties::default()
-            },
+            }
+            .into(),
             payload: "21".into(),
         }))
         .await;
@@ -412,7 +414,7 @@ async fn server_busy_retries_with_growing_backoff() {
         .send(&Packet::PubAck(PubAck {
             packet_id: packet_id(&sent),
             reason: PubAckReason::Success,
-            properties: Properties::default(),
+            properties: Properties::default().into(),
         }))
         .await;
     assert!(outcome(pending).await.is_ok());

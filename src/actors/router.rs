@@ -180,7 +180,8 @@ mod tests {
                     .map(|id| NonZeroU32::new(*id).unwrap())
                     .collect(),
                 ..Properties::default()
-            },
+            }
+            .into(),
         }
     }
 

@@ -54,7 +54,7 @@ pub(crate) struct SessionActor {
     backlog: VecDeque<Delivery>,
     /// The delivery waiting for room in a recipient's mailbox, if any.
     blocked_delivery: Option<SpawnHandle>,
-    /// The recipients of the message being routed, own_copy to reuse its allocation.
+    /// The recipients of the message being routed, kept to reuse its allocation.
     recipients: Vec<Rc<Recipient<Message>>>,
     /// The deadline last sent to the keep-alive actor, so an unchanged one is not resent.
     armed: Option<Instant>,

@@ -11,7 +11,7 @@ use super::control_wire::Sender;
 use super::encoder::{checked_total, Sizes};
 use super::error::{DecodeError, EncodeError, Violation};
 use super::packet::{Delivery, Packet, PacketType, PubAck, PubComp, PubRec, PubRel, Publish};
-use super::properties::Properties;
+use super::properties::{BoxedProperties, Properties};
 use super::property_wire::{
     has_properties, measure_properties, put_properties, read_properties_into, section_len,
     PropertyContext,
@@ -65,7 +65,7 @@ pub(crate) fn decode_publish(
         delivery,
         retain,
         topic: Some(TopicName::from_plain(topic)),
-        properties: Properties::default(),
+        properties: BoxedProperties::default(),
         payload: reader.take_rest(),
     })))
 }
@@ -105,7 +105,7 @@ fn decode_publish_rest(
         delivery: Delivery::AtMostOnce,
         retain: false,
         topic,
-        properties,
+        properties: properties.into(),
         payload: reader.take_rest(),
     })
 }
@@ -284,7 +284,7 @@ macro_rules! impl_acknowledgement {
                 Ok(Self {
                     packet_id,
                     reason,
-                    properties,
+                    properties: properties.into(),
                 })
             }
         }

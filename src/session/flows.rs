@@ -4,8 +4,9 @@
 use std::time::Instant;
 
 use crate::codec::{
-    self, Delivery, Packet, PacketId, PacketType, Properties, PubAck, PubAckReason, PubComp,
-    PubCompReason, PubRec, PubRel, Publish, QoS, SubAck, Subscribe, UnsubAck, Unsubscribe,
+    self, BoxedProperties, Delivery, Packet, PacketId, PacketType, Properties, PubAck,
+    PubAckReason, PubComp, PubCompReason, PubRec, PubRel, Publish, QoS, SubAck, Subscribe,
+    UnsubAck, Unsubscribe,
 };
 use crate::store::{AwaitedAck, OutboundFlow, OutgoingPublish, QueuedRequest, Request, Store};
 
@@ -270,13 +271,13 @@ impl<S: Store> Session<S> {
             Packet::PubRec(PubRec {
                 packet_id: ack.packet_id,
                 reason: PubAckReason::Success,
-                properties: Properties::default(),
+                properties: BoxedProperties::default(),
             })
         } else {
             Packet::PubAck(PubAck {
                 packet_id: ack.packet_id,
                 reason: PubAckReason::Success,
-                properties: Properties::default(),
+                properties: BoxedProperties::default(),
             })
         };
         self.transmit(packet, now);
@@ -294,7 +295,7 @@ impl<S: Store> Session<S> {
         let packet = Packet::PubComp(PubComp {
             packet_id,
             reason,
-            properties: Properties::default(),
+            properties: BoxedProperties::default(),
         });
         self.transmit(packet, now);
     }
@@ -307,7 +308,7 @@ impl<S: Store> Session<S> {
                 ..
             }) => {
                 self.store.remove_outbound(ack.packet_id);
-                let outcome = publish_outcome(ack.reason, ack.properties);
+                let outcome = publish_outcome(ack.reason, ack.properties.into_inner());
                 self.complete(token, outcome);
                 self.after_flow_completed(now);
             }
@@ -327,7 +328,10 @@ impl<S: Store> Session<S> {
                 if !rec.reason.is_success() {
                     // A failed PUBREC ends the flow; no PUBREL follows (MQTT 5.0 section 4.3.3).
                     self.store.remove_outbound(id);
-                    self.complete(token, publish_outcome(rec.reason, rec.properties));
+                    self.complete(
+                        token,
+                        publish_outcome(rec.reason, rec.properties.into_inner()),
+                    );
                     return self.after_flow_completed(now);
                 }
                 let awaiting = AwaitedAck::PubComp {
@@ -364,7 +368,7 @@ impl<S: Store> Session<S> {
                 let outcome = PublishOutcome {
                     reason: Some(pubrec_reason),
                     reason_string: reason_string(&comp.properties),
-                    properties: comp.properties,
+                    properties: comp.properties.into_inner(),
                 };
                 self.complete(token, Ok(Outcome::Publish(outcome)));
                 self.after_flow_completed(now);
@@ -399,7 +403,7 @@ impl<S: Store> Session<S> {
             }
             _ => Ok(Outcome::Subscribe(SubscribeOutcome {
                 reasons: ack.reasons,
-                properties: ack.properties,
+                properties: ack.properties.into_inner(),
             })),
         };
         self.complete(flow.token(), outcome);
@@ -431,7 +435,7 @@ impl<S: Store> Session<S> {
             }),
             _ => Ok(Outcome::Unsubscribe(UnsubscribeOutcome {
                 reasons: ack.reasons,
-                properties: ack.properties,
+                properties: ack.properties.into_inner(),
             })),
         };
         self.complete(flow.token(), outcome);
@@ -480,7 +484,7 @@ fn build_packet(queued: QueuedRequest, packet_id: PacketId) -> (Packet, Option<O
                 delivery,
                 retain: publish.retain,
                 topic: Some(publish.topic),
-                properties: publish.properties,
+                properties: publish.properties.into(),
                 payload: publish.payload,
             };
             let flow = awaiting.map(|awaiting| OutboundFlow::Publish {
@@ -502,7 +506,7 @@ fn build_packet(queued: QueuedRequest, packet_id: PacketId) -> (Packet, Option<O
             let packet = Subscribe {
                 packet_id,
                 filters,
-                properties,
+                properties: properties.into(),
             };
             (Packet::Subscribe(packet), Some(flow))
         }
@@ -517,7 +521,7 @@ fn build_packet(queued: QueuedRequest, packet_id: PacketId) -> (Packet, Option<O
             let packet = Unsubscribe {
                 packet_id,
                 filters,
-                properties,
+                properties: properties.into(),
             };
             (Packet::Unsubscribe(packet), Some(flow))
         }
@@ -615,7 +619,10 @@ fn check_subscribe(
 
 fn inbound_message(topic: codec::TopicName, publish: Publish) -> InboundMessage {
     let mut properties = publish.properties;
-    properties.topic_alias = None;
+    // Only a message that has properties pays for writing one.
+    if properties.topic_alias.is_some() {
+        properties.topic_alias = None;
+    }
     InboundMessage {
         topic,
         payload: publish.payload,
@@ -647,7 +654,7 @@ fn pubrel(packet_id: PacketId, reason: PubCompReason) -> Packet {
     Packet::PubRel(PubRel {
         packet_id,
         reason,
-        properties: Properties::default(),
+        properties: BoxedProperties::default(),
     })
 }
 

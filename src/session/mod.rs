@@ -27,8 +27,8 @@ use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use crate::codec::{
-    ConnAck, DecodeError, Disconnect, DisconnectReason, Packet, PacketId, PacketType, Properties,
-    PubAckReason, QoS, SubAckReason, TopicName, UnsubAckReason,
+    BoxedProperties, ConnAck, DecodeError, Disconnect, DisconnectReason, Packet, PacketId,
+    PacketType, Properties, PubAckReason, QoS, SubAckReason, TopicName, UnsubAckReason,
 };
 use crate::store::{RequestToken, Store};
 
@@ -58,7 +58,7 @@ pub struct InboundMessage {
     /// Whether the broker marked this as a possible redelivery.
     pub dup: bool,
     /// PUBLISH properties (v5), with the topic alias removed.
-    pub properties: Properties,
+    pub properties: BoxedProperties,
 }
 
 /// Acknowledgement owed for an inbound QoS 1 or 2 message; hand it back through
@@ -495,7 +495,7 @@ impl<S: Store> Session<S> {
         );
         self.events.push_back(SessionEvent::Connected {
             session_present: connack.session_present,
-            properties: connack.properties,
+            properties: connack.properties.into_inner(),
         });
 
         self.resume_flows(connack.session_present, now);
@@ -581,7 +581,7 @@ impl<S: Store> Session<S> {
         if self.config.protocol.is_v5() {
             let disconnect = Disconnect {
                 reason: violation.reason_code(),
-                properties: Properties::default(),
+                properties: BoxedProperties::default(),
             };
             self.transmit(Packet::Disconnect(disconnect), now);
         }
@@ -675,7 +675,7 @@ fn unknown_id(packet_type: PacketType, packet_id: PacketId) -> ProtocolViolation
 pub fn normal_disconnect() -> Disconnect {
     Disconnect {
         reason: DisconnectReason::NormalDisconnection,
-        properties: Properties::default(),
+        properties: BoxedProperties::default(),
     }
 }
 

@@ -37,7 +37,7 @@ fn connack(session_present: bool, reason: ConnectReason, properties: Properties)
     Packet::ConnAck(ConnAck {
         session_present,
         reason,
-        properties,
+        properties: properties.into(),
     })
 }
 
@@ -129,7 +129,7 @@ fn inbound_publish(delivery: Delivery, topic: Option<&str>, properties: Properti
         delivery,
         retain: false,
         topic: topic.map(|t| t.parse().unwrap()),
-        properties,
+        properties: properties.into(),
         payload: Bytes::from_static(b"hello"),
     })
 }
@@ -138,7 +138,7 @@ fn puback(packet_id: PacketId, reason: PubAckReason) -> Packet {
     Packet::PubAck(PubAck {
         packet_id,
         reason,
-        properties: Properties::default(),
+        properties: Properties::default().into(),
     })
 }
 
@@ -375,7 +375,7 @@ fn unexpected_packets_from_broker_are_violations() {
         Packet::PingReq,
         Packet::Auth(crate::codec::Auth {
             reason: crate::codec::AuthReason::Success,
-            properties: Properties::default(),
+            properties: Properties::default().into(),
         }),
     ];
     for packet in unexpected {
@@ -500,7 +500,7 @@ fn qos2_publish_completes_after_pubrec_pubrel_pubcomp() {
     let pubrec = Packet::PubRec(PubRec {
         packet_id: id(1),
         reason: PubAckReason::Success,
-        properties: Properties::default(),
+        properties: Properties::default().into(),
     });
     session.handle_packet(pubrec.clone(), now);
     assert!(matches!(&packets(&mut session)[..], [Packet::PubRel(r)] if r.packet_id == id(1)));
@@ -519,7 +519,7 @@ fn qos2_publish_completes_after_pubrec_pubrel_pubcomp() {
         Packet::PubComp(PubComp {
             packet_id: id(1),
             reason: PubCompReason::Success,
-            properties: Properties::default(),
+            properties: Properties::default().into(),
         }),
         now,
     );
@@ -606,7 +606,7 @@ fn inbound_qos2_delivered_once_and_completed_by_pubrel() {
     let pubrel = Packet::PubRel(PubRel {
         packet_id: id(4),
         reason: PubCompReason::Success,
-        properties: Properties::default(),
+        properties: Properties::default().into(),
     });
     session.handle_packet(pubrel.clone(), now);
     assert!(
@@ -888,7 +888,7 @@ fn unknown_publish_acks_tolerated() {
             Packet::PubComp(PubComp {
                 packet_id: id(2),
                 reason: PubCompReason::Success,
-                properties: Properties::default(),
+                properties: Properties::default().into(),
             }),
             now,
         );
@@ -917,7 +917,7 @@ fn ack_for_other_flow_is_violation() {
         Packet::PubRec(PubRec {
             packet_id: id(1),
             reason: PubAckReason::Success,
-            properties: Properties::default(),
+            properties: Properties::default().into(),
         }),
         now,
     );
@@ -931,7 +931,7 @@ fn suback_completes_subscribe_and_checks_count() {
         Packet::SubAck(SubAck {
             packet_id: id(1),
             reasons,
-            properties: Properties::default(),
+            properties: Properties::default().into(),
         })
     };
 
@@ -985,7 +985,7 @@ fn unsuback_completes_unsubscribe_in_both_versions() {
             Packet::UnsubAck(UnsubAck {
                 packet_id: id(1),
                 reasons,
-                properties: Properties::default(),
+                properties: Properties::default().into(),
             }),
             now,
         );
@@ -1107,7 +1107,7 @@ fn broker_disconnect_closes_session() {
     session.handle_packet(
         Packet::Disconnect(Disconnect {
             reason: DisconnectReason::ServerShuttingDown,
-            properties: Properties::default(),
+            properties: Properties::default().into(),
         }),
         now,
     );
@@ -1402,7 +1402,8 @@ fn check_disconnect_rejects_client_rule_breaks() {
         properties: Properties {
             session_expiry_interval,
             ..Properties::default()
-        },
+        }
+        .into(),
     };
     assert!(plain
         .check_disconnect(&disconnect(DisconnectReason::NormalDisconnection, None))
@@ -1470,7 +1471,8 @@ fn invalid_disconnect_corrected_before_sending() {
             properties: Properties {
                 session_expiry_interval,
                 ..Properties::default()
-            },
+            }
+            .into(),
         };
         session.handle_disconnect(disconnect, now);
         let packets = packets(&mut session);
@@ -1490,7 +1492,8 @@ fn invalid_disconnect_corrected_before_sending() {
         properties: Properties {
             session_expiry_interval: Some(60),
             ..Properties::default()
-        },
+        }
+        .into(),
     };
     session.handle_disconnect(disconnect.clone(), now);
     assert_eq!(packets(&mut session), [Packet::Disconnect(disconnect)]);
@@ -1547,36 +1550,36 @@ mod arbitrary_inputs {
                 PubAck {
                     packet_id,
                     reason,
-                    properties: properties()
+                    properties: properties().into()
                 }
             )),
             (packet_id(), pub_ack_reason()).prop_map(move |(packet_id, reason)| Packet::PubRec(
                 PubRec {
                     packet_id,
                     reason,
-                    properties: properties()
+                    properties: properties().into()
                 }
             )),
             packet_id().prop_map(move |packet_id| Packet::PubRel(PubRel {
                 packet_id,
                 reason: PubCompReason::Success,
-                properties: properties()
+                properties: properties().into()
             })),
             packet_id().prop_map(move |packet_id| Packet::PubComp(PubComp {
                 packet_id,
                 reason: PubCompReason::Success,
-                properties: properties()
+                properties: properties().into()
             })),
             (packet_id(), 0_usize..3).prop_map(move |(packet_id, count)| Packet::SubAck(SubAck {
                 packet_id,
                 reasons: vec![SubAckReason::GrantedQoS1; count],
-                properties: properties()
+                properties: properties().into()
             })),
             (packet_id(), 0_usize..3).prop_map(move |(packet_id, count)| Packet::UnsubAck(
                 UnsubAck {
                     packet_id,
                     reasons: vec![crate::codec::UnsubAckReason::Success; count],
-                    properties: properties()
+                    properties: properties().into()
                 }
             )),
             (delivery(), any::<bool>(), 0_u16..3).prop_map(|(delivery, with_topic, alias)| {

@@ -115,7 +115,7 @@ impl Connection {
         self.send(&Packet::ConnAck(ConnAck {
             session_present,
             reason: ConnectReason::Success,
-            properties: Properties::default(),
+            properties: Properties::default().into(),
         }))
         .await;
         connect
@@ -127,7 +127,7 @@ impl Connection {
         self.send(&Packet::ConnAck(ConnAck {
             session_present: false,
             reason,
-            properties: Properties::default(),
+            properties: Properties::default().into(),
         }))
         .await;
         let rest = self.until_closed().await;
