@@ -61,9 +61,10 @@ pub(crate) fn now() -> Instant {
 #[rtype(result = "()")]
 pub(crate) struct TransportConnected;
 
-/// Socket to session: packets decoded from one read, in order.
+/// Socket to session: packets decoded from one read, in order. The session returns the
+/// emptied vector, so the socket decodes the next read into the same allocation.
 #[derive(Debug, Message)]
-#[rtype(result = "()")]
+#[rtype(result = "Vec<Packet>")]
 pub(crate) struct Inbound(pub Vec<Packet>);
 
 /// Socket to session: the decoder rejected the stream; nothing more is read.

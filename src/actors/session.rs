@@ -328,13 +328,23 @@ macro_rules! session_input {
 session_input!(TransportConnected, |actor, _| actor
     .session
     .handle_transport_connected(now()));
-session_input!(Inbound, |actor, Inbound(packets)| {
-    let now = now();
-    for packet in packets {
-        tracing::trace!(client_id = %actor.client_id, packet_type = ?packet.packet_type(), "packet received");
-        actor.session.handle_packet(packet, now);
+impl Handler<Inbound> for SessionActor {
+    type Result = MessageResult<Inbound>;
+
+    fn handle(&mut self, Inbound(mut packets): Inbound, ctx: &mut Self::Context) -> Self::Result {
+        if self.link.is_down() {
+            packets.clear();
+            return MessageResult(packets);
+        }
+        let now = now();
+        for packet in packets.drain(..) {
+            tracing::trace!(client_id = %self.client_id, packet_type = ?packet.packet_type(), "packet received");
+            self.session.handle_packet(packet, now);
+        }
+        self.drive(ctx);
+        MessageResult(packets)
     }
-});
+}
 session_input!(InboundFailed, |actor, InboundFailed(error)| actor
     .session
     .handle_decode_error(error, now()));

@@ -31,6 +31,9 @@ const MIN_READ_RESERVE: usize = 1024;
 /// reserve more for a large packet that has not fully arrived.
 const MAX_READ_RESERVE: usize = 8 * 1024;
 
+/// Capacity, in packets, of the batch vector the socket keeps while the connection is idle.
+const IDLE_BATCH_CAPACITY: usize = 8;
+
 /// What the socket needs to know about the connection.
 #[derive(Debug, Clone)]
 pub(crate) struct SocketSettings {
@@ -110,8 +113,11 @@ impl SocketActor {
             .with_max_packet_size(self.settings.max_packet_size);
         let read = async move {
             let mut read_buf = ReadBuffer::default();
+            let mut packets = Vec::new();
             loop {
-                read_buf.release_if_empty();
+                if read_buf.release_if_empty() && read_buf.is_quiet() {
+                    release_batch(&mut packets);
+                }
                 if let Err(error) = stream.readable().await {
                     return ReadEnd::Failed(error);
                 }
@@ -121,10 +127,13 @@ impl SocketActor {
                     Err(error) if error.kind() == io::ErrorKind::WouldBlock => continue,
                     Err(error) => return ReadEnd::Failed(error),
                 }
-                let (packets, failure) = decode_all(&mut decoder, &mut read_buf.buf);
+                let failure = decode_all(&mut decoder, &mut read_buf.buf, &mut packets);
                 Counters::add(&counters.packets_in, packets.len() as u64);
-                if !packets.is_empty() && session.send(Inbound(packets)).await.is_err() {
-                    return ReadEnd::Handed;
+                if !packets.is_empty() {
+                    match session.send(Inbound(packets)).await {
+                        Ok(emptied) => packets = emptied,
+                        Err(_) => return ReadEnd::Handed,
+                    }
                 }
                 if let Some(error) = failure {
                     session.do_send(InboundFailed(error));
@@ -287,11 +296,22 @@ impl Default for ReadBuffer {
 impl ReadBuffer {
     /// Frees the allocation when it contains no undecoded bytes, so a connection waiting
     /// for its next packet keeps no read buffer allocated. Decoded packets that still
-    /// share the allocation keep it alive until they are dropped.
-    fn release_if_empty(&mut self) {
-        if self.buf.is_empty() && self.buf.capacity() > 0 {
+    /// share the allocation keep it alive until they are dropped. Returns `true` when
+    /// the buffer is empty.
+    fn release_if_empty(&mut self) -> bool {
+        if !self.buf.is_empty() {
+            return false;
+        }
+        if self.buf.capacity() > 0 {
             self.buf = BytesMut::new();
         }
+        true
+    }
+
+    /// Returns `true` when recent reads were small, so the reservation is back at its
+    /// minimum.
+    fn is_quiet(&self) -> bool {
+        self.reserve == MIN_READ_RESERVE
     }
 
     /// Reads once from `stream` into at least `reserve` bytes of free space, then
@@ -319,19 +339,28 @@ fn next_read_reserve(reserve: usize, spare: usize, count: usize) -> usize {
     }
 }
 
-/// Decodes every complete packet in `buf`; returns them with the error that stopped
-/// decoding, if any.
+/// Decodes every complete packet in `buf` into `packets`; returns the error that
+/// stopped decoding, if any.
 fn decode_all(
     decoder: &mut Decoder,
     buf: &mut BytesMut,
-) -> (Vec<codec::Packet>, Option<codec::DecodeError>) {
-    let mut packets = Vec::new();
+    packets: &mut Vec<codec::Packet>,
+) -> Option<codec::DecodeError> {
     loop {
         match decoder.decode(buf) {
             Ok(Some(packet)) => packets.push(packet),
-            Ok(None) => return (packets, None),
-            Err(error) => return (packets, Some(error)),
+            Ok(None) => return None,
+            Err(error) => return Some(error),
         }
+    }
+}
+
+/// Frees the batch vector of a connection that has gone quiet, unless it is small, so
+/// an idle connection does not keep the room a burst of packets needed. A busy
+/// connection keeps it, so its reads do not grow the vector again each time.
+fn release_batch(packets: &mut Vec<codec::Packet>) {
+    if packets.capacity() > IDLE_BATCH_CAPACITY {
+        *packets = Vec::new();
     }
 }
 
@@ -400,8 +429,27 @@ mod tests {
     fn read_buffer_releases_empty_allocation() {
         let mut read_buf = ReadBuffer::default();
         read_buf.buf.reserve(MAX_READ_RESERVE);
-        read_buf.release_if_empty();
+        assert!(read_buf.release_if_empty());
         assert_eq!(read_buf.buf.capacity(), 0);
+    }
+
+    #[test]
+    fn read_buffer_quiet_only_at_minimum_reserve() {
+        let mut read_buf = ReadBuffer::default();
+        assert!(read_buf.is_quiet());
+        read_buf.reserve = 2 * MIN_READ_RESERVE;
+        assert!(!read_buf.is_quiet());
+    }
+
+    #[test]
+    fn batch_released_only_when_large() {
+        let mut small = Vec::with_capacity(IDLE_BATCH_CAPACITY);
+        release_batch(&mut small);
+        assert_eq!(small.capacity(), IDLE_BATCH_CAPACITY);
+
+        let mut large = Vec::with_capacity(IDLE_BATCH_CAPACITY + 1);
+        release_batch(&mut large);
+        assert_eq!(large.capacity(), 0);
     }
 
     #[test]
@@ -409,7 +457,7 @@ mod tests {
         let mut read_buf = ReadBuffer::default();
         read_buf.buf.reserve(MAX_READ_RESERVE);
         read_buf.buf.extend_from_slice(&[0x30, 0x10, 0x00]);
-        read_buf.release_if_empty();
+        assert!(!read_buf.release_if_empty());
         assert_eq!(&read_buf.buf[..], &[0x30, 0x10, 0x00]);
         assert!(read_buf.buf.capacity() >= MAX_READ_RESERVE);
     }
