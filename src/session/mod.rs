@@ -22,6 +22,7 @@
 mod config;
 mod error;
 mod flows;
+mod id_hash;
 
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -190,7 +191,7 @@ struct Connection {
     /// Topic aliases the broker defined on this connection.
     aliases: HashMap<u16, TopicName>,
     /// Inbound QoS 1 and 2 messages handed out for delivery and not yet acknowledged.
-    delivering: HashMap<PacketId, QoS>,
+    delivering: id_hash::PacketIdMap<QoS>,
 }
 
 /// The session's state, named for what it waits on.
@@ -486,7 +487,7 @@ impl<S: Store> Session<S> {
             keep_alive: Some(keep_alive).filter(|interval| !interval.is_zero()),
             ping: Ping::Idle,
             aliases: HashMap::new(),
-            delivering: HashMap::new(),
+            delivering: id_hash::PacketIdMap::default(),
         });
         tracing::debug!(
             client_id = %self.config.client_id,
