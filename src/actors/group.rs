@@ -100,6 +100,7 @@ pub(crate) struct StartDisconnect(pub crate::codec::Disconnect);
 /// Session to supervisor: what the session learned.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
+#[allow(clippy::large_enum_variant)] // Connected is sent once per connection.
 pub(crate) enum SessionUpdate {
     /// CONNACK accepted the connection.
     Connected {

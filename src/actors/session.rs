@@ -126,7 +126,7 @@ impl SessionActor {
                 tracing::info!(client_id = %self.client_id, session_present, "connected");
                 self.notify_client(SessionUpdate::Connected {
                     session_present,
-                    properties,
+                    properties: properties.into_inner(),
                 });
             }
             SessionEvent::Message { message, ack } => {

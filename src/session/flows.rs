@@ -308,7 +308,7 @@ impl<S: Store> Session<S> {
                 ..
             }) => {
                 self.store.remove_outbound(ack.packet_id);
-                let outcome = publish_outcome(ack.reason, ack.properties.into_inner());
+                let outcome = publish_outcome(ack.reason, ack.properties);
                 self.complete(token, outcome);
                 self.after_flow_completed(now);
             }
@@ -328,10 +328,7 @@ impl<S: Store> Session<S> {
                 if !rec.reason.is_success() {
                     // A failed PUBREC ends the flow; no PUBREL follows (MQTT 5.0 section 4.3.3).
                     self.store.remove_outbound(id);
-                    self.complete(
-                        token,
-                        publish_outcome(rec.reason, rec.properties.into_inner()),
-                    );
+                    self.complete(token, publish_outcome(rec.reason, rec.properties));
                     return self.after_flow_completed(now);
                 }
                 let awaiting = AwaitedAck::PubComp {
@@ -368,7 +365,7 @@ impl<S: Store> Session<S> {
                 let outcome = PublishOutcome {
                     reason: Some(pubrec_reason),
                     reason_string: reason_string(&comp.properties),
-                    properties: comp.properties.into_inner(),
+                    properties: comp.properties,
                 };
                 self.complete(token, Ok(Outcome::Publish(outcome)));
                 self.after_flow_completed(now);
@@ -403,7 +400,7 @@ impl<S: Store> Session<S> {
             }
             _ => Ok(Outcome::Subscribe(SubscribeOutcome {
                 reasons: ack.reasons,
-                properties: ack.properties.into_inner(),
+                properties: ack.properties,
             })),
         };
         self.complete(flow.token(), outcome);
@@ -435,7 +432,7 @@ impl<S: Store> Session<S> {
             }),
             _ => Ok(Outcome::Unsubscribe(UnsubscribeOutcome {
                 reasons: ack.reasons,
-                properties: ack.properties.into_inner(),
+                properties: ack.properties,
             })),
         };
         self.complete(flow.token(), outcome);
@@ -635,7 +632,10 @@ fn inbound_message(topic: codec::TopicName, publish: Publish) -> InboundMessage 
 
 /// Returns the outcome of a PUBACK or PUBREC: success codes complete the publish, failure
 /// codes reject it.
-fn publish_outcome(reason: PubAckReason, properties: Properties) -> Result<Outcome, RequestError> {
+fn publish_outcome(
+    reason: PubAckReason,
+    properties: BoxedProperties,
+) -> Result<Outcome, RequestError> {
     let reason_string = reason_string(&properties);
     if !reason.is_success() {
         return Err(RequestError::Rejected {

@@ -78,7 +78,7 @@ pub struct PublishOutcome {
     /// Reason string of that acknowledgement (v5), if any.
     pub reason_string: Option<String>,
     /// Properties of the acknowledgement that completed the flow (v5).
-    pub properties: Properties,
+    pub properties: BoxedProperties,
 }
 
 /// Result of a completed subscribe: one reason code per filter, in request order.
@@ -87,7 +87,7 @@ pub struct SubscribeOutcome {
     /// SUBACK reason codes, one per filter.
     pub reasons: Vec<SubAckReason>,
     /// SUBACK properties (v5).
-    pub properties: Properties,
+    pub properties: BoxedProperties,
 }
 
 /// Result of a completed unsubscribe.
@@ -96,7 +96,7 @@ pub struct UnsubscribeOutcome {
     /// UNSUBACK reason codes, one per filter (v5); empty for 3.1.1, which has none.
     pub reasons: Vec<UnsubAckReason>,
     /// UNSUBACK properties (v5).
-    pub properties: Properties,
+    pub properties: BoxedProperties,
 }
 
 /// Outcome of a request, by request kind.
@@ -118,7 +118,7 @@ pub enum SessionEvent {
         /// Whether the broker resumed a stored session.
         session_present: bool,
         /// CONNACK properties (v5).
-        properties: Properties,
+        properties: BoxedProperties,
     },
     /// A message arrived. When `ack` is set, pass it to [`Session::handle_delivered`]
     /// after handing the message to the application; only then is it acknowledged.
@@ -496,7 +496,7 @@ impl<S: Store> Session<S> {
         );
         self.events.push_back(SessionEvent::Connected {
             session_present: connack.session_present,
-            properties: connack.properties.into_inner(),
+            properties: connack.properties,
         });
 
         self.resume_flows(connack.session_present, now);
