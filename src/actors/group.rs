@@ -1,7 +1,8 @@
 //! What the actors of a client share: the messages between them, the traffic counters,
 //! and the process-wide count of live actors.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
@@ -72,10 +73,16 @@ pub(crate) struct Inbound(pub Vec<Packet>);
 #[rtype(result = "()")]
 pub(crate) struct InboundFailed(pub DecodeError);
 
-/// Session to socket: packets to write, in order.
+/// Packets the session has queued for the socket, in order. The session appends and
+/// sends [`Outbound`], the socket drains it; sharing one vector reuses its allocation
+/// for every batch.
+pub(crate) type Outbox = Rc<RefCell<Vec<Transmit>>>;
+
+/// Session to socket: the outbox, empty before, has packets to write. The session
+/// sends no more until the socket has drained it.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
-pub(crate) struct Outbound(pub Vec<Transmit>);
+pub(crate) struct Outbound;
 
 /// Session to keep-alive: call back at this instant, replacing any earlier request.
 #[derive(Debug, Message)]

@@ -20,7 +20,7 @@ use crate::Message;
 use super::client::ClientActor;
 use super::group::{
     actor_started, actor_stopped, now, ArmTimer, Counters, Inbound, InboundFailed, Outbound,
-    RequestsQueued, SessionUpdate, StartDisconnect, TimerFired, TransportConnected,
+    Outbox, RequestsQueued, SessionUpdate, StartDisconnect, TimerFired, TransportConnected,
 };
 use super::keep_alive::KeepAliveActor;
 use super::link::{stop_with_link, Link};
@@ -58,6 +58,8 @@ pub(crate) struct SessionActor {
     recipients: Vec<Rc<Recipient<Message>>>,
     /// The deadline last sent to the keep-alive actor, so an unchanged one is not resent.
     armed: Option<Instant>,
+    /// Packets for the socket to write, shared with it.
+    outbox: Outbox,
 }
 
 /// The parts a session actor is built from.
@@ -70,6 +72,8 @@ pub(crate) struct SessionParts {
     pub keep_alive: Addr<KeepAliveActor>,
     pub router: Rc<RefCell<Router>>,
     pub counters: Rc<Counters>,
+    /// Packets for the socket, the same outbox the socket was built with.
+    pub outbox: Outbox,
 }
 
 impl SessionActor {
@@ -87,6 +91,7 @@ impl SessionActor {
             blocked_delivery: None,
             recipients: Vec::new(),
             armed: None,
+            outbox: parts.outbox,
         }
     }
 
@@ -96,11 +101,7 @@ impl SessionActor {
         loop {
             self.pump_deliveries(ctx);
 
-            let transmits: Vec<_> = std::iter::from_fn(|| self.session.poll_transmit()).collect();
-            let mut progressed = !transmits.is_empty();
-            if progressed {
-                self.socket.do_send(Outbound(transmits));
-            }
+            let mut progressed = self.queue_transmits();
             while let Some(event) = self.session.poll_event() {
                 progressed = true;
                 self.on_event(event, ctx);
@@ -115,6 +116,18 @@ impl SessionActor {
             self.armed = deadline;
             self.keep_alive.do_send(ArmTimer(deadline));
         }
+    }
+
+    /// Moves the session's packets into the outbox and tells the socket, unless it has
+    /// not drained the outbox since the last notice. Returns `true` when there were any.
+    fn queue_transmits(&mut self) -> bool {
+        let mut outbox = self.outbox.borrow_mut();
+        let queued = outbox.len();
+        outbox.extend(std::iter::from_fn(|| self.session.poll_transmit()));
+        if queued == 0 && !outbox.is_empty() {
+            self.socket.do_send(Outbound);
+        }
+        outbox.len() > queued
     }
 
     fn on_event(&mut self, event: SessionEvent, ctx: &mut Context<Self>) {

@@ -18,8 +18,8 @@ use crate::transport::{Endpoint, Stream, WriteBuffer};
 
 use super::client::ClientActor;
 use super::group::{
-    actor_started, actor_stopped, Counters, Inbound, InboundFailed, Outbound, TransportConnected,
-    Written,
+    actor_started, actor_stopped, Counters, Inbound, InboundFailed, Outbound, Outbox,
+    TransportConnected, Written,
 };
 use super::link::{stop_with_link, Link};
 use super::session::SessionActor;
@@ -55,6 +55,8 @@ pub(crate) struct SocketActor {
     stream: Option<Rc<Stream>>,
     write: Rc<RefCell<WriteBuffer<RequestToken>>>,
     flushing: Option<SpawnHandle>,
+    /// Packets the session queued.
+    outbox: Outbox,
 }
 
 /// How the read loop ended.
@@ -72,6 +74,7 @@ impl SocketActor {
         session: Addr<SessionActor>,
         client: WeakAddr<ClientActor>,
         counters: Rc<Counters>,
+        outbox: Outbox,
     ) -> Self {
         Self {
             settings,
@@ -82,6 +85,7 @@ impl SocketActor {
             stream: None,
             write: Rc::new(RefCell::new(WriteBuffer::default())),
             flushing: None,
+            outbox,
         }
     }
 
@@ -115,9 +119,7 @@ impl SocketActor {
             let mut read_buf = ReadBuffer::default();
             let mut packets = Vec::new();
             loop {
-                if read_buf.release_if_empty() && read_buf.is_quiet() {
-                    release_batch(&mut packets);
-                }
+                read_buf.release_if_empty();
                 if let Err(error) = stream.readable().await {
                     return ReadEnd::Failed(error);
                 }
@@ -128,13 +130,15 @@ impl SocketActor {
                     Err(error) => return ReadEnd::Failed(error),
                 }
                 let failure = decode_all(&mut decoder, &mut read_buf.buf, &mut packets);
-                Counters::add(&counters.packets_in, packets.len() as u64);
-                if !packets.is_empty() {
+                let count = packets.len();
+                Counters::add(&counters.packets_in, count as u64);
+                if count > 0 {
                     match session.send(Inbound(packets)).await {
                         Ok(emptied) => packets = emptied,
                         Err(_) => return ReadEnd::Handed,
                     }
                 }
+                release_batch(&mut packets, count);
                 if let Some(error) = failure {
                     session.do_send(InboundFailed(error));
                     return ReadEnd::Handed;
@@ -238,8 +242,9 @@ impl Handler<Outbound> for SocketActor {
 
     /// Encodes the packets even when the group is going down, so `stopped` can still
     /// write a final DISCONNECT.
-    fn handle(&mut self, Outbound(transmits): Outbound, ctx: &mut Self::Context) {
-        for transmit in transmits {
+    fn handle(&mut self, Outbound: Outbound, ctx: &mut Self::Context) {
+        let outbox = Rc::clone(&self.outbox);
+        for transmit in outbox.borrow_mut().drain(..) {
             let encoded = {
                 let mut write = self.write.borrow_mut();
                 // The session checked user packets against the broker's Maximum Packet
@@ -296,22 +301,11 @@ impl Default for ReadBuffer {
 impl ReadBuffer {
     /// Frees the allocation when it contains no undecoded bytes, so a connection waiting
     /// for its next packet keeps no read buffer allocated. Decoded packets that still
-    /// share the allocation keep it alive until they are dropped. Returns `true` when
-    /// the buffer is empty.
-    fn release_if_empty(&mut self) -> bool {
-        if !self.buf.is_empty() {
-            return false;
-        }
-        if self.buf.capacity() > 0 {
+    /// share the allocation keep it alive until they are dropped.
+    fn release_if_empty(&mut self) {
+        if self.buf.is_empty() && self.buf.capacity() > 0 {
             self.buf = BytesMut::new();
         }
-        true
-    }
-
-    /// Returns `true` when recent reads were small, so the reservation is back at its
-    /// minimum.
-    fn is_quiet(&self) -> bool {
-        self.reserve == MIN_READ_RESERVE
     }
 
     /// Reads once from `stream` into at least `reserve` bytes of free space, then
@@ -355,11 +349,11 @@ fn decode_all(
     }
 }
 
-/// Frees the batch vector of a connection that has gone quiet, unless it is small, so
-/// an idle connection does not keep the room a burst of packets needed. A busy
+/// Frees the batch vector after a read of few packets, unless it is small, so a
+/// connection that has gone quiet does not keep the room a burst needed. A busy
 /// connection keeps it, so its reads do not grow the vector again each time.
-fn release_batch(packets: &mut Vec<codec::Packet>) {
-    if packets.capacity() > IDLE_BATCH_CAPACITY {
+fn release_batch(packets: &mut Vec<codec::Packet>, last_read: usize) {
+    if last_read <= IDLE_BATCH_CAPACITY && packets.capacity() > IDLE_BATCH_CAPACITY {
         *packets = Vec::new();
     }
 }
@@ -429,27 +423,26 @@ mod tests {
     fn read_buffer_releases_empty_allocation() {
         let mut read_buf = ReadBuffer::default();
         read_buf.buf.reserve(MAX_READ_RESERVE);
-        assert!(read_buf.release_if_empty());
+        read_buf.release_if_empty();
         assert_eq!(read_buf.buf.capacity(), 0);
-    }
-
-    #[test]
-    fn read_buffer_quiet_only_at_minimum_reserve() {
-        let mut read_buf = ReadBuffer::default();
-        assert!(read_buf.is_quiet());
-        read_buf.reserve = 2 * MIN_READ_RESERVE;
-        assert!(!read_buf.is_quiet());
     }
 
     #[test]
     fn batch_released_only_when_large() {
         let mut small = Vec::with_capacity(IDLE_BATCH_CAPACITY);
-        release_batch(&mut small);
+        release_batch(&mut small, 1);
         assert_eq!(small.capacity(), IDLE_BATCH_CAPACITY);
 
         let mut large = Vec::with_capacity(IDLE_BATCH_CAPACITY + 1);
-        release_batch(&mut large);
+        release_batch(&mut large, 1);
         assert_eq!(large.capacity(), 0);
+    }
+
+    #[test]
+    fn batch_kept_after_busy_read() {
+        let mut busy = Vec::with_capacity(4 * IDLE_BATCH_CAPACITY);
+        release_batch(&mut busy, IDLE_BATCH_CAPACITY + 1);
+        assert_eq!(busy.capacity(), 4 * IDLE_BATCH_CAPACITY);
     }
 
     #[test]
@@ -457,7 +450,7 @@ mod tests {
         let mut read_buf = ReadBuffer::default();
         read_buf.buf.reserve(MAX_READ_RESERVE);
         read_buf.buf.extend_from_slice(&[0x30, 0x10, 0x00]);
-        assert!(!read_buf.release_if_empty());
+        read_buf.release_if_empty();
         assert_eq!(&read_buf.buf[..], &[0x30, 0x10, 0x00]);
         assert!(read_buf.buf.capacity() >= MAX_READ_RESERVE);
     }
