@@ -31,8 +31,9 @@ const MIN_READ_RESERVE: usize = 1024;
 /// reserve more for a large packet that has not fully arrived.
 const MAX_READ_RESERVE: usize = 8 * 1024;
 
-/// Capacity, in packets, of the batch vector the socket keeps while the connection is idle.
-const IDLE_BATCH_CAPACITY: usize = 8;
+/// Packets per read up to which a connection counts as quiet; also the capacity, in
+/// packets, of the batch vector it keeps then.
+const QUIET_READ_PACKETS: usize = 8;
 
 /// What the socket needs to know about the connection.
 #[derive(Debug, Clone)]
@@ -119,7 +120,6 @@ impl SocketActor {
             let mut read_buf = ReadBuffer::default();
             let mut packets = Vec::new();
             loop {
-                read_buf.release_if_empty();
                 if let Err(error) = stream.readable().await {
                     return ReadEnd::Failed(error);
                 }
@@ -138,7 +138,13 @@ impl SocketActor {
                         Err(_) => return ReadEnd::Handed,
                     }
                 }
-                release_batch(&mut packets, count);
+                // A read of few packets means the connection is quiet, so it frees what
+                // a burst needed. A busy one keeps both: the read buffer's allocation is
+                // reused once the packets decoded from it are dropped.
+                if count <= QUIET_READ_PACKETS {
+                    read_buf.release_if_empty();
+                    release_batch(&mut packets);
+                }
                 if let Some(error) = failure {
                     session.do_send(InboundFailed(error));
                     return ReadEnd::Handed;
@@ -349,11 +355,10 @@ fn decode_all(
     }
 }
 
-/// Frees the batch vector after a read of few packets, unless it is small, so a
-/// connection that has gone quiet does not keep the room a burst needed. A busy
-/// connection keeps it, so its reads do not grow the vector again each time.
-fn release_batch(packets: &mut Vec<codec::Packet>, last_read: usize) {
-    if last_read <= IDLE_BATCH_CAPACITY && packets.capacity() > IDLE_BATCH_CAPACITY {
+/// Frees the batch vector unless it is small, so a connection that has gone quiet
+/// does not keep the room a burst needed.
+fn release_batch(packets: &mut Vec<codec::Packet>) {
+    if packets.capacity() > QUIET_READ_PACKETS {
         *packets = Vec::new();
     }
 }
@@ -429,20 +434,13 @@ mod tests {
 
     #[test]
     fn batch_released_only_when_large() {
-        let mut small = Vec::with_capacity(IDLE_BATCH_CAPACITY);
-        release_batch(&mut small, 1);
-        assert_eq!(small.capacity(), IDLE_BATCH_CAPACITY);
+        let mut small = Vec::with_capacity(QUIET_READ_PACKETS);
+        release_batch(&mut small);
+        assert_eq!(small.capacity(), QUIET_READ_PACKETS);
 
-        let mut large = Vec::with_capacity(IDLE_BATCH_CAPACITY + 1);
-        release_batch(&mut large, 1);
+        let mut large = Vec::with_capacity(QUIET_READ_PACKETS + 1);
+        release_batch(&mut large);
         assert_eq!(large.capacity(), 0);
-    }
-
-    #[test]
-    fn batch_kept_after_busy_read() {
-        let mut busy = Vec::with_capacity(4 * IDLE_BATCH_CAPACITY);
-        release_batch(&mut busy, IDLE_BATCH_CAPACITY + 1);
-        assert_eq!(busy.capacity(), 4 * IDLE_BATCH_CAPACITY);
     }
 
     #[test]
