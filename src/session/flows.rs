@@ -164,10 +164,11 @@ impl<S: Store> Session<S> {
         }
     }
 
-    pub(super) fn on_publish(&mut self, publish: Publish, now: Instant) {
+    pub(super) fn on_publish(&mut self, mut publish: Publish, now: Instant) {
         let delivery = publish.delivery;
         let dup = publish.dup;
-        let message = match self.resolve_topic(&publish) {
+        let topic = publish.topic.take();
+        let message = match self.resolve_topic(topic, &publish) {
             Ok(topic) => inbound_message(topic, publish),
             Err(violation) => return self.violate(violation, now),
         };
@@ -235,16 +236,20 @@ impl<S: Store> Session<S> {
         }
     }
 
-    /// Returns the topic of an inbound PUBLISH, defining or applying a topic alias
-    /// (MQTT 5.0 section 3.3.2.3.4).
-    fn resolve_topic(&mut self, publish: &Publish) -> Result<codec::TopicName, ProtocolViolation> {
+    /// Returns the topic of an inbound PUBLISH, given its `topic` taken out of
+    /// `publish`, defining or applying a topic alias (MQTT 5.0 section 3.3.2.3.4).
+    fn resolve_topic(
+        &mut self,
+        topic: Option<codec::TopicName>,
+        publish: &Publish,
+    ) -> Result<codec::TopicName, ProtocolViolation> {
         let maximum = self.limits.topic_alias_maximum;
         let Some(alias) = publish
             .properties
             .topic_alias
             .map(std::num::NonZeroU16::get)
         else {
-            return publish.topic.clone().ok_or(ProtocolViolation::MissingTopic);
+            return topic.ok_or(ProtocolViolation::MissingTopic);
         };
         if alias > maximum {
             return Err(ProtocolViolation::TopicAliasOutOfRange { alias, maximum });
@@ -252,10 +257,10 @@ impl<S: Store> Session<S> {
         let connection = self
             .connection_mut()
             .ok_or(ProtocolViolation::UnexpectedPacket(PacketType::Publish))?;
-        match &publish.topic {
+        match topic {
             Some(topic) => {
                 connection.aliases.insert(alias, topic.clone());
-                Ok(topic.clone())
+                Ok(topic)
             }
             None => connection
                 .aliases
