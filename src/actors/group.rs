@@ -2,15 +2,16 @@
 //! and the process-wide count of live actors.
 
 use std::cell::{Cell, RefCell};
-use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use actix::prelude::*;
 
-use crate::codec::{DecodeError, Packet, Properties};
+use crate::codec::Properties;
 use crate::session::{Outcome, RequestError, Transmit};
 use crate::store::RequestToken;
+
+use super::socket::PacketReader;
 
 static LIVE_ACTORS: AtomicUsize = AtomicUsize::new(0);
 
@@ -57,26 +58,23 @@ pub(crate) fn now() -> Instant {
     tokio::time::Instant::now().into_std()
 }
 
-/// Socket to session: the byte stream is open.
+/// Socket to session: the byte stream is open and its reader waits in the [`Wire`].
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
 pub(crate) struct TransportConnected;
 
-/// Socket to session: packets decoded from one read, in order. The session returns the
-/// emptied vector, so the socket decodes the next read into the same allocation.
-#[derive(Debug, Message)]
-#[rtype(result = "Vec<Packet>")]
-pub(crate) struct Inbound(pub Vec<Packet>);
-
-/// Socket to session: the decoder rejected the stream; nothing more is read.
-#[derive(Debug, Message)]
-#[rtype(result = "()")]
-pub(crate) struct InboundFailed(pub DecodeError);
-
-/// Packets the session has queued for the socket, in order. The session appends and
-/// sends [`Outbound`], the socket drains it; sharing one vector reuses its allocation
-/// for every batch.
-pub(crate) type Outbox = Rc<RefCell<Vec<Transmit>>>;
+/// State the socket and session actors of one group share on their one thread. The
+/// client creates it with the group and gives it to both.
+#[derive(Debug, Default)]
+pub(crate) struct Wire {
+    /// Packets the session queued for the socket, in order. The session appends and
+    /// sends [`Outbound`], the socket drains it, so one allocation serves every batch.
+    pub outbox: RefCell<Vec<Transmit>>,
+    /// The read side of the stream. The socket leaves it here before it sends
+    /// [`TransportConnected`], and the session takes it: the session actor reads and
+    /// decodes, so packets reach the session without a mailbox in between.
+    pub reader: RefCell<Option<PacketReader>>,
+}
 
 /// Session to socket: the outbox, empty before, has packets to write. The session
 /// sends no more until the socket has drained it.
