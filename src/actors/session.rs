@@ -59,7 +59,7 @@ pub(crate) struct SessionActor {
     blocked_delivery: Option<SpawnHandle>,
     /// The recipients of the message being routed, kept to reuse its allocation.
     recipients: Vec<Rc<Recipient<Message>>>,
-    /// The deadline last sent to the keep-alive actor, so an unchanged one is not resent.
+    /// The deadline last sent to the keep-alive actor; see [`needs_rearm`].
     armed: Option<Instant>,
     /// Shared with the socket: the outbox for its packets, and the reader it hands over.
     wire: Rc<Wire>,
@@ -118,7 +118,7 @@ impl SessionActor {
         }
         self.counters.inflight_in.set(self.session.inflight_in());
         let deadline = self.session.poll_timeout();
-        if deadline != self.armed {
+        if needs_rearm(self.armed, deadline) {
             self.armed = deadline;
             self.keep_alive.do_send(ArmTimer(deadline));
         }
@@ -136,17 +136,18 @@ impl SessionActor {
         outbox.len() > queued
     }
 
-    /// Waits until the stream may have bytes to read, then reads them. After a read
-    /// that produced packets it first lets the other tasks of the thread run, so the
-    /// recipients take their messages before more arrive; without that pause the
-    /// actor would keep reading while their mailboxes fill.
-    fn wait_readable(&mut self, after_packets: bool, ctx: &mut Context<Self>) {
+    /// Waits until the stream may have bytes to read, then reads them. When the last
+    /// read produced packets and more bytes probably wait, it first lets the other
+    /// tasks of the thread run, so the recipients take their messages before more
+    /// arrive; without that pause the actor would keep reading while their mailboxes
+    /// fill. Otherwise the wait for the stream gives them that turn.
+    fn wait_readable(&mut self, yield_first: bool, ctx: &mut Context<Self>) {
         let Some(reader) = &self.reader else {
             return;
         };
         let readable = reader.readable();
         let wait = async move {
-            if after_packets {
+            if yield_first {
                 YieldOnce(false).await;
             }
             readable.await
@@ -192,13 +193,14 @@ impl SessionActor {
             }
         };
         reader.finish_read(decoded);
+        let more_waiting = decoded > 0 && reader.filled_last_read();
         Counters::add(&self.counters.packets_in, decoded as u64);
         if let Some(error) = failure {
             self.session.handle_decode_error(error, now);
             self.reader = None;
         }
         self.drive(ctx);
-        self.wait_readable(decoded > 0, ctx);
+        self.wait_readable(more_waiting, ctx);
     }
 
     /// Takes the group down because the connection closed under it.
@@ -441,6 +443,19 @@ session_input!(StartDisconnect, |actor, StartDisconnect(disconnect)| actor
     .session
     .handle_disconnect(disconnect, now()));
 
+/// Returns `true` when the timer armed for `armed` must be moved to `deadline`: when
+/// the deadline is earlier, or when there is none. A later deadline keeps the armed
+/// timer: it fires early, the session finds nothing due and the timer is armed again
+/// for the deadline then in force. Every sent packet moves the keep-alive deadline, so
+/// re-arming only then saves a message and a timer reset per packet.
+fn needs_rearm(armed: Option<Instant>, deadline: Option<Instant>) -> bool {
+    match (armed, deadline) {
+        (None, None) => false,
+        (Some(armed), Some(deadline)) => deadline < armed,
+        (None, Some(_)) | (Some(_), None) => true,
+    }
+}
+
 /// A future that is pending once, waking its task at once, and then ready: the task
 /// goes to the back of the thread's run queue, so the tasks woken before it run first.
 ///
@@ -462,5 +477,32 @@ impl std::future::Future for YieldOnce {
         self.0 = true;
         cx.waker().wake_by_ref();
         std::task::Poll::Pending
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn timer_rearmed_for_earlier_or_no_deadline() {
+        let armed = Instant::now();
+        let earlier = Some(armed - Duration::from_secs(1));
+        assert!(needs_rearm(Some(armed), earlier));
+        assert!(needs_rearm(None, Some(armed)));
+        assert!(needs_rearm(Some(armed), None));
+    }
+
+    #[test]
+    fn timer_kept_for_same_or_later_deadline() {
+        let armed = Instant::now();
+        assert!(!needs_rearm(Some(armed), Some(armed)));
+        assert!(!needs_rearm(
+            Some(armed),
+            Some(armed + Duration::from_secs(1))
+        ));
+        assert!(!needs_rearm(None, None));
     }
 }

@@ -267,6 +267,12 @@ impl PacketReader {
         self.decoder.decode(&mut self.read_buf.buf)
     }
 
+    /// Returns `true` when the last read filled all the free space of the buffer, so
+    /// more bytes probably wait in the stream.
+    pub fn filled_last_read(&self) -> bool {
+        self.read_buf.filled
+    }
+
     /// Ends a read that gave `packets` packets: after a read of few packets the
     /// connection counts as quiet and frees the read buffer if nothing is left in it.
     /// A busy connection keeps the buffer, whose allocation is reused once the packets
@@ -288,6 +294,8 @@ struct ReadBuffer {
     /// Free space reserved before the next read, from `MIN_READ_RESERVE` to
     /// `MAX_READ_RESERVE` bytes.
     reserve: usize,
+    /// Whether the last read filled all the free space, so more bytes probably wait.
+    filled: bool,
 }
 
 impl Default for ReadBuffer {
@@ -295,6 +303,7 @@ impl Default for ReadBuffer {
         Self {
             buf: BytesMut::new(),
             reserve: MIN_READ_RESERVE,
+            filled: false,
         }
     }
 }
@@ -316,6 +325,7 @@ impl ReadBuffer {
         let spare = self.buf.capacity() - self.buf.len();
         let count = stream.try_read_buf(&mut self.buf)?;
         self.reserve = next_read_reserve(self.reserve, spare, count);
+        self.filled = count >= spare;
         Ok(count)
     }
 }
