@@ -460,7 +460,7 @@ fn needs_rearm(armed: Option<Instant>, deadline: Option<Instant>) -> bool {
 /// goes to the back of the thread's run queue, so the tasks woken before it run first.
 ///
 /// NOTE: with `tokio::task::yield_now` instead, recipients' messages stayed unhandled in
-/// the actor tests; tokio may defer that wake-up, and why it never came here is not
+/// the actor tests. Tokio may defer that wake-up, but why it never came here is not
 /// known.
 struct YieldOnce(bool);
 
@@ -488,9 +488,9 @@ mod tests {
 
     #[test]
     fn timer_rearmed_for_earlier_or_no_deadline() {
-        let armed = Instant::now();
-        let earlier = Some(armed - Duration::from_secs(1));
-        assert!(needs_rearm(Some(armed), earlier));
+        let earlier = Instant::now();
+        let armed = earlier + Duration::from_secs(1);
+        assert!(needs_rearm(Some(armed), Some(earlier)));
         assert!(needs_rearm(None, Some(armed)));
         assert!(needs_rearm(Some(armed), None));
     }
