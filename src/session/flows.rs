@@ -41,10 +41,16 @@ impl<S: Store> Session<S> {
         let State::Connected(connection) = &self.state else {
             return;
         };
+        if connection.head_blocked {
+            return;
+        }
         let limits = connection.limits;
         while let Some(queued) = self.store.pop_request() {
             if let Dispatch::Blocked(queued) = self.dispatch(queued, limits, now) {
                 self.store.push_front_request(queued);
+                if let Some(connection) = self.connection_mut() {
+                    connection.head_blocked = true;
+                }
                 break;
             }
         }
@@ -456,6 +462,11 @@ impl<S: Store> Session<S> {
     }
 
     fn after_flow_completed(&mut self, now: Instant) {
+        // The completed flow freed a packet identifier and, for a publish, room in the
+        // window, so the head of the queue may go now.
+        if let Some(connection) = self.connection_mut() {
+            connection.head_blocked = false;
+        }
         self.drain_queue(now);
         self.finish_disconnect_when_idle(now);
     }

@@ -192,6 +192,10 @@ struct Connection {
     aliases: HashMap<u16, TopicName>,
     /// Inbound QoS 1 and 2 messages handed out for delivery and not yet acknowledged.
     delivering: id_hash::PacketIdMap<QoS>,
+    /// Whether the request at the head of the queue waits for room in the in-flight
+    /// window or for a free packet identifier. Only a completed outbound flow can
+    /// change that, so requests queued meanwhile do not try the queue again.
+    head_blocked: bool,
 }
 
 /// The session's state, named for what it waits on.
@@ -488,6 +492,7 @@ impl<S: Store> Session<S> {
             ping: Ping::Idle,
             aliases: HashMap::new(),
             delivering: id_hash::PacketIdMap::default(),
+            head_blocked: false,
         });
         tracing::debug!(
             client_id = %self.config.client_id,

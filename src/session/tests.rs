@@ -699,6 +699,38 @@ fn inflight_window_uses_smaller_limit() {
 }
 
 #[test]
+fn requests_behind_blocked_head_wait_in_order() {
+    let now = Instant::now();
+    let mut limited = config(ProtocolVersion::V5);
+    limited.max_inflight = NonZeroU16::new(1).unwrap();
+    let mut session = connected_with(limited, Properties::default(), now);
+    queue(
+        &mut session,
+        publish_request(1, QoS::AtLeastOnce, b"a"),
+        now,
+    );
+    assert_eq!(packets(&mut session).len(), 1);
+
+    queue(
+        &mut session,
+        publish_request(2, QoS::AtLeastOnce, b"b"),
+        now,
+    );
+    queue(&mut session, publish_request(3, QoS::AtMostOnce, b"c"), now);
+    assert!(packets(&mut session).is_empty(), "the window is full");
+    assert_eq!(session.store.queued_len(), 2);
+
+    session.handle_packet(puback(id(1), PubAckReason::Success), now);
+    let sent = packets(&mut session);
+    assert!(
+        matches!(&sent[..], [Packet::Publish(first), Packet::Publish(second)]
+            if first.payload == b"b"[..] && second.payload == b"c"[..]),
+        "{sent:?}"
+    );
+    assert_eq!(session.store.queued_len(), 0);
+}
+
+#[test]
 fn pingreq_sent_after_idle_interval_and_timeout_closes() {
     let now = Instant::now();
     let mut session = connected(ProtocolVersion::V3_1_1, now);
