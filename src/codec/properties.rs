@@ -200,7 +200,64 @@ impl Properties {
     /// Returns `true` when no property is set, so the encoder writes a zero length.
     #[must_use]
     pub fn is_empty(&self) -> bool {
-        *self == Self::EMPTY
+        // Destructured, so that a new field cannot be forgotten here. Testing each
+        // field for absence is cheaper than comparing with `EMPTY`.
+        let Self {
+            payload_format_indicator,
+            message_expiry_interval,
+            content_type,
+            response_topic,
+            correlation_data,
+            subscription_identifiers,
+            session_expiry_interval,
+            assigned_client_identifier,
+            server_keep_alive,
+            authentication_method,
+            authentication_data,
+            request_problem_information,
+            will_delay_interval,
+            request_response_information,
+            response_information,
+            server_reference,
+            reason_string,
+            receive_maximum,
+            topic_alias_maximum,
+            topic_alias,
+            maximum_qos,
+            retain_available,
+            user_properties,
+            maximum_packet_size,
+            wildcard_subscription_available,
+            subscription_identifier_available,
+            shared_subscription_available,
+        } = self;
+        payload_format_indicator.is_none()
+            && message_expiry_interval.is_none()
+            && content_type.is_none()
+            && response_topic.is_none()
+            && correlation_data.is_none()
+            && subscription_identifiers.is_empty()
+            && session_expiry_interval.is_none()
+            && assigned_client_identifier.is_none()
+            && server_keep_alive.is_none()
+            && authentication_method.is_none()
+            && authentication_data.is_none()
+            && request_problem_information.is_none()
+            && will_delay_interval.is_none()
+            && request_response_information.is_none()
+            && response_information.is_none()
+            && server_reference.is_none()
+            && reason_string.is_none()
+            && receive_maximum.is_none()
+            && topic_alias_maximum.is_none()
+            && topic_alias.is_none()
+            && maximum_qos.is_none()
+            && retain_available.is_none()
+            && user_properties.is_empty()
+            && maximum_packet_size.is_none()
+            && wildcard_subscription_available.is_none()
+            && subscription_identifier_available.is_none()
+            && shared_subscription_available.is_none()
     }
 }
 
@@ -308,6 +365,36 @@ mod tests {
         assert_eq!(*empty, Properties::default());
         assert!(empty.user_properties.is_empty());
         assert_eq!(empty.into_inner(), Properties::default());
+    }
+
+    #[test]
+    fn properties_with_one_field_set_are_not_empty() {
+        let cases = [
+            Properties {
+                payload_format_indicator: Some(PayloadFormat::Utf8),
+                ..Properties::default()
+            },
+            Properties {
+                subscription_identifiers: vec![NonZeroU32::MIN],
+                ..Properties::default()
+            },
+            Properties {
+                reason_string: Some("r".into()),
+                ..Properties::default()
+            },
+            Properties {
+                user_properties: vec![("a".into(), "b".into())],
+                ..Properties::default()
+            },
+            Properties {
+                shared_subscription_available: Some(false),
+                ..Properties::default()
+            },
+        ];
+        assert!(Properties::default().is_empty());
+        for properties in cases {
+            assert!(!properties.is_empty(), "{properties:?}");
+        }
     }
 
     #[test]

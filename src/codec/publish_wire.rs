@@ -255,8 +255,11 @@ pub(crate) trait Acknowledgement: Sized {
     fn properties(&self) -> &Properties;
 
     /// Builds the packet, failing when `code` is not one of its reason codes.
-    fn from_parts(packet_id: PacketId, code: u8, properties: Properties)
-        -> Result<Self, Violation>;
+    fn from_parts(
+        packet_id: PacketId,
+        code: u8,
+        properties: BoxedProperties,
+    ) -> Result<Self, Violation>;
 }
 
 macro_rules! impl_acknowledgement {
@@ -276,7 +279,7 @@ macro_rules! impl_acknowledgement {
                 &self.properties
             }
 
-            fn from_parts(packet_id: PacketId, code: u8, properties: Properties) -> Result<Self, Violation> {
+            fn from_parts(packet_id: PacketId, code: u8, properties: BoxedProperties) -> Result<Self, Violation> {
                 let reason = code.try_into().map_err(|code| Violation::InvalidReasonCode {
                     packet_type: Self::PACKET_TYPE,
                     code,
@@ -284,7 +287,7 @@ macro_rules! impl_acknowledgement {
                 Ok(Self {
                     packet_id,
                     reason,
-                    properties: properties.into(),
+                    properties,
                 })
             }
         }
@@ -302,15 +305,15 @@ pub(crate) fn decode_acknowledgement<A: Acknowledgement>(
 ) -> Result<A, Violation> {
     let packet_id = reader.packet_id()?;
     let mut code = 0;
-    let mut properties = Properties::default();
+    // Most acknowledgements carry no properties, and 3.1.1 ones never do, so the
+    // large `Properties` value is only built when some follow.
+    let mut properties = BoxedProperties::default();
     if version.is_v5() && !reader.is_empty() {
         code = reader.u8()?;
         if !reader.is_empty() {
-            read_properties_into(
-                &mut reader,
-                PropertyContext::Acknowledgement,
-                &mut properties,
-            )?;
+            let mut read = Properties::default();
+            read_properties_into(&mut reader, PropertyContext::Acknowledgement, &mut read)?;
+            properties = read.into();
         }
     }
     reader.finish()?;
