@@ -74,7 +74,7 @@ fn publish_case(name: &'static str, version: ProtocolVersion, payload_len: usize
         delivery: Delivery::AtLeastOnce(PacketId::try_from(PACKET_ID).unwrap()),
         retain: false,
         topic: Some(TOPIC.parse().unwrap()),
-        properties: Properties::default(),
+        properties: Properties::default().into(),
         payload: payload.clone(),
     });
     let theirs = if version.is_v5() {

@@ -150,6 +150,10 @@ enum Workload {
     Qos2,
     /// The sink publishes 1,000,000 QoS 0 and 100,000 QoS 1 messages to the client.
     Inbound,
+    /// Only the QoS 0 half of `inbound`: 1,000,000 messages.
+    InboundQos0,
+    /// Only the QoS 1 half of `inbound`: 100,000 messages.
+    InboundQos1,
     /// Round trip through Mosquitto at 1,000 and 10,000 msg/s, QoS 0 and 1.
     Latency,
     /// Resident memory per idle connection, 1,000 and 5,000 clients.
@@ -254,6 +258,8 @@ impl Bench<'_> {
                 self.inbound(report, "inbound-qos0", (0, 1_000_000))?;
                 self.inbound(report, "inbound-qos1", (1, 100_000))
             }
+            Workload::InboundQos0 => self.inbound(report, "inbound-qos0", (0, 1_000_000)),
+            Workload::InboundQos1 => self.inbound(report, "inbound-qos1", (1, 100_000)),
             Workload::Latency => self.latency(report),
             Workload::Memory => self.memory(report),
             Workload::Churn => self.churn(report),

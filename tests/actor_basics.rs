@@ -110,7 +110,7 @@ async fn publish_round_trips_for_each_qos() {
         let ack = PubAck {
             packet_id,
             reason: PubAckReason::Success,
-            properties: Properties::default(),
+            properties: Properties::default().into(),
         };
         connection.send(&Packet::PubAck(ack)).await;
     };
@@ -126,14 +126,14 @@ async fn publish_round_trips_for_each_qos() {
         let rec = PubRec {
             packet_id,
             reason: PubAckReason::Success,
-            properties: Properties::default(),
+            properties: Properties::default().into(),
         };
         connection.send(&Packet::PubRec(rec)).await;
         assert!(matches!(connection.recv().await, Packet::PubRel(r) if r.packet_id == packet_id));
         let comp = PubComp {
             packet_id,
             reason: PubCompReason::Success,
-            properties: Properties::default(),
+            properties: Properties::default().into(),
         };
         connection.send(&Packet::PubComp(comp)).await;
     };
@@ -173,7 +173,7 @@ async fn wildcard_subscriptions_deliver_to_both_recipients() {
             let ack = SubAck {
                 packet_id: subscribe.packet_id,
                 reasons: vec![SubAckReason::GrantedQoS1],
-                properties: Properties::default(),
+                properties: Properties::default().into(),
             };
             connection.send(&Packet::SubAck(ack)).await;
         };
@@ -186,7 +186,7 @@ async fn wildcard_subscriptions_deliver_to_both_recipients() {
         delivery: Delivery::AtLeastOnce(id(77)),
         retain: false,
         topic: Some(topic("a/b")),
-        properties: Properties::default(),
+        properties: Properties::default().into(),
         payload: bytes::Bytes::from_static(b"both"),
     };
     connection.send(&Packet::Publish(publish)).await;

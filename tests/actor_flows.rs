@@ -41,7 +41,7 @@ fn inbound(delivery: Delivery, topic: &str, payload: &'static [u8]) -> Packet {
         delivery,
         retain: false,
         topic: Some(topic.parse().unwrap()),
-        properties: Properties::default(),
+        properties: Properties::default().into(),
         payload: Bytes::from_static(payload),
     })
 }
@@ -50,7 +50,7 @@ fn puback(packet_id: PacketId) -> Packet {
     Packet::PubAck(PubAck {
         packet_id,
         reason: PubAckReason::Success,
-        properties: Properties::default(),
+        properties: Properties::default().into(),
     })
 }
 
@@ -61,7 +61,7 @@ async fn answer_subscribe(connection: &mut BrokerConnection, reasons: Vec<SubAck
     let ack = SubAck {
         packet_id: subscribe.packet_id,
         reasons,
-        properties: Properties::default(),
+        properties: Properties::default().into(),
     };
     connection.send(&Packet::SubAck(ack)).await;
 }
@@ -109,7 +109,7 @@ async fn refused_filter_and_unsubscribe_stop_routing() {
         let ack = UnsubAck {
             packet_id: request.packet_id,
             reasons: vec![UnsubAckReason::Success],
-            properties: Properties::default(),
+            properties: Properties::default().into(),
         };
         connection.send(&Packet::UnsubAck(ack)).await;
     };
@@ -240,7 +240,7 @@ async fn inbound_qos2_completes_and_unknown_puback_tolerated() {
     let unknown = PubAck {
         packet_id: id(9),
         reason: PubAckReason::Success,
-        properties: Properties::default(),
+        properties: Properties::default().into(),
     };
     connection.send(&Packet::PubAck(unknown)).await;
 
@@ -252,7 +252,7 @@ async fn inbound_qos2_completes_and_unknown_puback_tolerated() {
     let release = PubRel {
         packet_id: id(5),
         reason: PubCompReason::Success,
-        properties: Properties::default(),
+        properties: Properties::default().into(),
     };
     connection.send(&Packet::PubRel(release)).await;
     assert!(matches!(connection.recv().await, Packet::PubComp(c) if c.packet_id == id(5)));
@@ -289,7 +289,7 @@ async fn broker_disconnect_fails_pending_publish() {
         assert!(matches!(connection.recv().await, Packet::Publish(_)));
         let disconnect = Disconnect {
             reason: DisconnectReason::ServerShuttingDown,
-            properties: Properties::default(),
+            properties: Properties::default().into(),
         };
         connection.send(&Packet::Disconnect(disconnect)).await;
         connection.until_closed().await
@@ -485,10 +485,10 @@ async fn overlapping_copies_routed_by_automatic_identifier() {
             let ack = SubAck {
                 packet_id: subscribe.packet_id,
                 reasons: vec![SubAckReason::GrantedQoS0],
-                properties: Properties::default(),
+                properties: Properties::default().into(),
             };
             connection.send(&Packet::SubAck(ack)).await;
-            subscribe.properties.subscription_identifiers
+            subscribe.properties.into_inner().subscription_identifiers
         };
         let (outcome, sent) = tokio::join!(client.subscribe(request), broker_side);
         outcome.unwrap();

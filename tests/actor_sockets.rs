@@ -28,7 +28,7 @@ fn puback(packet_id: PacketId) -> Packet {
     Packet::PubAck(PubAck {
         packet_id,
         reason: PubAckReason::Success,
-        properties: Properties::default(),
+        properties: Properties::default().into(),
     })
 }
 

@@ -309,9 +309,9 @@ fn connack(version: ProtocolVersion) -> impl Strategy<Value = Packet> {
                 session_present: session_present && reason == ConnectReason::Success,
                 reason,
                 properties: if v5 {
-                    properties
+                    properties.into()
                 } else {
-                    Properties::default()
+                    Properties::default().into()
                 },
             })
         },
@@ -363,7 +363,7 @@ fn publish(version: ProtocolVersion, receiver: Receiver) -> impl Strategy<Value 
                     delivery,
                     retain,
                     topic,
-                    properties,
+                    properties: properties.into(),
                     payload: Bytes::from(payload),
                 })
             },
@@ -406,22 +406,22 @@ fn acknowledgement(version: ProtocolVersion) -> impl Strategy<Value = Packet> {
                 0 => Packet::PubAck(PubAck {
                     packet_id,
                     reason: pub_reason,
-                    properties,
+                    properties: properties.into(),
                 }),
                 1 => Packet::PubRec(PubRec {
                     packet_id,
                     reason: pub_reason,
-                    properties,
+                    properties: properties.into(),
                 }),
                 2 => Packet::PubRel(PubRel {
                     packet_id,
                     reason: comp_reason,
-                    properties,
+                    properties: properties.into(),
                 }),
                 _ => Packet::PubComp(PubComp {
                     packet_id,
                     reason: comp_reason,
-                    properties,
+                    properties: properties.into(),
                 }),
             },
         )
@@ -473,7 +473,7 @@ fn subscribe(version: ProtocolVersion) -> impl Strategy<Value = Packet> {
         Packet::Subscribe(Subscribe {
             packet_id,
             filters,
-            properties,
+            properties: properties.into(),
         })
     })
 }
@@ -502,7 +502,7 @@ fn suback(version: ProtocolVersion) -> impl Strategy<Value = Packet> {
             Packet::SubAck(SubAck {
                 packet_id,
                 reasons,
-                properties,
+                properties: properties.into(),
             })
         },
     )
@@ -523,7 +523,7 @@ fn unsubscribe(version: ProtocolVersion) -> impl Strategy<Value = Packet> {
             Packet::Unsubscribe(Unsubscribe {
                 packet_id,
                 filters,
-                properties,
+                properties: properties.into(),
             })
         },
     )
@@ -549,7 +549,7 @@ fn unsuback(version: ProtocolVersion) -> impl Strategy<Value = Packet> {
             Packet::UnsubAck(UnsubAck {
                 packet_id,
                 reasons,
-                properties,
+                properties: properties.into(),
             })
         },
     )
@@ -559,7 +559,7 @@ fn unsuback(version: ProtocolVersion) -> impl Strategy<Value = Packet> {
 fn disconnect(version: ProtocolVersion, receiver: Receiver) -> BoxedStrategy<Packet> {
     let normal = Packet::Disconnect(Disconnect {
         reason: DisconnectReason::NormalDisconnection,
-        properties: Properties::default(),
+        properties: Properties::default().into(),
     });
     if !version.is_v5() {
         return Just(normal).boxed();
@@ -605,7 +605,10 @@ fn disconnect(version: ProtocolVersion, receiver: Receiver) -> BoxedStrategy<Pac
                     ..properties
                 }
             };
-            Packet::Disconnect(Disconnect { reason, properties })
+            Packet::Disconnect(Disconnect {
+                reason,
+                properties: properties.into(),
+            })
         })
         .boxed()
 }
@@ -628,7 +631,8 @@ fn auth(receiver: Receiver) -> impl Strategy<Value = Packet> {
                     authentication_method: method,
                     authentication_data: data,
                     ..properties
-                },
+                }
+                .into(),
             })
         })
 }

@@ -133,7 +133,7 @@ fn publish(
         delivery,
         retain: false,
         topic,
-        properties,
+        properties: properties.into(),
         payload,
     })
 }
@@ -333,7 +333,7 @@ fn connack_rows() -> Vec<Valid> {
         Packet::ConnAck(ConnAck {
             session_present,
             reason,
-            properties: no_props(),
+            properties: no_props().into(),
         })
     };
 
@@ -394,7 +394,7 @@ fn connack_rows() -> Vec<Valid> {
                     subscription_identifier_available: Some(false),
                     shared_subscription_available: Some(true),
                     ..no_props()
-                },
+                }.into(),
             }),
         ),
     ]
@@ -449,7 +449,7 @@ fn publish_rows() -> Vec<Valid> {
                 delivery: Delivery::AtLeastOnce(pid(10)),
                 retain: true,
                 topic: Some(topic("a/b")),
-                properties: no_props(),
+                properties: no_props().into(),
                 payload: Bytes::from_static(b"hi"),
             }),
         ),
@@ -568,32 +568,32 @@ fn acknowledgement_rows() -> Vec<Valid> {
         Packet::PubRec(PubRec {
             packet_id: pid(id),
             reason,
-            properties: no_props(),
+            properties: no_props().into(),
         })
     };
     let pubrel = |id, reason| {
         Packet::PubRel(PubRel {
             packet_id: pid(id),
             reason,
-            properties: no_props(),
+            properties: no_props().into(),
         })
     };
     let pubcomp = |id, reason| {
         Packet::PubComp(PubComp {
             packet_id: pid(id),
             reason,
-            properties: no_props(),
+            properties: no_props().into(),
         })
     };
 
     vec![
-        valid("3.1.1 PUBACK", V3_1_1, Client, &[0x40, 0x02, 0x00, 0x0A], puback(10, PubAckReason::Success, no_props())),
+        valid("3.1.1 PUBACK", V3_1_1, Client, &[0x40, 0x02, 0x00, 0x0A], puback(10, PubAckReason::Success, no_props().into())),
         valid("3.1.1 PUBREC", V3_1_1, Client, &[0x50, 0x02, 0x00, 0x0B], pubrec(11, PubAckReason::Success)),
         valid("3.1.1 PUBREL", V3_1_1, Client, &[0x62, 0x02, 0x00, 0x0C], pubrel(12, PubCompReason::Success)),
         valid("3.1.1 PUBCOMP", V3_1_1, Client, &[0x70, 0x02, 0x00, 0x0D], pubcomp(13, PubCompReason::Success)),
-        valid("3.1.1 PUBACK from a client", V3_1_1, Server, &[0x40, 0x02, 0xFF, 0xFF], puback(0xFFFF, PubAckReason::Success, no_props())),
-        valid("5.0 PUBACK success short form", V5, Client, &[0x40, 0x02, 0x00, 0x0A], puback(10, PubAckReason::Success, no_props())),
-        valid("5.0 PUBACK reason code only", V5, Client, &[0x40, 0x03, 0x00, 0x0A, 0x10], puback(10, PubAckReason::NoMatchingSubscribers, no_props())),
+        valid("3.1.1 PUBACK from a client", V3_1_1, Server, &[0x40, 0x02, 0xFF, 0xFF], puback(0xFFFF, PubAckReason::Success, no_props().into())),
+        valid("5.0 PUBACK success short form", V5, Client, &[0x40, 0x02, 0x00, 0x0A], puback(10, PubAckReason::Success, no_props().into())),
+        valid("5.0 PUBACK reason code only", V5, Client, &[0x40, 0x03, 0x00, 0x0A, 0x10], puback(10, PubAckReason::NoMatchingSubscribers, no_props().into())),
         valid(
             "5.0 PUBACK with reason string",
             V5,
@@ -607,11 +607,11 @@ fn acknowledgement_rows() -> Vec<Valid> {
                 Properties {
                     reason_string: Some(string("bad")),
                     ..no_props()
-                },
+                }.into(),
             ),
         ),
-        decode_only("5.0 PUBACK success spelled out", V5, Client, &[0x40, 0x03, 0x00, 0x0A, 0x00], puback(10, PubAckReason::Success, no_props())),
-        decode_only("5.0 PUBACK empty property length", V5, Client, &[0x40, 0x04, 0x00, 0x0A, 0x00, 0x00], puback(10, PubAckReason::Success, no_props())),
+        decode_only("5.0 PUBACK success spelled out", V5, Client, &[0x40, 0x03, 0x00, 0x0A, 0x00], puback(10, PubAckReason::Success, no_props().into())),
+        decode_only("5.0 PUBACK empty property length", V5, Client, &[0x40, 0x04, 0x00, 0x0A, 0x00, 0x00], puback(10, PubAckReason::Success, no_props().into())),
         valid("5.0 PUBREC packet identifier in use", V5, Client, &[0x50, 0x03, 0x00, 0x0B, 0x91], pubrec(11, PubAckReason::PacketIdentifierInUse)),
         valid("5.0 PUBREL packet identifier not found", V5, Client, &[0x62, 0x03, 0x00, 0x0C, 0x92], pubrel(12, PubCompReason::PacketIdentifierNotFound)),
         valid("5.0 PUBCOMP packet identifier not found", V5, Client, &[0x70, 0x03, 0x00, 0x0D, 0x92], pubcomp(13, PubCompReason::PacketIdentifierNotFound)),
@@ -641,7 +641,7 @@ fn subscription_rows() -> Vec<Valid> {
                     ),
                     (filter("#"), SubscriptionOptions::with_qos(QoS::ExactlyOnce)),
                 ],
-                properties: no_props(),
+                properties: no_props().into(),
             }),
         ),
         valid(
@@ -675,7 +675,8 @@ fn subscription_rows() -> Vec<Valid> {
                     subscription_identifiers: vec![nz32(7)],
                     user_properties: user_kv(),
                     ..no_props()
-                },
+                }
+                .into(),
             }),
         ),
         valid(
@@ -690,7 +691,7 @@ fn subscription_rows() -> Vec<Valid> {
                     SubAckReason::UnspecifiedError,
                     SubAckReason::GrantedQoS2,
                 ],
-                properties: no_props(),
+                properties: no_props().into(),
             }),
         ),
         valid(
@@ -710,7 +711,8 @@ fn subscription_rows() -> Vec<Valid> {
                 properties: Properties {
                     reason_string: Some(string("no")),
                     ..no_props()
-                },
+                }
+                .into(),
             }),
         ),
         valid(
@@ -721,7 +723,7 @@ fn subscription_rows() -> Vec<Valid> {
             Packet::Unsubscribe(Unsubscribe {
                 packet_id: pid(12),
                 filters: vec![filter("a/b")],
-                properties: no_props(),
+                properties: no_props().into(),
             }),
         ),
         valid(
@@ -734,7 +736,7 @@ fn subscription_rows() -> Vec<Valid> {
             Packet::Unsubscribe(Unsubscribe {
                 packet_id: pid(12),
                 filters: vec![filter("a/b"), filter("#")],
-                properties: no_props(),
+                properties: no_props().into(),
             }),
         ),
         valid(
@@ -745,7 +747,7 @@ fn subscription_rows() -> Vec<Valid> {
             Packet::UnsubAck(UnsubAck {
                 packet_id: pid(12),
                 reasons: Vec::new(),
-                properties: no_props(),
+                properties: no_props().into(),
             }),
         ),
         valid(
@@ -759,7 +761,7 @@ fn subscription_rows() -> Vec<Valid> {
                     UnsubAckReason::Success,
                     UnsubAckReason::NoSubscriptionExisted,
                 ],
-                properties: no_props(),
+                properties: no_props().into(),
             }),
         ),
         valid(
@@ -775,7 +777,8 @@ fn subscription_rows() -> Vec<Valid> {
                 properties: Properties {
                     reason_string: Some(string("ok")),
                     ..no_props()
-                },
+                }
+                .into(),
             }),
         ),
     ]
@@ -793,11 +796,11 @@ fn session_end_rows() -> Vec<Valid> {
         valid("3.1.1 PINGRESP", V3_1_1, Client, &[0xD0, 0x00], Packet::PingResp),
         valid("5.0 PINGREQ", V5, Server, &[0xC0, 0x00], Packet::PingReq),
         valid("5.0 PINGRESP", V5, Client, &[0xD0, 0x00], Packet::PingResp),
-        valid("3.1.1 DISCONNECT", V3_1_1, Server, &[0xE0, 0x00], disconnect(DisconnectReason::NormalDisconnection, no_props())),
-        valid("5.0 DISCONNECT normal short form", V5, Server, &[0xE0, 0x00], disconnect(DisconnectReason::NormalDisconnection, no_props())),
-        decode_only("5.0 DISCONNECT normal spelled out", V5, Server, &[0xE0, 0x01, 0x00], disconnect(DisconnectReason::NormalDisconnection, no_props())),
-        valid("5.0 DISCONNECT with will message", V5, Server, &[0xE0, 0x01, 0x04], disconnect(DisconnectReason::DisconnectWithWillMessage, no_props())),
-        decode_only("5.0 DISCONNECT with will message and empty property length", V5, Server, &[0xE0, 0x02, 0x04, 0x00], disconnect(DisconnectReason::DisconnectWithWillMessage, no_props())),
+        valid("3.1.1 DISCONNECT", V3_1_1, Server, &[0xE0, 0x00], disconnect(DisconnectReason::NormalDisconnection, no_props().into())),
+        valid("5.0 DISCONNECT normal short form", V5, Server, &[0xE0, 0x00], disconnect(DisconnectReason::NormalDisconnection, no_props().into())),
+        decode_only("5.0 DISCONNECT normal spelled out", V5, Server, &[0xE0, 0x01, 0x00], disconnect(DisconnectReason::NormalDisconnection, no_props().into())),
+        valid("5.0 DISCONNECT with will message", V5, Server, &[0xE0, 0x01, 0x04], disconnect(DisconnectReason::DisconnectWithWillMessage, no_props().into())),
+        decode_only("5.0 DISCONNECT with will message and empty property length", V5, Server, &[0xE0, 0x02, 0x04, 0x00], disconnect(DisconnectReason::DisconnectWithWillMessage, no_props().into())),
         valid(
             "5.0 DISCONNECT with session expiry from a client",
             V5,
@@ -808,11 +811,11 @@ fn session_end_rows() -> Vec<Valid> {
                 Properties {
                     session_expiry_interval: Some(0),
                     ..no_props()
-                },
+                }.into(),
             ),
         ),
-        valid("5.0 DISCONNECT session taken over", V5, Client, &[0xE0, 0x01, 0x8E], disconnect(DisconnectReason::SessionTakenOver, no_props())),
-        decode_only("5.0 DISCONNECT session taken over and empty property length", V5, Client, &[0xE0, 0x02, 0x8E, 0x00], disconnect(DisconnectReason::SessionTakenOver, no_props())),
+        valid("5.0 DISCONNECT session taken over", V5, Client, &[0xE0, 0x01, 0x8E], disconnect(DisconnectReason::SessionTakenOver, no_props().into())),
+        decode_only("5.0 DISCONNECT session taken over and empty property length", V5, Client, &[0xE0, 0x02, 0x8E, 0x00], disconnect(DisconnectReason::SessionTakenOver, no_props().into())),
         valid(
             "5.0 DISCONNECT with server reference",
             V5,
@@ -823,10 +826,10 @@ fn session_end_rows() -> Vec<Valid> {
                 Properties {
                     server_reference: Some(string("s")),
                     ..no_props()
-                },
+                }.into(),
             ),
         ),
-        valid("5.0 AUTH success short form", V5, Client, &[0xF0, 0x00], auth(AuthReason::Success, no_props())),
+        valid("5.0 AUTH success short form", V5, Client, &[0xF0, 0x00], auth(AuthReason::Success, no_props().into())),
         valid(
             "5.0 AUTH continue with method and data",
             V5,
@@ -842,7 +845,7 @@ fn session_end_rows() -> Vec<Valid> {
                     authentication_method: Some(string("SCRAM")),
                     authentication_data: Some(Bytes::from_static(&[1, 2, 3])),
                     ..no_props()
-                },
+                }.into(),
             ),
         ),
         valid(
@@ -855,7 +858,7 @@ fn session_end_rows() -> Vec<Valid> {
                 Properties {
                     authentication_method: Some(string("m")),
                     ..no_props()
-                },
+                }.into(),
             ),
         ),
     ]

@@ -411,7 +411,7 @@ fn marker_message(payload: Bytes) -> Message {
         qos: QoS::AtMostOnce,
         retain: false,
         dup: false,
-        properties: mqttlink::codec::Properties::default(),
+        properties: mqttlink::codec::Properties::default().into(),
     }
 }
 

@@ -108,7 +108,7 @@ fn inbound(delivery: Delivery, name: &str, payload: &'static [u8]) -> Packet {
         delivery,
         retain: false,
         topic: Some(topic(name)),
-        properties: Properties::default(),
+        properties: Properties::default().into(),
         payload: Bytes::from_static(payload),
     })
 }
@@ -117,7 +117,7 @@ fn puback(packet_id: PacketId) -> Packet {
     Packet::PubAck(PubAck {
         packet_id,
         reason: PubAckReason::Success,
-        properties: Properties::default(),
+        properties: Properties::default().into(),
     })
 }
 
@@ -125,7 +125,7 @@ fn pubrec(packet_id: PacketId) -> Packet {
     Packet::PubRec(PubRec {
         packet_id,
         reason: PubAckReason::Success,
-        properties: Properties::default(),
+        properties: Properties::default().into(),
     })
 }
 
@@ -133,7 +133,7 @@ fn pubcomp(packet_id: PacketId) -> Packet {
     Packet::PubComp(PubComp {
         packet_id,
         reason: PubCompReason::Success,
-        properties: Properties::default(),
+        properties: Properties::default().into(),
     })
 }
 
@@ -396,7 +396,7 @@ async fn suback_with_wrong_code_count_closes() {
     let ack = SubAck {
         packet_id,
         reasons: vec![SubAckReason::GrantedQoS1],
-        properties: Properties::default(),
+        properties: Properties::default().into(),
     };
     peer.send(&Packet::SubAck(ack)).await;
     peer.expect_disconnect_with(DisconnectReason::ProtocolError)
@@ -430,7 +430,7 @@ async fn suback_for_unsubscribe_id_closes() {
     let ack = SubAck {
         packet_id,
         reasons: vec![SubAckReason::GrantedQoS0],
-        properties: Properties::default(),
+        properties: Properties::default().into(),
     };
     peer.send(&Packet::SubAck(ack)).await;
     peer.expect_disconnect_with(DisconnectReason::ProtocolError)
@@ -448,7 +448,7 @@ async fn unsuback_for_unknown_id_closes() {
     let ack = UnsubAck {
         packet_id: id(4321),
         reasons: vec![mqttlink::codec::UnsubAckReason::Success],
-        properties: Properties::default(),
+        properties: Properties::default().into(),
     };
     peer.send(&Packet::UnsubAck(ack)).await;
     peer.expect_disconnect_with(DisconnectReason::ProtocolError)
@@ -540,7 +540,7 @@ async fn broker_disconnect_reason_reaches_callers() {
     };
     let disconnect = DisconnectPacket {
         reason: DisconnectReason::UseAnotherServer,
-        properties,
+        properties: properties.into(),
     };
     peer.send(&Packet::Disconnect(disconnect)).await;
     let packets = peer.until_closed().await;
@@ -579,7 +579,8 @@ async fn unrequested_auth_closes() {
         properties: Properties {
             authentication_method: Some("SCRAM-SHA-1".into()),
             ..Properties::default()
-        },
+        }
+        .into(),
     };
     peer.send(&Packet::Auth(auth)).await;
     peer.expect_disconnect_with(DisconnectReason::ProtocolError)
@@ -722,7 +723,7 @@ async fn qos2_duplicate_delivered_once() {
     let release = PubRel {
         packet_id: id(5),
         reason: PubCompReason::Success,
-        properties: Properties::default(),
+        properties: Properties::default().into(),
     };
     peer.send(&Packet::PubRel(release)).await;
     assert!(
@@ -750,7 +751,7 @@ async fn pubrel_for_unknown_id_answered() {
         let release = PubRel {
             packet_id: id(77),
             reason: PubCompReason::Success,
-            properties: Properties::default(),
+            properties: Properties::default().into(),
         };
         peer.send(&Packet::PubRel(release)).await;
         match peer.recv().await {
@@ -1468,7 +1469,7 @@ async fn failed_pubrec_rejects_and_late_pubcomp_ignored() {
     let rec = PubRec {
         packet_id,
         reason: PubAckReason::QuotaExceeded,
-        properties: Properties::default(),
+        properties: Properties::default().into(),
     };
     peer.send(&Packet::PubRec(rec)).await;
     match within(reply).await {

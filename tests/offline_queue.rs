@@ -120,7 +120,7 @@ async fn puback(connection: &mut Connection, publish: &mqttlink::codec::Publish)
         .send(&Packet::PubAck(PubAck {
             packet_id,
             reason: PubAckReason::Success,
-            properties: Properties::default(),
+            properties: Properties::default().into(),
         }))
         .await;
 }
@@ -130,7 +130,7 @@ async fn connack(connection: &mut Connection, session_present: bool) {
         .send(&Packet::ConnAck(ConnAck {
             session_present,
             reason: ConnectReason::Success,
-            properties: Properties::default(),
+            properties: Properties::default().into(),
         }))
         .await;
 }
@@ -432,7 +432,7 @@ async fn drop_oldest_drops_waiting_subscribe() {
             delivery: mqttlink::codec::Delivery::AtLeastOnce(packet_id),
             retain: false,
             topic: Some(topic("s/x")),
-            properties: Properties::default(),
+            properties: Properties::default().into(),
             payload: "x".into(),
         }))
         .await;

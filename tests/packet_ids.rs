@@ -90,7 +90,7 @@ async fn puback(connection: &mut Connection, packet_id: PacketId) {
         .send(&Packet::PubAck(PubAck {
             packet_id,
             reason: PubAckReason::Success,
-            properties: Properties::default(),
+            properties: Properties::default().into(),
         }))
         .await;
 }
@@ -227,7 +227,7 @@ async fn exhausted_ids_make_requests_wait() {
         .send(&Packet::SubAck(SubAck {
             packet_id: subscribe.packet_id,
             reasons: vec![SubAckReason::GrantedQoS1],
-            properties: Properties::default(),
+            properties: Properties::default().into(),
         }))
         .await;
     tokio::time::timeout(STEP, waiting_subscribe)
@@ -246,7 +246,7 @@ async fn exhausted_ids_make_requests_wait() {
         .send(&Packet::UnsubAck(mqttlink::codec::UnsubAck {
             packet_id: unsubscribe.packet_id,
             reasons: vec![mqttlink::codec::UnsubAckReason::Success],
-            properties: Properties::default(),
+            properties: Properties::default().into(),
         }))
         .await;
     tokio::time::timeout(STEP, waiting_unsubscribe)

@@ -173,7 +173,7 @@ async fn qos1_publish_resent_with_dup_after_cut() {
         .send(&Packet::ConnAck(mqttlink::codec::ConnAck {
             session_present: true,
             reason: ConnectReason::Success,
-            properties: Properties::default(),
+            properties: Properties::default().into(),
         }))
         .await;
     expect_connected(&mut events, true).await;
@@ -192,7 +192,7 @@ async fn qos1_publish_resent_with_dup_after_cut() {
             .send(&Packet::PubAck(PubAck {
                 packet_id: id,
                 reason: PubAckReason::Success,
-                properties: Properties::default(),
+                properties: Properties::default().into(),
             }))
             .await;
     }
@@ -225,7 +225,7 @@ async fn qos2_after_pubrec_resumes_with_pubrel() {
         .send(&Packet::PubRec(PubRec {
             packet_id: id,
             reason: PubAckReason::Success,
-            properties: Properties::default(),
+            properties: Properties::default().into(),
         }))
         .await;
     match first.recv().await {
@@ -246,7 +246,7 @@ async fn qos2_after_pubrec_resumes_with_pubrel() {
         .send(&Packet::PubComp(PubComp {
             packet_id: id,
             reason: PubCompReason::Success,
-            properties: Properties::default(),
+            properties: Properties::default().into(),
         }))
         .await;
     let completed = outcome(in_flight).await.unwrap();
@@ -283,7 +283,7 @@ async fn session_lost_triggers_resubscribe() {
         .send(&Packet::SubAck(SubAck {
             packet_id: id,
             reasons: vec![SubAckReason::GrantedQoS1],
-            properties: Properties::default(),
+            properties: Properties::default().into(),
         }))
         .await;
     tokio::time::timeout(STEP, subscribed)
@@ -314,7 +314,8 @@ async fn session_lost_triggers_resubscribe() {
             reasons: vec![SubAckReason::GrantedQoS1],
             properties: Properties {
                 ..Properties::default()
-            },
+            }
+            .into(),
         }))
         .await;
 
@@ -328,7 +329,8 @@ async fn session_lost_triggers_resubscribe() {
             properties: Properties {
                 subscription_identifiers: again.properties.subscription_identifiers.clone(),
                 ..Properties::default()
-            },
+            }
+            .into(),
             payload: "21".into(),
         }))
         .await;
@@ -416,7 +418,7 @@ async fn server_busy_retries_with_growing_backoff() {
         .send(&Packet::PubAck(PubAck {
             packet_id: packet_id(&sent),
             reason: PubAckReason::Success,
-            properties: Properties::default(),
+            properties: Properties::default().into(),
         }))
         .await;
     assert!(outcome(pending).await.is_ok());
@@ -717,7 +719,8 @@ fn redirecting_connack(reason: ConnectReason, reference: &str) -> Packet {
         properties: Properties {
             server_reference: Some(reference.into()),
             ..Properties::default()
-        },
+        }
+        .into(),
     })
 }
 
@@ -730,7 +733,7 @@ async fn expect_puback_completes(
         .send(&Packet::PubAck(PubAck {
             packet_id: packet_id(sent),
             reason: PubAckReason::Success,
-            properties: Properties::default(),
+            properties: Properties::default().into(),
         }))
         .await;
     let completed = outcome(task).await.unwrap();
@@ -811,7 +814,8 @@ async fn disconnect_server_moved_follows_reference() {
         properties: Properties {
             server_reference: Some(reference.as_str().into()),
             ..Properties::default()
-        },
+        }
+        .into(),
     }))
     .await;
     let rest = old.until_closed().await;
@@ -861,7 +865,7 @@ async fn session_taken_over_stops_for_good() {
     connection
         .send(&Packet::Disconnect(mqttlink::codec::Disconnect {
             reason: mqttlink::codec::DisconnectReason::SessionTakenOver,
-            properties: Properties::default(),
+            properties: Properties::default().into(),
         }))
         .await;
 
@@ -932,7 +936,7 @@ fn qos0_publish(name: &str, payload: &'static str) -> Packet {
         delivery: Delivery::AtMostOnce,
         retain: false,
         topic: Some(topic(name)),
-        properties: Properties::default(),
+        properties: Properties::default().into(),
         payload: payload.into(),
     })
 }
@@ -1292,7 +1296,7 @@ async fn each_connack_refusal_follows_policy() {
         let packet = Packet::ConnAck(mqttlink::codec::ConnAck {
             session_present: false,
             reason,
-            properties: Properties::default(),
+            properties: Properties::default().into(),
         });
         mqttlink::codec::encode(&packet, ProtocolVersion::V5, u32::MAX, &mut connack).unwrap();
         check_refusal(ProtocolVersion::V5, &connack, reason, after).await;
@@ -1437,7 +1441,7 @@ async fn subscribe_through(
         .send(&Packet::SubAck(SubAck {
             packet_id: sent.packet_id,
             reasons,
-            properties: Properties::default(),
+            properties: Properties::default().into(),
         }))
         .await;
     tokio::time::timeout(STEP, task)
@@ -1480,7 +1484,7 @@ async fn unsubscribe_through(client: &Client, connection: &mut Connection, filte
         .send(&Packet::UnsubAck(mqttlink::codec::UnsubAck {
             packet_id: sent.packet_id,
             reasons,
-            properties: Properties::default(),
+            properties: Properties::default().into(),
         }))
         .await;
     tokio::time::timeout(STEP, task)
@@ -1508,7 +1512,7 @@ async fn read_resubscribes(
             .send(&Packet::SubAck(SubAck {
                 packet_id: subscribe.packet_id,
                 reasons: vec![SubAckReason::GrantedQoS1; subscribe.filters.len()],
-                properties: Properties::default(),
+                properties: Properties::default().into(),
             }))
             .await;
     }
@@ -1652,7 +1656,7 @@ fn qos2_publish(packet_id: PacketId, dup: bool, payload: &'static str) -> Packet
         delivery: Delivery::ExactlyOnce(packet_id),
         retain: false,
         topic: Some(topic("exactly/once")),
-        properties: Properties::default(),
+        properties: Properties::default().into(),
         payload: payload.into(),
     })
 }
@@ -1661,7 +1665,7 @@ fn pubrel(packet_id: PacketId) -> Packet {
     Packet::PubRel(mqttlink::codec::PubRel {
         packet_id,
         reason: PubCompReason::Success,
-        properties: Properties::default(),
+        properties: Properties::default().into(),
     })
 }
 
@@ -1785,7 +1789,7 @@ async fn connack_delayed_past_timeout_retries() {
         late.try_send(&Packet::ConnAck(mqttlink::codec::ConnAck {
             session_present: false,
             reason: ConnectReason::Success,
-            properties: Properties::default(),
+            properties: Properties::default().into(),
         }))
         .await
     };
@@ -1808,7 +1812,7 @@ async fn connack_delayed_past_timeout_retries() {
         .send(&Packet::ConnAck(mqttlink::codec::ConnAck {
             session_present: false,
             reason: ConnectReason::Success,
-            properties: Properties::default(),
+            properties: Properties::default().into(),
         }))
         .await;
     expect_connected(&mut events, false).await;
@@ -1817,7 +1821,7 @@ async fn connack_delayed_past_timeout_retries() {
         .send(&Packet::PubAck(PubAck {
             packet_id: packet_id(&sent),
             reason: PubAckReason::Success,
-            properties: Properties::default(),
+            properties: Properties::default().into(),
         }))
         .await;
     assert!(outcome(in_flight).await.is_ok());
@@ -1882,7 +1886,7 @@ async fn subscribe_in_flight_across_cut_answered_once() {
         .send(&Packet::UnsubAck(mqttlink::codec::UnsubAck {
             packet_id: again_unsubscribe.packet_id,
             reasons: vec![mqttlink::codec::UnsubAckReason::Success],
-            properties: Properties::default(),
+            properties: Properties::default().into(),
         }))
         .await;
     let removed = tokio::time::timeout(STEP, unsubscribed)
@@ -1899,7 +1903,7 @@ async fn subscribe_in_flight_across_cut_answered_once() {
         .send(&Packet::SubAck(SubAck {
             packet_id: again.packet_id,
             reasons: vec![SubAckReason::GrantedQoS1],
-            properties: Properties::default(),
+            properties: Properties::default().into(),
         }))
         .await;
     let granted = tokio::time::timeout(STEP, subscribed)

@@ -209,11 +209,40 @@ struct Push {
     remaining: u64,
     unacknowledged: u16,
     next_id: u16,
+    /// One batch of encoded QoS 0 messages, built once: they are all the same, so the
+    /// sink copies them instead of encoding each, and can push faster than a client
+    /// reads.
+    qos0_batch: Vec<u8>,
+    /// Bytes of one message in `qos0_batch`.
+    qos0_message_len: usize,
 }
 
 impl Push {
     fn can_send(&self, window: u16) -> bool {
         self.remaining > 0 && (self.qos == 0 || self.unacknowledged < window)
+    }
+
+    /// Appends as many whole QoS 0 messages of the prepared batch as fit in one
+    /// batch and remain to be sent.
+    fn copy_qos0_batch(&mut self, output: &mut Vec<u8>, v5: bool) {
+        if self.qos0_batch.is_empty() {
+            write_publish(
+                &mut self.qos0_batch,
+                &self.topic,
+                None,
+                v5,
+                &[b'x'; PAYLOAD_LEN],
+            );
+            self.qos0_message_len = self.qos0_batch.len();
+            while self.qos0_batch.len() + self.qos0_message_len <= PUSH_BATCH_BYTES {
+                self.qos0_batch.extend_from_within(..self.qos0_message_len);
+            }
+        }
+        let room = PUSH_BATCH_BYTES.saturating_sub(output.len()) / self.qos0_message_len;
+        let count = room.min(usize::try_from(self.remaining).unwrap_or(usize::MAX));
+        let bytes = self.qos0_batch.get(..count * self.qos0_message_len);
+        output.extend_from_slice(bytes.unwrap_or_default());
+        self.remaining -= count as u64;
     }
 
     /// Returns the packet id of the next message, `None` at QoS 0.
@@ -366,6 +395,8 @@ impl Connection {
             remaining: count,
             unacknowledged: 0,
             next_id: 1,
+            qos0_batch: Vec::new(),
+            qos0_message_len: 0,
         });
     }
 
@@ -376,6 +407,9 @@ impl Connection {
             return;
         };
         let v5 = self.version == PROTOCOL_V5;
+        if push.qos == 0 {
+            push.copy_qos0_batch(&mut self.output, v5);
+        }
         while push.can_send(self.window) && self.output.len() < PUSH_BATCH_BYTES {
             let id = push.take_id();
             write_publish(&mut self.output, &push.topic, id, v5, &[b'x'; PAYLOAD_LEN]);

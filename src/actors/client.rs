@@ -32,7 +32,7 @@ use crate::transport::Endpoint;
 
 use super::group::{
     actor_started, actor_stopped, now, Counters, RequestsQueued, SessionUpdate, StartDisconnect,
-    Written,
+    Wire, Written,
 };
 use super::keep_alive::KeepAliveActor;
 use super::link::{GroupDown, Link};
@@ -213,12 +213,14 @@ impl ClientActor {
         let session_context = Context::<SessionActor>::new();
         let session_addr = session_context.address();
         let keep_alive = KeepAliveActor::new(link.clone(), session_addr.clone()).start();
+        let wire = Rc::new(Wire::default());
         let socket = SocketActor::new(
             self.socket_settings(endpoint),
             link.clone(),
             session_addr.clone(),
             ctx.address().downgrade(),
             Rc::clone(&self.counters),
+            Rc::clone(&wire),
         )
         .start();
         session_context.run(SessionActor::new(SessionParts {
@@ -229,6 +231,7 @@ impl ClientActor {
             keep_alive,
             router: Rc::clone(&self.router),
             counters: Rc::clone(&self.counters),
+            wire,
         }));
 
         tracing::debug!(client_id = %self.client_id(), generation, "connection group started");

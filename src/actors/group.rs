@@ -1,15 +1,17 @@
 //! What the actors of a client share: the messages between them, the traffic counters,
 //! and the process-wide count of live actors.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use actix::prelude::*;
 
-use crate::codec::{DecodeError, Packet, Properties};
+use crate::codec::Properties;
 use crate::session::{Outcome, RequestError, Transmit};
 use crate::store::RequestToken;
+
+use super::socket::PacketReader;
 
 static LIVE_ACTORS: AtomicUsize = AtomicUsize::new(0);
 
@@ -56,25 +58,29 @@ pub(crate) fn now() -> Instant {
     tokio::time::Instant::now().into_std()
 }
 
-/// Socket to session: the byte stream is open.
+/// Socket to session: the byte stream is open and its reader waits in the [`Wire`].
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
 pub(crate) struct TransportConnected;
 
-/// Socket to session: packets decoded from one read, in order.
-#[derive(Debug, Message)]
-#[rtype(result = "()")]
-pub(crate) struct Inbound(pub Vec<Packet>);
+/// State the socket and session actors of one group share on their one thread. The
+/// client creates it with the group and gives it to both.
+#[derive(Debug, Default)]
+pub(crate) struct Wire {
+    /// Packets the session queued for the socket, in order. The session appends and
+    /// sends [`Outbound`], the socket drains it, so one allocation serves every batch.
+    pub outbox: RefCell<Vec<Transmit>>,
+    /// The read side of the stream. The socket leaves it here before it sends
+    /// [`TransportConnected`], and the session takes it: the session actor reads and
+    /// decodes, so packets reach the session without a mailbox in between.
+    pub reader: RefCell<Option<PacketReader>>,
+}
 
-/// Socket to session: the decoder rejected the stream; nothing more is read.
+/// Session to socket: the outbox, empty before, has packets to write. The session
+/// sends no more until the socket has drained it.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
-pub(crate) struct InboundFailed(pub DecodeError);
-
-/// Session to socket: packets to write, in order.
-#[derive(Debug, Message)]
-#[rtype(result = "()")]
-pub(crate) struct Outbound(pub Vec<Transmit>);
+pub(crate) struct Outbound;
 
 /// Session to keep-alive: call back at this instant, replacing any earlier request.
 #[derive(Debug, Message)]
@@ -99,6 +105,7 @@ pub(crate) struct StartDisconnect(pub crate::codec::Disconnect);
 /// Session to supervisor: what the session learned.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
+#[allow(clippy::large_enum_variant)] // Connected is sent once per connection.
 pub(crate) enum SessionUpdate {
     /// CONNACK accepted the connection.
     Connected {

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use tokio::sync::OwnedSemaphorePermit;
 
 use crate::codec::{
-    DisconnectReason, Properties, QoS, SubscriptionOptions, TopicFilter, TopicName,
+    BoxedProperties, DisconnectReason, Properties, QoS, SubscriptionOptions, TopicFilter, TopicName,
 };
 use crate::error::{ClientError, DisconnectCause};
 use crate::session::{PublishOutcome, SubscribeOutcome, UnsubscribeOutcome};
@@ -311,7 +311,8 @@ impl Disconnect {
             properties: Properties {
                 session_expiry_interval: self.session_expiry,
                 ..Properties::default()
-            },
+            }
+            .into(),
         }
     }
 }
@@ -337,8 +338,9 @@ pub struct Message {
     pub retain: bool,
     /// Whether the broker marked it as a possible redelivery.
     pub dup: bool,
-    /// PUBLISH properties (v5), topic alias removed.
-    pub properties: Properties,
+    /// PUBLISH properties (v5), topic alias removed. They dereference to
+    /// [`Properties`] and are allocated only when the broker sent some.
+    pub properties: BoxedProperties,
 }
 
 impl fmt::Debug for Message {

@@ -81,7 +81,9 @@ impl Router {
         self.unmatched
     }
 
-    /// Returns each recipient that gets `message` once, in route order.
+    /// Replaces the contents of `recipients` with each recipient that gets `message`,
+    /// once each, in route order. The caller reuses the vector, so routing a message
+    /// allocates nothing once it has grown to the number of recipients.
     ///
     /// The recipients are shared, not cloned: actix bounds a mailbox per sender, so
     /// sending every message through the same sender is what makes `try_send` report a
@@ -90,27 +92,27 @@ impl Router {
     /// A message carrying subscription identifiers goes to the routes subscribed with one
     /// of them; otherwise, or when none of them is known, to every route whose filter
     /// matches the topic. With no match it goes to the default recipient, if any.
-    pub fn recipients(&mut self, message: &Message) -> Vec<Rc<Recipient<Message>>> {
+    pub fn collect_recipients(
+        &mut self,
+        message: &Message,
+        recipients: &mut Vec<Rc<Recipient<Message>>>,
+    ) {
+        recipients.clear();
         let identifiers = &message.properties.subscription_identifiers;
-        let by_identifier = |route: &&Route| {
-            route
-                .subscription_identifier
-                .is_some_and(|id| identifiers.contains(&id))
-        };
-        let mut matched: Vec<&Route> = self.routes.iter().filter(by_identifier).collect();
-        if matched.is_empty() {
-            matched = self
+        if !identifiers.is_empty() {
+            let by_identifier = self.routes.iter().filter(|route| {
+                route
+                    .subscription_identifier
+                    .is_some_and(|id| identifiers.contains(&id))
+            });
+            push_unique(recipients, by_identifier);
+        }
+        if recipients.is_empty() {
+            let by_filter = self
                 .routes
                 .iter()
-                .filter(|route| route.filter.matches(&message.topic))
-                .collect();
-        }
-
-        let mut recipients: Vec<Rc<Recipient<Message>>> = Vec::with_capacity(matched.len());
-        for route in matched {
-            if !recipients.iter().any(|known| **known == *route.recipient) {
-                recipients.push(Rc::clone(&route.recipient));
-            }
+                .filter(|route| route.filter.matches(&message.topic));
+            push_unique(recipients, by_filter);
         }
         if recipients.is_empty() {
             match &self.default {
@@ -118,7 +120,18 @@ impl Router {
                 None => self.unmatched += 1,
             }
         }
-        recipients
+    }
+}
+
+/// Appends the recipient of each route in `routes` that `recipients` does not contain yet.
+fn push_unique<'a>(
+    recipients: &mut Vec<Rc<Recipient<Message>>>,
+    routes: impl Iterator<Item = &'a Route>,
+) {
+    for route in routes {
+        if !recipients.iter().any(|known| **known == *route.recipient) {
+            recipients.push(Rc::clone(&route.recipient));
+        }
     }
 }
 
@@ -149,11 +162,9 @@ mod tests {
 
     /// Returns the recipients of `message` as plain values, for comparing.
     fn routed(router: &mut Router, message: &Message) -> Vec<Recipient<Message>> {
-        router
-            .recipients(message)
-            .iter()
-            .map(|r| (**r).clone())
-            .collect()
+        let mut recipients = Vec::new();
+        router.collect_recipients(message, &mut recipients);
+        recipients.iter().map(|r| (**r).clone()).collect()
     }
 
     fn message(topic: &str, identifiers: &[u32]) -> Message {
@@ -169,7 +180,8 @@ mod tests {
                     .map(|id| NonZeroU32::new(*id).unwrap())
                     .collect(),
                 ..Properties::default()
-            },
+            }
+            .into(),
         }
     }
 
@@ -189,6 +201,23 @@ mod tests {
         assert_eq!(routed(&mut router, &message("a/c/d", &[])), [first]);
         assert!(routed(&mut router, &message("b", &[])).is_empty());
         assert_eq!(router.unmatched(), 1);
+    }
+
+    #[actix_rt::test]
+    async fn collect_recipients_replaces_previous_contents() {
+        let first = Sink.start().recipient();
+        let second = Sink.start().recipient();
+        let mut router = Router::default();
+        router.add("a".parse().unwrap(), first.clone(), None);
+        router.add("b".parse().unwrap(), second.clone(), None);
+
+        let mut recipients = Vec::new();
+        router.collect_recipients(&message("a", &[]), &mut recipients);
+        router.collect_recipients(&message("b", &[]), &mut recipients);
+        assert_eq!(recipients.len(), 1);
+        assert!(*recipients[0] == second);
+        router.collect_recipients(&message("c", &[]), &mut recipients);
+        assert!(recipients.is_empty());
     }
 
     #[actix_rt::test]

@@ -1,6 +1,6 @@
-//! The socket actor: owns the byte stream of one connection. It opens the stream, reads
-//! and decodes packets for the session, and encodes the session's packets into one write
-//! buffer that is flushed with as few write calls as possible.
+//! The socket actor: owns the byte stream of one connection. It opens the stream, hands
+//! its read side to the session actor as a [`PacketReader`], and encodes the session's
+//! packets into one write buffer that is flushed with as few write calls as possible.
 
 use std::cell::RefCell;
 use std::io;
@@ -18,8 +18,7 @@ use crate::transport::{Endpoint, Stream, WriteBuffer};
 
 use super::client::ClientActor;
 use super::group::{
-    actor_started, actor_stopped, Counters, Inbound, InboundFailed, Outbound, TransportConnected,
-    Written,
+    actor_started, actor_stopped, Counters, Outbound, TransportConnected, Wire, Written,
 };
 use super::link::{stop_with_link, Link};
 use super::session::SessionActor;
@@ -30,6 +29,10 @@ const MIN_READ_RESERVE: usize = 1024;
 /// Largest free space reserved before a read from the stream, in bytes. The decoder may
 /// reserve more for a large packet that has not fully arrived.
 const MAX_READ_RESERVE: usize = 8 * 1024;
+
+/// Packets per read up to which a connection counts as quiet, so its reader frees the
+/// read buffer once everything in it is decoded.
+const QUIET_READ_PACKETS: usize = 8;
 
 /// What the socket needs to know about the connection.
 #[derive(Debug, Clone)]
@@ -52,14 +55,8 @@ pub(crate) struct SocketActor {
     stream: Option<Rc<Stream>>,
     write: Rc<RefCell<WriteBuffer<RequestToken>>>,
     flushing: Option<SpawnHandle>,
-}
-
-/// How the read loop ended.
-enum ReadEnd {
-    EndOfStream,
-    Failed(io::Error),
-    /// The decoder rejected the stream or the session is gone; the session decides.
-    Handed,
+    /// Shared with the session: its queued packets, and the reader handed over.
+    wire: Rc<Wire>,
 }
 
 impl SocketActor {
@@ -69,6 +66,7 @@ impl SocketActor {
         session: Addr<SessionActor>,
         client: WeakAddr<ClientActor>,
         counters: Rc<Counters>,
+        wire: Rc<Wire>,
     ) -> Self {
         Self {
             settings,
@@ -79,6 +77,7 @@ impl SocketActor {
             stream: None,
             write: Rc::new(RefCell::new(WriteBuffer::default())),
             flushing: None,
+            wire,
         }
     }
 
@@ -91,57 +90,16 @@ impl SocketActor {
         );
         let stream = Rc::new(stream);
         self.stream = Some(Rc::clone(&stream));
+        let decoder = Decoder::for_client(self.settings.protocol)
+            .with_max_packet_size(self.settings.max_packet_size);
+        *self.wire.reader.borrow_mut() = Some(PacketReader::new(stream, decoder));
         self.session.do_send(TransportConnected);
-        self.spawn_reader(stream, ctx);
         self.start_flush(ctx);
     }
 
     fn fail(&mut self, error: ClientError, ctx: &mut Context<Self>) {
         self.link.take_down(DisconnectCause::Failed(error));
         ctx.stop();
-    }
-
-    /// Reads, decodes and hands packets to the session; waits for the session to take
-    /// each batch before reading more, so a busy session slows the reads.
-    fn spawn_reader(&mut self, stream: Rc<Stream>, ctx: &mut Context<Self>) {
-        let session = self.session.clone();
-        let counters = Rc::clone(&self.counters);
-        let mut decoder = Decoder::for_client(self.settings.protocol)
-            .with_max_packet_size(self.settings.max_packet_size);
-        let read = async move {
-            let mut read_buf = ReadBuffer::default();
-            loop {
-                read_buf.release_if_empty();
-                if let Err(error) = stream.readable().await {
-                    return ReadEnd::Failed(error);
-                }
-                match read_buf.read_from(&stream) {
-                    Ok(0) => return ReadEnd::EndOfStream,
-                    Ok(count) => Counters::add(&counters.bytes_in, count as u64),
-                    Err(error) if error.kind() == io::ErrorKind::WouldBlock => continue,
-                    Err(error) => return ReadEnd::Failed(error),
-                }
-                let (packets, failure) = decode_all(&mut decoder, &mut read_buf.buf);
-                Counters::add(&counters.packets_in, packets.len() as u64);
-                if !packets.is_empty() && session.send(Inbound(packets)).await.is_err() {
-                    return ReadEnd::Handed;
-                }
-                if let Some(error) = failure {
-                    session.do_send(InboundFailed(error));
-                    return ReadEnd::Handed;
-                }
-            }
-        };
-        ctx.spawn(read.into_actor(self).map(|end, actor, ctx| match end {
-            ReadEnd::EndOfStream => {
-                actor.fail(ClientError::ConnectionClosed(ClosedBy::EndOfStream), ctx);
-            }
-            ReadEnd::Failed(error) => {
-                let closed = ClosedBy::Io(Arc::new(error));
-                actor.fail(ClientError::ConnectionClosed(closed), ctx);
-            }
-            ReadEnd::Handed => {}
-        }));
     }
 
     /// Starts writing the buffer unless a flush runs already; a running flush picks up
@@ -229,8 +187,9 @@ impl Handler<Outbound> for SocketActor {
 
     /// Encodes the packets even when the group is going down, so `stopped` can still
     /// write a final DISCONNECT.
-    fn handle(&mut self, Outbound(transmits): Outbound, ctx: &mut Self::Context) {
-        for transmit in transmits {
+    fn handle(&mut self, Outbound: Outbound, ctx: &mut Self::Context) {
+        let wire = Rc::clone(&self.wire);
+        for transmit in wire.outbox.borrow_mut().drain(..) {
             let encoded = {
                 let mut write = self.write.borrow_mut();
                 // The session checked user packets against the broker's Maximum Packet
@@ -263,6 +222,68 @@ impl Handler<Outbound> for SocketActor {
     }
 }
 
+/// The read side of one connection: the stream, its read buffer and the decoder. The
+/// socket builds it once connected, and the session actor drives it: wait with
+/// [`readable`](Self::readable), [`read`](Self::read) once, take packets with
+/// [`next_packet`](Self::next_packet) until it returns `None`, then
+/// [`finish_read`](Self::finish_read).
+#[derive(Debug)]
+pub(crate) struct PacketReader {
+    stream: Rc<Stream>,
+    decoder: Decoder,
+    read_buf: ReadBuffer,
+}
+
+impl PacketReader {
+    fn new(stream: Rc<Stream>, decoder: Decoder) -> Self {
+        Self {
+            stream,
+            decoder,
+            read_buf: ReadBuffer::default(),
+        }
+    }
+
+    /// Returns a future that resolves once the stream may have bytes to read. It
+    /// borrows nothing, so the caller can keep using the reader meanwhile.
+    pub fn readable(&self) -> impl std::future::Future<Output = io::Result<()>> + 'static {
+        let stream = Rc::clone(&self.stream);
+        async move { stream.readable().await }
+    }
+
+    /// Reads once from the stream. Returns the number of bytes read, 0 at the end of
+    /// the stream, or `None` when nothing was ready after all.
+    pub fn read(&mut self) -> io::Result<Option<usize>> {
+        match self.read_buf.read_from(&self.stream) {
+            Ok(count) => Ok(Some(count)),
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => Ok(None),
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Decodes the next complete packet of the bytes read, or returns `None` when the
+    /// rest is incomplete. After an error the stream is broken and nothing more may be
+    /// read.
+    pub fn next_packet(&mut self) -> Result<Option<codec::Packet>, codec::DecodeError> {
+        self.decoder.decode(&mut self.read_buf.buf)
+    }
+
+    /// Returns `true` when the last read filled all the free space of the buffer, so
+    /// more bytes probably wait in the stream.
+    pub fn filled_last_read(&self) -> bool {
+        self.read_buf.filled
+    }
+
+    /// Ends a read that gave `packets` packets: after a read of few packets the
+    /// connection counts as quiet and frees the read buffer if nothing is left in it.
+    /// A busy connection keeps the buffer, whose allocation is reused once the packets
+    /// decoded from it are dropped.
+    pub fn finish_read(&mut self, packets: usize) {
+        if packets <= QUIET_READ_PACKETS {
+            self.read_buf.release_if_empty();
+        }
+    }
+}
+
 /// Read buffer of one connection, whose reservation before each read adapts to the
 /// traffic, so that a busy connection reads in large chunks and an idle one uses little
 /// memory.
@@ -273,6 +294,8 @@ struct ReadBuffer {
     /// Free space reserved before the next read, from `MIN_READ_RESERVE` to
     /// `MAX_READ_RESERVE` bytes.
     reserve: usize,
+    /// Whether the last read filled all the free space, so more bytes probably wait.
+    filled: bool,
 }
 
 impl Default for ReadBuffer {
@@ -280,6 +303,7 @@ impl Default for ReadBuffer {
         Self {
             buf: BytesMut::new(),
             reserve: MIN_READ_RESERVE,
+            filled: false,
         }
     }
 }
@@ -301,6 +325,7 @@ impl ReadBuffer {
         let spare = self.buf.capacity() - self.buf.len();
         let count = stream.try_read_buf(&mut self.buf)?;
         self.reserve = next_read_reserve(self.reserve, spare, count);
+        self.filled = count >= spare;
         Ok(count)
     }
 }
@@ -316,22 +341,6 @@ fn next_read_reserve(reserve: usize, spare: usize, count: usize) -> usize {
         (reserve / 2).max(MIN_READ_RESERVE)
     } else {
         reserve
-    }
-}
-
-/// Decodes every complete packet in `buf`; returns them with the error that stopped
-/// decoding, if any.
-fn decode_all(
-    decoder: &mut Decoder,
-    buf: &mut BytesMut,
-) -> (Vec<codec::Packet>, Option<codec::DecodeError>) {
-    let mut packets = Vec::new();
-    loop {
-        match decoder.decode(buf) {
-            Ok(Some(packet)) => packets.push(packet),
-            Ok(None) => return (packets, None),
-            Err(error) => return (packets, Some(error)),
-        }
     }
 }
 

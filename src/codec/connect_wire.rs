@@ -391,7 +391,7 @@ pub(crate) fn decode_connack(
     Ok(ConnAck {
         session_present,
         reason,
-        properties,
+        properties: properties.into(),
     })
 }
 

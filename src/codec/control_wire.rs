@@ -8,7 +8,7 @@ use bytes::{BufMut, BytesMut};
 use super::encoder::Sizes;
 use super::error::{EncodeError, Violation};
 use super::packet::{Auth, Disconnect, PacketType};
-use super::properties::Properties;
+use super::properties::{BoxedProperties, Properties};
 use super::property_wire::{
     measure_properties, put_properties, read_properties, section_len, PropertyContext,
 };
@@ -77,7 +77,7 @@ pub(crate) fn decode_disconnect(
         reader.finish()?;
         return Ok(Disconnect {
             reason: DisconnectReason::NormalDisconnection,
-            properties: Properties::default(),
+            properties: BoxedProperties::default(),
         });
     }
     let (code, properties) = read_code_and_properties(&mut reader, PropertyContext::Disconnect)?;
@@ -94,7 +94,10 @@ pub(crate) fn decode_disconnect(
     if sender == Sender::Server && properties.session_expiry_interval.is_some() {
         return Err(Violation::SessionExpiryFromServer);
     }
-    Ok(Disconnect { reason, properties })
+    Ok(Disconnect {
+        reason,
+        properties: properties.into(),
+    })
 }
 
 pub(crate) fn measure_disconnect(
@@ -165,7 +168,10 @@ pub(crate) fn decode_auth(mut reader: Reader, sender: Sender) -> Result<Auth, Vi
             code,
         });
     }
-    Ok(Auth { reason, properties })
+    Ok(Auth {
+        reason,
+        properties: properties.into(),
+    })
 }
 
 pub(crate) fn measure_auth(auth: &Auth, version: ProtocolVersion) -> Result<Sizes, EncodeError> {

@@ -309,7 +309,7 @@ mod tests {
             let expected = Packet::ConnAck(ConnAck {
                 session_present: false,
                 reason,
-                properties: Properties::default(),
+                properties: Properties::default().into(),
             });
             assert_eq!(packet, expected, "return code {code}");
         }

@@ -332,7 +332,7 @@ mod tests {
             delivery,
             retain: true,
             topic: Some("a/b".parse().unwrap()),
-            properties,
+            properties: properties.into(),
             payload: Bytes::from_static(b"payload"),
         })
     }
@@ -368,12 +368,12 @@ mod tests {
             Packet::ConnAck(ConnAck {
                 session_present: true,
                 reason: ConnectReason::Success,
-                properties: none(),
+                properties: none().into(),
             }),
             Packet::ConnAck(ConnAck {
                 session_present: false,
                 reason: ConnectReason::BadUserNameOrPassword,
-                properties: none(),
+                properties: none().into(),
             }),
             publish(Delivery::AtMostOnce, none()),
             publish(Delivery::AtLeastOnce(id(1)), none()),
@@ -381,22 +381,22 @@ mod tests {
             Packet::PubAck(PubAck {
                 packet_id: id(2),
                 reason: PubAckReason::Success,
-                properties: none(),
+                properties: none().into(),
             }),
             Packet::PubRec(PubRec {
                 packet_id: id(3),
                 reason: PubAckReason::Success,
-                properties: none(),
+                properties: none().into(),
             }),
             Packet::PubRel(PubRel {
                 packet_id: id(4),
                 reason: PubCompReason::Success,
-                properties: none(),
+                properties: none().into(),
             }),
             Packet::PubComp(PubComp {
                 packet_id: id(5),
                 reason: PubCompReason::Success,
-                properties: none(),
+                properties: none().into(),
             }),
             Packet::Subscribe(Subscribe {
                 packet_id: id(6),
@@ -410,23 +410,23 @@ mod tests {
                         SubscriptionOptions::with_qos(QoS::ExactlyOnce),
                     ),
                 ],
-                properties: none(),
+                properties: none().into(),
             }),
             Packet::SubAck(SubAck {
                 packet_id: id(6),
                 reasons: vec![SubAckReason::GrantedQoS1, SubAckReason::UnspecifiedError],
-                properties: none(),
+                properties: none().into(),
             }),
             Packet::Unsubscribe(Unsubscribe {
                 packet_id: id(7),
                 filters: vec!["a/+".parse().unwrap()],
-                properties: none(),
+                properties: none().into(),
             }),
             Packet::PingReq,
             Packet::PingResp,
             Packet::Disconnect(Disconnect {
                 reason: DisconnectReason::NormalDisconnection,
-                properties: none(),
+                properties: none().into(),
             }),
         ]
     }
@@ -494,7 +494,7 @@ mod tests {
             Packet::ConnAck(ConnAck {
                 session_present: false,
                 reason: ConnectReason::QuotaExceeded,
-                properties: connack_properties,
+                properties: connack_properties.into(),
             }),
             publish(Delivery::AtLeastOnce(id(9)), publish_properties),
             Packet::Publish(Publish {
@@ -505,23 +505,24 @@ mod tests {
                 properties: Properties {
                     topic_alias: NonZeroU16::new(3),
                     ..Properties::default()
-                },
+                }
+                .into(),
                 payload: Bytes::new(),
             }),
             Packet::PubAck(PubAck {
                 packet_id: id(2),
                 reason: PubAckReason::NoMatchingSubscribers,
-                properties: Properties::default(),
+                properties: Properties::default().into(),
             }),
             Packet::PubRec(PubRec {
                 packet_id: id(3),
                 reason: PubAckReason::Success,
-                properties: report("stored"),
+                properties: report("stored").into(),
             }),
             Packet::PubRel(PubRel {
                 packet_id: id(4),
                 reason: PubCompReason::PacketIdentifierNotFound,
-                properties: report("unknown"),
+                properties: report("unknown").into(),
             }),
             Packet::Subscribe(Subscribe {
                 packet_id: id(6),
@@ -537,12 +538,13 @@ mod tests {
                 properties: Properties {
                     subscription_identifiers: NonZeroU32::new(268_435_455).into_iter().collect(),
                     ..Properties::default()
-                },
+                }
+                .into(),
             }),
             Packet::SubAck(SubAck {
                 packet_id: id(6),
                 reasons: vec![SubAckReason::WildcardSubscriptionsNotSupported],
-                properties: report("no"),
+                properties: report("no").into(),
             }),
             Packet::UnsubAck(UnsubAck {
                 packet_id: id(7),
@@ -550,14 +552,15 @@ mod tests {
                     UnsubAckReason::Success,
                     UnsubAckReason::NoSubscriptionExisted,
                 ],
-                properties: report("done"),
+                properties: report("done").into(),
             }),
             Packet::Disconnect(Disconnect {
                 reason: DisconnectReason::DisconnectWithWillMessage,
                 properties: Properties {
                     session_expiry_interval: Some(60),
                     ..report("bye")
-                },
+                }
+                .into(),
             }),
             Packet::Auth(Auth {
                 reason: AuthReason::ContinueAuthentication,
@@ -565,11 +568,12 @@ mod tests {
                     authentication_method: Some("SCRAM".into()),
                     authentication_data: Some(Bytes::from_static(b"step")),
                     ..Properties::default()
-                },
+                }
+                .into(),
             }),
             Packet::Auth(Auth {
                 reason: AuthReason::Success,
-                properties: Properties::default(),
+                properties: Properties::default().into(),
             }),
         ]
     }
@@ -595,7 +599,7 @@ mod tests {
         let packet = Packet::UnsubAck(UnsubAck {
             packet_id: id(7),
             reasons: Vec::new(),
-            properties: Properties::default(),
+            properties: Properties::default().into(),
         });
         round_trip(&packet, ProtocolVersion::V3_1_1);
         assert_eq!(
@@ -631,7 +635,7 @@ mod tests {
         let mut puback = PubAck {
             packet_id: id(1),
             reason: PubAckReason::Success,
-            properties: Properties::default(),
+            properties: Properties::default().into(),
         };
         let v5 = ProtocolVersion::V5;
         assert_eq!(
@@ -646,7 +650,7 @@ mod tests {
         let pubrel = Packet::PubRel(PubRel {
             packet_id: id(1),
             reason: PubCompReason::Success,
-            properties: Properties::default(),
+            properties: Properties::default().into(),
         });
         assert_eq!(
             encode_to_vec(&pubrel, v5).unwrap(),
@@ -654,12 +658,12 @@ mod tests {
         );
         let disconnect = Packet::Disconnect(Disconnect {
             reason: DisconnectReason::NormalDisconnection,
-            properties: Properties::default(),
+            properties: Properties::default().into(),
         });
         assert_eq!(encode_to_vec(&disconnect, v5).unwrap(), [0xE0, 0x00]);
         let protocol_error = Packet::Disconnect(Disconnect {
             reason: DisconnectReason::ProtocolError,
-            properties: Properties::default(),
+            properties: Properties::default().into(),
         });
         assert_eq!(
             encode_to_vec(&protocol_error, v5).unwrap(),
@@ -732,7 +736,7 @@ mod tests {
         let empty_subscribe = Packet::Subscribe(Subscribe {
             packet_id: id(1),
             filters: Vec::new(),
-            properties: Properties::default(),
+            properties: Properties::default().into(),
         });
         assert!(matches!(
             encode_to_vec(&empty_subscribe, v5),
@@ -757,7 +761,7 @@ mod tests {
         let refused_with_session = Packet::ConnAck(ConnAck {
             session_present: true,
             reason: ConnectReason::NotAuthorized,
-            properties: Properties::default(),
+            properties: Properties::default().into(),
         });
         assert!(matches!(
             encode_to_vec(&refused_with_session, v5),
@@ -980,7 +984,7 @@ mod tests {
                 delivery: Delivery::AtMostOnce,
                 retain: false,
                 topic: Some("abc".parse().unwrap()),
-                properties: Properties::default(),
+                properties: Properties::default().into(),
                 payload,
             });
             let bytes = encode_to_vec(&packet, ProtocolVersion::V3_1_1).unwrap();

@@ -27,7 +27,7 @@ pub use packet::{
     Auth, ConnAck, Connect, Delivery, Disconnect, LastWill, Packet, PacketType, PubAck, PubComp,
     PubRec, PubRel, Publish, SubAck, Subscribe, UnsubAck, Unsubscribe,
 };
-pub use properties::{PayloadFormat, Properties, PropertyId};
+pub use properties::{BoxedProperties, PayloadFormat, Properties, PropertyId};
 pub use reason::{
     AuthReason, ConnectReason, DisconnectReason, PubAckReason, PubCompReason, SubAckReason,
     UnsubAckReason,

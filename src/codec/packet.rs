@@ -7,7 +7,7 @@
 use bytes::Bytes;
 use bytestring::ByteString;
 
-use super::properties::Properties;
+use super::properties::{BoxedProperties, Properties};
 use super::reason::{
     AuthReason, ConnectReason, DisconnectReason, PubAckReason, PubCompReason, SubAckReason,
     UnsubAckReason,
@@ -125,7 +125,7 @@ pub struct ConnAck {
     /// Reason code (v5) or return code mapped onto its v5 name (3.1.1).
     pub reason: ConnectReason,
     /// CONNACK properties (v5).
-    pub properties: Properties,
+    pub properties: BoxedProperties,
 }
 
 /// PUBLISH: an application message (section 3.3).
@@ -141,7 +141,7 @@ pub struct Publish {
     /// Topic Alias property [MQTT-3.3.2-8].
     pub topic: Option<TopicName>,
     /// PUBLISH properties (v5).
-    pub properties: Properties,
+    pub properties: BoxedProperties,
     /// Application payload; on decode a slice of the read buffer, not a copy.
     pub payload: Bytes,
 }
@@ -186,7 +186,7 @@ pub struct PubAck {
     /// Reason code; always `Success` in 3.1.1.
     pub reason: PubAckReason,
     /// Properties (v5): reason string and user properties.
-    pub properties: Properties,
+    pub properties: BoxedProperties,
 }
 
 /// PUBREC: first answer to a QoS 2 PUBLISH (section 3.5).
@@ -197,7 +197,7 @@ pub struct PubRec {
     /// Reason code; always `Success` in 3.1.1.
     pub reason: PubAckReason,
     /// Properties (v5): reason string and user properties.
-    pub properties: Properties,
+    pub properties: BoxedProperties,
 }
 
 /// PUBREL: releases a QoS 2 message after PUBREC (section 3.6).
@@ -208,7 +208,7 @@ pub struct PubRel {
     /// Reason code; always `Success` in 3.1.1.
     pub reason: PubCompReason,
     /// Properties (v5): reason string and user properties.
-    pub properties: Properties,
+    pub properties: BoxedProperties,
 }
 
 /// PUBCOMP: completes a QoS 2 flow (section 3.7).
@@ -219,7 +219,7 @@ pub struct PubComp {
     /// Reason code; always `Success` in 3.1.1.
     pub reason: PubCompReason,
     /// Properties (v5): reason string and user properties.
-    pub properties: Properties,
+    pub properties: BoxedProperties,
 }
 
 /// SUBSCRIBE: asks for one or more subscriptions (section 3.8).
@@ -230,7 +230,7 @@ pub struct Subscribe {
     /// Topic filters with their options; at least one [MQTT-3.8.3-3].
     pub filters: Vec<(TopicFilter, SubscriptionOptions)>,
     /// Properties (v5): subscription identifier and user properties.
-    pub properties: Properties,
+    pub properties: BoxedProperties,
 }
 
 /// SUBACK: answers SUBSCRIBE with one reason code per filter (section 3.9).
@@ -241,7 +241,7 @@ pub struct SubAck {
     /// One code per filter, in the order of the SUBSCRIBE.
     pub reasons: Vec<SubAckReason>,
     /// Properties (v5): reason string and user properties.
-    pub properties: Properties,
+    pub properties: BoxedProperties,
 }
 
 /// UNSUBSCRIBE: removes one or more subscriptions (section 3.10).
@@ -252,7 +252,7 @@ pub struct Unsubscribe {
     /// Topic filters to remove; at least one [MQTT-3.10.3-2].
     pub filters: Vec<TopicFilter>,
     /// Properties (v5): user properties.
-    pub properties: Properties,
+    pub properties: BoxedProperties,
 }
 
 /// UNSUBACK: answers UNSUBSCRIBE (section 3.11).
@@ -263,7 +263,7 @@ pub struct UnsubAck {
     /// One code per filter (v5); empty in 3.1.1, which has no payload.
     pub reasons: Vec<UnsubAckReason>,
     /// Properties (v5): reason string and user properties.
-    pub properties: Properties,
+    pub properties: BoxedProperties,
 }
 
 /// DISCONNECT: the last packet before a normal close (section 3.14). 3.1.1 has only
@@ -273,7 +273,7 @@ pub struct Disconnect {
     /// Reason code (v5).
     pub reason: DisconnectReason,
     /// Properties (v5): session expiry, reason string, server reference, user properties.
-    pub properties: Properties,
+    pub properties: BoxedProperties,
 }
 
 /// AUTH: one step of extended authentication, v5 only (section 3.15).
@@ -282,5 +282,5 @@ pub struct Auth {
     /// Reason code.
     pub reason: AuthReason,
     /// Properties: authentication method and data, reason string, user properties.
-    pub properties: Properties,
+    pub properties: BoxedProperties,
 }

@@ -2,8 +2,13 @@
 //!
 //! Which properties a packet may carry, and which may repeat, is checked by the
 //! encoder and decoder; this module only defines the values and their identifiers.
+//!
+//! [`Properties`] is large (384 bytes on 64-bit targets) and most packets carry none, so the packet
+//! types hold it as a [`BoxedProperties`], which allocates only when a property is set.
 
+use std::fmt;
 use std::num::{NonZeroU16, NonZeroU32};
+use std::ops::{Deref, DerefMut};
 
 use bytes::Bytes;
 use bytestring::ByteString;
@@ -161,9 +166,260 @@ pub struct Properties {
 }
 
 impl Properties {
+    /// No property set; a [`BoxedProperties`] without an allocation reads as this value.
+    const EMPTY: Self = Self {
+        payload_format_indicator: None,
+        message_expiry_interval: None,
+        content_type: None,
+        response_topic: None,
+        correlation_data: None,
+        subscription_identifiers: Vec::new(),
+        session_expiry_interval: None,
+        assigned_client_identifier: None,
+        server_keep_alive: None,
+        authentication_method: None,
+        authentication_data: None,
+        request_problem_information: None,
+        will_delay_interval: None,
+        request_response_information: None,
+        response_information: None,
+        server_reference: None,
+        reason_string: None,
+        receive_maximum: None,
+        topic_alias_maximum: None,
+        topic_alias: None,
+        maximum_qos: None,
+        retain_available: None,
+        user_properties: Vec::new(),
+        maximum_packet_size: None,
+        wildcard_subscription_available: None,
+        subscription_identifier_available: None,
+        shared_subscription_available: None,
+    };
+
     /// Returns `true` when no property is set, so the encoder writes a zero length.
     #[must_use]
     pub fn is_empty(&self) -> bool {
-        *self == Self::default()
+        // Destructured, so that a new field cannot be forgotten here. Testing each
+        // field for absence is cheaper than comparing with `EMPTY`.
+        let Self {
+            payload_format_indicator,
+            message_expiry_interval,
+            content_type,
+            response_topic,
+            correlation_data,
+            subscription_identifiers,
+            session_expiry_interval,
+            assigned_client_identifier,
+            server_keep_alive,
+            authentication_method,
+            authentication_data,
+            request_problem_information,
+            will_delay_interval,
+            request_response_information,
+            response_information,
+            server_reference,
+            reason_string,
+            receive_maximum,
+            topic_alias_maximum,
+            topic_alias,
+            maximum_qos,
+            retain_available,
+            user_properties,
+            maximum_packet_size,
+            wildcard_subscription_available,
+            subscription_identifier_available,
+            shared_subscription_available,
+        } = self;
+        payload_format_indicator.is_none()
+            && message_expiry_interval.is_none()
+            && content_type.is_none()
+            && response_topic.is_none()
+            && correlation_data.is_none()
+            && subscription_identifiers.is_empty()
+            && session_expiry_interval.is_none()
+            && assigned_client_identifier.is_none()
+            && server_keep_alive.is_none()
+            && authentication_method.is_none()
+            && authentication_data.is_none()
+            && request_problem_information.is_none()
+            && will_delay_interval.is_none()
+            && request_response_information.is_none()
+            && response_information.is_none()
+            && server_reference.is_none()
+            && reason_string.is_none()
+            && receive_maximum.is_none()
+            && topic_alias_maximum.is_none()
+            && topic_alias.is_none()
+            && maximum_qos.is_none()
+            && retain_available.is_none()
+            && user_properties.is_empty()
+            && maximum_packet_size.is_none()
+            && wildcard_subscription_available.is_none()
+            && subscription_identifier_available.is_none()
+            && shared_subscription_available.is_none()
+    }
+}
+
+/// The value of a [`BoxedProperties`] without an allocation.
+static NO_PROPERTIES: Properties = Properties::EMPTY;
+
+/// The [`Properties`] of a packet or message, on the heap only when at least one is set.
+///
+/// It dereferences to [`Properties`], so fields read as `packet.properties.topic_alias`.
+/// A packet without properties, the common case, then moves and clones as one pointer
+/// instead of 384 bytes. Convert with `Properties::into` and
+/// [`BoxedProperties::into_inner`].
+///
+/// Mutable access through [`DerefMut`] allocates when nothing is set yet, so code on a
+/// hot path should read first and write only when a property changes.
+#[derive(Clone, Default)]
+pub struct BoxedProperties(Option<Box<Properties>>);
+
+impl BoxedProperties {
+    /// Returns `true` when no property is set, without reading the fields when none
+    /// were ever set.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.0.as_deref().map_or(true, Properties::is_empty)
+    }
+
+    /// Returns the properties as a plain value.
+    #[must_use]
+    pub fn into_inner(self) -> Properties {
+        self.0.map(|boxed| *boxed).unwrap_or_default()
+    }
+}
+
+impl Deref for BoxedProperties {
+    type Target = Properties;
+
+    fn deref(&self) -> &Properties {
+        self.0.as_deref().unwrap_or(&NO_PROPERTIES)
+    }
+}
+
+impl DerefMut for BoxedProperties {
+    fn deref_mut(&mut self) -> &mut Properties {
+        self.0.get_or_insert_with(Box::default)
+    }
+}
+
+impl From<Properties> for BoxedProperties {
+    fn from(properties: Properties) -> Self {
+        if properties.is_empty() {
+            return Self(None);
+        }
+        Self(Some(Box::new(properties)))
+    }
+}
+
+impl From<BoxedProperties> for Properties {
+    fn from(properties: BoxedProperties) -> Self {
+        properties.into_inner()
+    }
+}
+
+impl PartialEq for BoxedProperties {
+    /// Compares the properties set, so an allocation with none set equals no allocation.
+    fn eq(&self, other: &Self) -> bool {
+        **self == **other
+    }
+}
+
+impl Eq for BoxedProperties {}
+
+impl PartialEq<Properties> for BoxedProperties {
+    fn eq(&self, other: &Properties) -> bool {
+        **self == *other
+    }
+}
+
+impl fmt::Debug for BoxedProperties {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&**self, f)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn boxed_properties_allocate_only_when_set() {
+        assert!(BoxedProperties::from(Properties::default()).0.is_none());
+        let set = BoxedProperties::from(Properties {
+            topic_alias: NonZeroU16::new(3),
+            ..Properties::default()
+        });
+        assert!(set.0.is_some());
+        assert_eq!(set.topic_alias, NonZeroU16::new(3));
+        assert!(!set.is_empty());
+    }
+
+    #[test]
+    fn boxed_properties_read_empty_without_allocation() {
+        let empty = BoxedProperties::default();
+        assert!(empty.is_empty());
+        assert_eq!(*empty, Properties::default());
+        assert!(empty.user_properties.is_empty());
+        assert_eq!(empty.into_inner(), Properties::default());
+    }
+
+    #[test]
+    fn properties_with_one_field_set_are_not_empty() {
+        let cases = [
+            Properties {
+                payload_format_indicator: Some(PayloadFormat::Utf8),
+                ..Properties::default()
+            },
+            Properties {
+                subscription_identifiers: vec![NonZeroU32::MIN],
+                ..Properties::default()
+            },
+            Properties {
+                reason_string: Some("r".into()),
+                ..Properties::default()
+            },
+            Properties {
+                user_properties: vec![("a".into(), "b".into())],
+                ..Properties::default()
+            },
+            Properties {
+                shared_subscription_available: Some(false),
+                ..Properties::default()
+            },
+        ];
+        assert!(Properties::default().is_empty());
+        for properties in cases {
+            assert!(!properties.is_empty(), "{properties:?}");
+        }
+    }
+
+    #[test]
+    fn packets_stay_small() {
+        // Moving a packet copies its whole size, whatever the variant, and every
+        // inbound message moves several times between decoder and recipient.
+        let publish = std::mem::size_of::<crate::codec::Publish>();
+        let packet = std::mem::size_of::<crate::codec::Packet>();
+        assert!(publish <= 96, "Publish is {publish} bytes");
+        assert!(packet <= 96, "Packet is {packet} bytes");
+    }
+
+    #[test]
+    fn boxed_properties_compare_by_value() {
+        let mut written = BoxedProperties::from(Properties::default());
+        written.topic_alias = None;
+        assert!(written.0.is_some(), "mutable access allocates");
+        assert_eq!(written, BoxedProperties::default());
+        assert!(written.is_empty());
+
+        written.message_expiry_interval = Some(60);
+        assert_ne!(written, BoxedProperties::default());
+        assert_eq!(
+            written.clone().into_inner().message_expiry_interval,
+            Some(60)
+        );
     }
 }

@@ -11,7 +11,7 @@ use super::control_wire::Sender;
 use super::encoder::{checked_total, Sizes};
 use super::error::{DecodeError, EncodeError, Violation};
 use super::packet::{Delivery, Packet, PacketType, PubAck, PubComp, PubRec, PubRel, Publish};
-use super::properties::Properties;
+use super::properties::{BoxedProperties, Properties};
 use super::property_wire::{
     has_properties, measure_properties, put_properties, read_properties_into, section_len,
     PropertyContext,
@@ -65,7 +65,7 @@ pub(crate) fn decode_publish(
         delivery,
         retain,
         topic: Some(TopicName::from_plain(topic)),
-        properties: Properties::default(),
+        properties: BoxedProperties::default(),
         payload: reader.take_rest(),
     })))
 }
@@ -105,7 +105,7 @@ fn decode_publish_rest(
         delivery: Delivery::AtMostOnce,
         retain: false,
         topic,
-        properties,
+        properties: properties.into(),
         payload: reader.take_rest(),
     })
 }
@@ -255,8 +255,11 @@ pub(crate) trait Acknowledgement: Sized {
     fn properties(&self) -> &Properties;
 
     /// Builds the packet, failing when `code` is not one of its reason codes.
-    fn from_parts(packet_id: PacketId, code: u8, properties: Properties)
-        -> Result<Self, Violation>;
+    fn from_parts(
+        packet_id: PacketId,
+        code: u8,
+        properties: BoxedProperties,
+    ) -> Result<Self, Violation>;
 }
 
 macro_rules! impl_acknowledgement {
@@ -276,7 +279,7 @@ macro_rules! impl_acknowledgement {
                 &self.properties
             }
 
-            fn from_parts(packet_id: PacketId, code: u8, properties: Properties) -> Result<Self, Violation> {
+            fn from_parts(packet_id: PacketId, code: u8, properties: BoxedProperties) -> Result<Self, Violation> {
                 let reason = code.try_into().map_err(|code| Violation::InvalidReasonCode {
                     packet_type: Self::PACKET_TYPE,
                     code,
@@ -302,15 +305,15 @@ pub(crate) fn decode_acknowledgement<A: Acknowledgement>(
 ) -> Result<A, Violation> {
     let packet_id = reader.packet_id()?;
     let mut code = 0;
-    let mut properties = Properties::default();
+    // Most acknowledgements carry no properties, and 3.1.1 ones never do, so the
+    // large `Properties` value is only built when some follow.
+    let mut properties = BoxedProperties::default();
     if version.is_v5() && !reader.is_empty() {
         code = reader.u8()?;
         if !reader.is_empty() {
-            read_properties_into(
-                &mut reader,
-                PropertyContext::Acknowledgement,
-                &mut properties,
-            )?;
+            let mut read = Properties::default();
+            read_properties_into(&mut reader, PropertyContext::Acknowledgement, &mut read)?;
+            properties = read.into();
         }
     }
     reader.finish()?;

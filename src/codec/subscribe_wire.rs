@@ -58,7 +58,7 @@ pub(crate) fn decode_subscribe(
     Ok(Subscribe {
         packet_id,
         filters,
-        properties,
+        properties: properties.into(),
     })
 }
 
@@ -182,7 +182,7 @@ pub(crate) fn decode_suback(
     Ok(SubAck {
         packet_id,
         reasons,
-        properties,
+        properties: properties.into(),
     })
 }
 
@@ -248,7 +248,7 @@ pub(crate) fn decode_unsubscribe(
     Ok(Unsubscribe {
         packet_id,
         filters,
-        properties,
+        properties: properties.into(),
     })
 }
 
@@ -321,7 +321,7 @@ pub(crate) fn decode_unsuback(
     Ok(UnsubAck {
         packet_id,
         reasons,
-        properties,
+        properties: properties.into(),
     })
 }
 

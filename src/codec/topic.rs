@@ -126,6 +126,9 @@ pub struct TopicFilter {
     full: ByteString,
     /// Byte offset of the filter proper within `full`; 0 unless shared.
     filter_start: usize,
+    /// Whether the filter proper contains `+` or `#`. Without them only an equal topic
+    /// name matches, which one comparison finds.
+    wildcards: bool,
 }
 
 impl TopicFilter {
@@ -159,22 +162,29 @@ impl TopicFilter {
     /// Returns `true` when the filter contains `+` or `#`.
     #[must_use]
     pub fn has_wildcards(&self) -> bool {
-        self.filter().contains(['+', '#'])
+        self.wildcards
     }
 
     /// Returns `true` when `topic` matches this filter. A filter starting with a wildcard
     /// does not match a topic starting with `$` [MQTT-4.7.2-1].
     #[must_use]
     pub fn matches(&self, topic: &TopicName) -> bool {
-        let filter = self.filter();
-        if topic.is_system() && filter.starts_with(['+', '#']) {
+        let filter = self.filter().as_bytes();
+        let topic = topic.as_str().as_bytes();
+        if !self.wildcards {
+            return filter == topic;
+        }
+        if topic.first() == Some(&b'$') && matches!(filter.first(), Some(b'+' | b'#')) {
             return false;
         }
-        let mut topic_levels = topic.as_str().split('/');
-        for filter_level in filter.split('/') {
+
+        // Splitting on the byte `/` is safe because it never occurs inside a multibyte
+        // character, and it avoids the much slower search for a `char` pattern.
+        let mut topic_levels = topic.split(|&byte| byte == b'/');
+        for filter_level in filter.split(|&byte| byte == b'/') {
             match (filter_level, topic_levels.next()) {
-                ("#", _) => return true,
-                ("+", Some(_)) => {}
+                (b"#", _) => return true,
+                (b"+", Some(_)) => {}
                 (expected, Some(level)) if expected == level => {}
                 _ => return false,
             }
@@ -194,7 +204,12 @@ impl TryFrom<ByteString> for TopicFilter {
         let filter_start = shared_filter_start(&full)?;
         let filter = full.get(filter_start..).unwrap_or_default();
         check_wildcards(filter, &full)?;
-        Ok(Self { full, filter_start })
+        let wildcards = filter.contains(['+', '#']);
+        Ok(Self {
+            full,
+            filter_start,
+            wildcards,
+        })
     }
 }
 
@@ -347,5 +362,43 @@ mod tests {
         assert!(!filter("+/x").matches(&topic("$SYS/x")));
         assert!(filter("$SYS/#").matches(&topic("$SYS/x")));
         assert!(filter("$share/g/a/+").matches(&topic("a/b")));
+    }
+
+    #[test]
+    fn topic_filter_matching_edge_cases() {
+        let topic = |name: &str| TopicName::try_from(name).unwrap();
+        let filter = |text: &str| TopicFilter::try_from(text).unwrap();
+        let cases = [
+            ("a/b", "a/b", true),
+            ("a/b", "a/b/", false),
+            ("a/b", "a/bc", false),
+            ("a/b/", "a/b/", true),
+            ("/a", "/a", true),
+            ("+", "a", true),
+            ("+", "a/b", false),
+            ("+", "/", false),
+            ("+/+", "/", true),
+            ("+/#", "a", true),
+            ("#", "a/b/c", true),
+            ("#", "/", true),
+            ("a/+/c", "a//c", true),
+            ("a/+/c", "a/b/c/d", false),
+            ("a/#", "ab", false),
+            ("#", "$SYS", false),
+            ("+", "$SYS", false),
+            ("$SYS", "$SYS", true),
+            ("$SYS/+", "$SYS/x", true),
+            ("caf\u{e9}/+", "caf\u{e9}/x", true),
+            ("$share/g/+", "$x", false),
+            ("$share/g/a", "a", true),
+            ("$share/g/a", "$share/g/a", false),
+        ];
+        for (filter_text, name, expected) in cases {
+            assert_eq!(
+                filter(filter_text).matches(&topic(name)),
+                expected,
+                "{filter_text} against {name}"
+            );
+        }
     }
 }

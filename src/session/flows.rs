@@ -4,8 +4,9 @@
 use std::time::{Duration, Instant};
 
 use crate::codec::{
-    self, Delivery, Packet, PacketId, PacketType, Properties, PubAck, PubAckReason, PubComp,
-    PubCompReason, PubRec, PubRel, Publish, QoS, SubAck, Subscribe, UnsubAck, Unsubscribe,
+    self, BoxedProperties, Delivery, Packet, PacketId, PacketType, Properties, PubAck,
+    PubAckReason, PubComp, PubCompReason, PubRec, PubRel, Publish, QoS, SubAck, Subscribe,
+    UnsubAck, Unsubscribe,
 };
 use crate::store::{AwaitedAck, OutboundFlow, OutgoingPublish, QueuedRequest, Request, Store};
 
@@ -40,20 +41,32 @@ impl<S: Store> Session<S> {
         let State::Connected(connection) = &self.state else {
             return;
         };
+        if connection.head_blocked {
+            return;
+        }
         let limits = connection.limits;
+        // Counting the outbound publish flows may walk all of them, so it happens at
+        // most once per drain and is kept up to date here.
+        let mut publishes_in_flight = None;
         while let Some(queued) = self.store.pop_request() {
-            if let Dispatch::Blocked(queued) = self.dispatch(queued, limits, now) {
+            let dispatched = self.dispatch(queued, limits, &mut publishes_in_flight, now);
+            if let Dispatch::Blocked(queued) = dispatched {
                 self.store.push_front_request(queued);
+                if let Some(connection) = self.connection_mut() {
+                    connection.head_blocked = true;
+                }
                 break;
             }
         }
     }
 
     /// Sends one request, completes it with an error, or hands it back when it must wait.
+    /// `publishes_in_flight` caches the number of outbound publish flows once counted.
     fn dispatch(
         &mut self,
         mut queued: QueuedRequest,
         limits: BrokerLimits,
+        publishes_in_flight: &mut Option<usize>,
         now: Instant,
     ) -> Dispatch {
         let token = queued.token;
@@ -64,7 +77,8 @@ impl<S: Store> Session<S> {
             self.complete(token, Err(error));
             return Dispatch::Done;
         }
-        let Some(packet_id) = self.reserve_packet_id(&queued.request, limits) else {
+        let Some(packet_id) = self.reserve_packet_id(&queued.request, limits, publishes_in_flight)
+        else {
             return Dispatch::Blocked(queued);
         };
         if let Err(error) = count_down_expiry(&mut queued, now) {
@@ -79,6 +93,9 @@ impl<S: Store> Session<S> {
         }
         match flow {
             Some(flow) => {
+                if let (OutboundFlow::Publish { .. }, Some(count)) = (&flow, publishes_in_flight) {
+                    *count += 1;
+                }
                 self.store.insert_outbound(packet_id, flow);
                 self.store.set_packet_id_cursor(packet_id.next_wrapping());
                 self.transmit(packet, now);
@@ -91,7 +108,12 @@ impl<S: Store> Session<S> {
     /// Returns the packet identifier for `request`, or `None` when it must wait for room
     /// in the in-flight window or for a free identifier. QoS 0 publishes need neither and
     /// get a placeholder the packet does not carry.
-    fn reserve_packet_id(&self, request: &Request, limits: BrokerLimits) -> Option<PacketId> {
+    fn reserve_packet_id(
+        &self,
+        request: &Request,
+        limits: BrokerLimits,
+        publishes_in_flight: &mut Option<usize>,
+    ) -> Option<PacketId> {
         let qos = match request {
             Request::Publish(publish) => publish.qos,
             Request::Subscribe { .. } | Request::Unsubscribe { .. } => {
@@ -102,7 +124,9 @@ impl<S: Store> Session<S> {
             return Some(PacketId::MIN);
         }
         let window = usize::from(self.config.max_inflight.get().min(limits.receive_maximum));
-        if self.store.outbound_publish_len() >= window {
+        let in_flight =
+            *publishes_in_flight.get_or_insert_with(|| self.store.outbound_publish_len());
+        if in_flight >= window {
             return None;
         }
         self.allocate_packet_id()
@@ -167,10 +191,11 @@ impl<S: Store> Session<S> {
         }
     }
 
-    pub(super) fn on_publish(&mut self, publish: Publish, now: Instant) {
+    pub(super) fn on_publish(&mut self, mut publish: Publish, now: Instant) {
         let delivery = publish.delivery;
         let dup = publish.dup;
-        let message = match self.resolve_topic(&publish) {
+        let topic = publish.topic.take();
+        let message = match self.resolve_topic(topic, &publish) {
             Ok(topic) => inbound_message(topic, publish),
             Err(violation) => return self.violate(violation, now),
         };
@@ -238,16 +263,20 @@ impl<S: Store> Session<S> {
         }
     }
 
-    /// Returns the topic of an inbound PUBLISH, defining or applying a topic alias
-    /// (MQTT 5.0 section 3.3.2.3.4).
-    fn resolve_topic(&mut self, publish: &Publish) -> Result<codec::TopicName, ProtocolViolation> {
+    /// Returns the topic of an inbound PUBLISH, given its `topic` taken out of
+    /// `publish`, defining or applying a topic alias (MQTT 5.0 section 3.3.2.3.4).
+    fn resolve_topic(
+        &mut self,
+        topic: Option<codec::TopicName>,
+        publish: &Publish,
+    ) -> Result<codec::TopicName, ProtocolViolation> {
         let maximum = self.limits.topic_alias_maximum;
         let Some(alias) = publish
             .properties
             .topic_alias
             .map(std::num::NonZeroU16::get)
         else {
-            return publish.topic.clone().ok_or(ProtocolViolation::MissingTopic);
+            return topic.ok_or(ProtocolViolation::MissingTopic);
         };
         if alias > maximum {
             return Err(ProtocolViolation::TopicAliasOutOfRange { alias, maximum });
@@ -255,10 +284,10 @@ impl<S: Store> Session<S> {
         let connection = self
             .connection_mut()
             .ok_or(ProtocolViolation::UnexpectedPacket(PacketType::Publish))?;
-        match &publish.topic {
+        match topic {
             Some(topic) => {
                 connection.aliases.insert(alias, topic.clone());
-                Ok(topic.clone())
+                Ok(topic)
             }
             None => connection
                 .aliases
@@ -274,13 +303,13 @@ impl<S: Store> Session<S> {
             Packet::PubRec(PubRec {
                 packet_id: ack.packet_id,
                 reason: PubAckReason::Success,
-                properties: Properties::default(),
+                properties: BoxedProperties::default(),
             })
         } else {
             Packet::PubAck(PubAck {
                 packet_id: ack.packet_id,
                 reason: PubAckReason::Success,
-                properties: Properties::default(),
+                properties: BoxedProperties::default(),
             })
         };
         self.transmit(packet, now);
@@ -298,7 +327,7 @@ impl<S: Store> Session<S> {
         let packet = Packet::PubComp(PubComp {
             packet_id,
             reason,
-            properties: Properties::default(),
+            properties: BoxedProperties::default(),
         });
         self.transmit(packet, now);
     }
@@ -454,6 +483,11 @@ impl<S: Store> Session<S> {
     }
 
     fn after_flow_completed(&mut self, now: Instant) {
+        // The completed flow freed a packet identifier and, for a publish, room in the
+        // window, so the head of the queue may go now.
+        if let Some(connection) = self.connection_mut() {
+            connection.head_blocked = false;
+        }
         self.drain_queue(now);
         self.finish_disconnect_when_idle(now);
     }
@@ -484,7 +518,7 @@ fn build_packet(queued: QueuedRequest, packet_id: PacketId) -> (Packet, Option<O
                 delivery,
                 retain: publish.retain,
                 topic: Some(publish.topic),
-                properties: publish.properties,
+                properties: publish.properties.into(),
                 payload: publish.payload,
             };
             let flow = awaiting.map(|awaiting| OutboundFlow::Publish {
@@ -506,7 +540,7 @@ fn build_packet(queued: QueuedRequest, packet_id: PacketId) -> (Packet, Option<O
             let packet = Subscribe {
                 packet_id,
                 filters,
-                properties,
+                properties: properties.into(),
             };
             (Packet::Subscribe(packet), Some(flow))
         }
@@ -521,7 +555,7 @@ fn build_packet(queued: QueuedRequest, packet_id: PacketId) -> (Packet, Option<O
             let packet = Unsubscribe {
                 packet_id,
                 filters,
-                properties,
+                properties: properties.into(),
             };
             (Packet::Unsubscribe(packet), Some(flow))
         }
@@ -640,7 +674,10 @@ fn check_subscribe(
 
 fn inbound_message(topic: codec::TopicName, publish: Publish) -> InboundMessage {
     let mut properties = publish.properties;
-    properties.topic_alias = None;
+    // Only a message that has properties pays for writing one.
+    if properties.topic_alias.is_some() {
+        properties.topic_alias = None;
+    }
     InboundMessage {
         topic,
         payload: publish.payload,
@@ -653,7 +690,10 @@ fn inbound_message(topic: codec::TopicName, publish: Publish) -> InboundMessage 
 
 /// Returns the outcome of a PUBACK or PUBREC: success codes complete the publish, failure
 /// codes reject it.
-fn publish_outcome(reason: PubAckReason, properties: Properties) -> Result<Outcome, RequestError> {
+fn publish_outcome(
+    reason: PubAckReason,
+    properties: BoxedProperties,
+) -> Result<Outcome, RequestError> {
     let reason_string = reason_string(&properties);
     if !reason.is_success() {
         return Err(RequestError::Rejected {
@@ -672,7 +712,7 @@ fn pubrel(packet_id: PacketId, reason: PubCompReason) -> Packet {
     Packet::PubRel(PubRel {
         packet_id,
         reason,
-        properties: Properties::default(),
+        properties: BoxedProperties::default(),
     })
 }
 

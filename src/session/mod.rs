@@ -22,13 +22,14 @@
 mod config;
 mod error;
 mod flows;
+mod id_hash;
 
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use crate::codec::{
-    ConnAck, DecodeError, Disconnect, DisconnectReason, Packet, PacketId, PacketType, Properties,
-    PubAckReason, QoS, SubAckReason, TopicName, UnsubAckReason,
+    BoxedProperties, ConnAck, DecodeError, Disconnect, DisconnectReason, Packet, PacketId,
+    PacketType, Properties, PubAckReason, QoS, SubAckReason, TopicName, UnsubAckReason,
 };
 use crate::store::{RequestToken, Store};
 
@@ -58,7 +59,7 @@ pub struct InboundMessage {
     /// Whether the broker marked this as a possible redelivery.
     pub dup: bool,
     /// PUBLISH properties (v5), with the topic alias removed.
-    pub properties: Properties,
+    pub properties: BoxedProperties,
 }
 
 /// Acknowledgement owed for an inbound QoS 1 or 2 message; hand it back through
@@ -77,7 +78,7 @@ pub struct PublishOutcome {
     /// Reason string of that acknowledgement (v5), if any.
     pub reason_string: Option<String>,
     /// Properties of the acknowledgement that completed the flow (v5).
-    pub properties: Properties,
+    pub properties: BoxedProperties,
 }
 
 /// Result of a completed subscribe: one reason code per filter, in request order.
@@ -86,7 +87,7 @@ pub struct SubscribeOutcome {
     /// SUBACK reason codes, one per filter.
     pub reasons: Vec<SubAckReason>,
     /// SUBACK properties (v5).
-    pub properties: Properties,
+    pub properties: BoxedProperties,
 }
 
 /// Result of a completed unsubscribe.
@@ -95,7 +96,7 @@ pub struct UnsubscribeOutcome {
     /// UNSUBACK reason codes, one per filter (v5); empty for 3.1.1, which has none.
     pub reasons: Vec<UnsubAckReason>,
     /// UNSUBACK properties (v5).
-    pub properties: Properties,
+    pub properties: BoxedProperties,
 }
 
 /// Outcome of a request, by request kind.
@@ -117,7 +118,7 @@ pub enum SessionEvent {
         /// Whether the broker resumed a stored session.
         session_present: bool,
         /// CONNACK properties (v5).
-        properties: Properties,
+        properties: BoxedProperties,
     },
     /// A message arrived. When `ack` is set, pass it to [`Session::handle_delivered`]
     /// after handing the message to the application; only then is it acknowledged.
@@ -190,7 +191,11 @@ struct Connection {
     /// Topic aliases the broker defined on this connection.
     aliases: HashMap<u16, TopicName>,
     /// Inbound QoS 1 and 2 messages handed out for delivery and not yet acknowledged.
-    delivering: HashMap<PacketId, QoS>,
+    delivering: id_hash::PacketIdMap<QoS>,
+    /// Whether the request at the head of the queue waits for room in the in-flight
+    /// window or for a free packet identifier. Only a completed outbound flow can
+    /// change that, so requests queued meanwhile do not try the queue again.
+    head_blocked: bool,
 }
 
 /// The session's state, named for what it waits on.
@@ -493,7 +498,8 @@ impl<S: Store> Session<S> {
             keep_alive: Some(keep_alive).filter(|interval| !interval.is_zero()),
             ping: Ping::Idle,
             aliases: HashMap::new(),
-            delivering: HashMap::new(),
+            delivering: id_hash::PacketIdMap::default(),
+            head_blocked: false,
         });
         tracing::debug!(
             client_id = %self.config.client_id,
@@ -589,7 +595,7 @@ impl<S: Store> Session<S> {
         if self.config.protocol.is_v5() {
             let disconnect = Disconnect {
                 reason: violation.reason_code(),
-                properties: Properties::default(),
+                properties: BoxedProperties::default(),
             };
             self.transmit(Packet::Disconnect(disconnect), now);
         }
@@ -696,7 +702,7 @@ fn unknown_id(packet_type: PacketType, packet_id: PacketId) -> ProtocolViolation
 pub fn normal_disconnect() -> Disconnect {
     Disconnect {
         reason: DisconnectReason::NormalDisconnection,
-        properties: Properties::default(),
+        properties: BoxedProperties::default(),
     }
 }
 

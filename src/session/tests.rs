@@ -37,7 +37,7 @@ fn connack(session_present: bool, reason: ConnectReason, properties: Properties)
     Packet::ConnAck(ConnAck {
         session_present,
         reason,
-        properties,
+        properties: properties.into(),
     })
 }
 
@@ -132,7 +132,7 @@ fn inbound_publish(delivery: Delivery, topic: Option<&str>, properties: Properti
         delivery,
         retain: false,
         topic: topic.map(|t| t.parse().unwrap()),
-        properties,
+        properties: properties.into(),
         payload: Bytes::from_static(b"hello"),
     })
 }
@@ -141,7 +141,7 @@ fn puback(packet_id: PacketId, reason: PubAckReason) -> Packet {
     Packet::PubAck(PubAck {
         packet_id,
         reason,
-        properties: Properties::default(),
+        properties: Properties::default().into(),
     })
 }
 
@@ -453,7 +453,7 @@ fn unexpected_packets_from_broker_are_violations() {
         Packet::PingReq,
         Packet::Auth(crate::codec::Auth {
             reason: crate::codec::AuthReason::Success,
-            properties: Properties::default(),
+            properties: Properties::default().into(),
         }),
     ];
     for packet in unexpected {
@@ -578,7 +578,7 @@ fn qos2_publish_completes_after_pubrec_pubrel_pubcomp() {
     let pubrec = Packet::PubRec(PubRec {
         packet_id: id(1),
         reason: PubAckReason::Success,
-        properties: Properties::default(),
+        properties: Properties::default().into(),
     });
     session.handle_packet(pubrec.clone(), now);
     assert!(matches!(&packets(&mut session)[..], [Packet::PubRel(r)] if r.packet_id == id(1)));
@@ -597,7 +597,7 @@ fn qos2_publish_completes_after_pubrec_pubrel_pubcomp() {
         Packet::PubComp(PubComp {
             packet_id: id(1),
             reason: PubCompReason::Success,
-            properties: Properties::default(),
+            properties: Properties::default().into(),
         }),
         now,
     );
@@ -684,7 +684,7 @@ fn inbound_qos2_delivered_once_and_completed_by_pubrel() {
     let pubrel = Packet::PubRel(PubRel {
         packet_id: id(4),
         reason: PubCompReason::Success,
-        properties: Properties::default(),
+        properties: Properties::default().into(),
     });
     session.handle_packet(pubrel.clone(), now);
     assert!(
@@ -777,6 +777,38 @@ fn inflight_window_uses_smaller_limit() {
 }
 
 #[test]
+fn requests_behind_blocked_head_wait_in_order() {
+    let now = Instant::now();
+    let mut limited = config(ProtocolVersion::V5);
+    limited.max_inflight = NonZeroU16::new(1).unwrap();
+    let mut session = connected_with(limited, Properties::default(), now);
+    queue(
+        &mut session,
+        publish_request(1, QoS::AtLeastOnce, b"a"),
+        now,
+    );
+    assert_eq!(packets(&mut session).len(), 1);
+
+    queue(
+        &mut session,
+        publish_request(2, QoS::AtLeastOnce, b"b"),
+        now,
+    );
+    queue(&mut session, publish_request(3, QoS::AtMostOnce, b"c"), now);
+    assert!(packets(&mut session).is_empty(), "the window is full");
+    assert_eq!(session.store.queued_len(), 2);
+
+    session.handle_packet(puback(id(1), PubAckReason::Success), now);
+    let sent = packets(&mut session);
+    assert!(
+        matches!(&sent[..], [Packet::Publish(first), Packet::Publish(second)]
+            if first.payload == b"b"[..] && second.payload == b"c"[..]),
+        "{sent:?}"
+    );
+    assert_eq!(session.store.queued_len(), 0);
+}
+
+#[test]
 fn pingreq_sent_after_idle_interval_and_timeout_closes() {
     let now = Instant::now();
     let mut session = connected(ProtocolVersion::V3_1_1, now);
@@ -838,7 +870,7 @@ fn acknowledgements_do_not_postpone_pingreq() {
     let pubrel = Packet::PubRel(PubRel {
         packet_id: id(2),
         reason: PubCompReason::Success,
-        properties: Properties::default(),
+        properties: Properties::default().into(),
     });
     session.handle_packet(pubrel, now + 30 * SECOND);
     assert!(matches!(
@@ -1003,7 +1035,7 @@ fn unknown_publish_acks_tolerated() {
             Packet::PubComp(PubComp {
                 packet_id: id(2),
                 reason: PubCompReason::Success,
-                properties: Properties::default(),
+                properties: Properties::default().into(),
             }),
             now,
         );
@@ -1032,7 +1064,7 @@ fn ack_for_other_flow_is_violation() {
         Packet::PubRec(PubRec {
             packet_id: id(1),
             reason: PubAckReason::Success,
-            properties: Properties::default(),
+            properties: Properties::default().into(),
         }),
         now,
     );
@@ -1046,7 +1078,7 @@ fn suback_completes_subscribe_and_checks_count() {
         Packet::SubAck(SubAck {
             packet_id: id(1),
             reasons,
-            properties: Properties::default(),
+            properties: Properties::default().into(),
         })
     };
 
@@ -1100,7 +1132,7 @@ fn unsuback_completes_unsubscribe_in_both_versions() {
             Packet::UnsubAck(UnsubAck {
                 packet_id: id(1),
                 reasons,
-                properties: Properties::default(),
+                properties: Properties::default().into(),
             }),
             now,
         );
@@ -1222,7 +1254,7 @@ fn broker_disconnect_closes_session() {
     session.handle_packet(
         Packet::Disconnect(Disconnect {
             reason: DisconnectReason::ServerShuttingDown,
-            properties: Properties::default(),
+            properties: Properties::default().into(),
         }),
         now,
     );
@@ -1518,7 +1550,8 @@ fn check_disconnect_rejects_client_rule_breaks() {
         properties: Properties {
             session_expiry_interval,
             ..Properties::default()
-        },
+        }
+        .into(),
     };
     assert!(plain
         .check_disconnect(&disconnect(DisconnectReason::NormalDisconnection, None))
@@ -1586,7 +1619,8 @@ fn invalid_disconnect_corrected_before_sending() {
             properties: Properties {
                 session_expiry_interval,
                 ..Properties::default()
-            },
+            }
+            .into(),
         };
         session.handle_disconnect(disconnect, now);
         let packets = packets(&mut session);
@@ -1606,7 +1640,8 @@ fn invalid_disconnect_corrected_before_sending() {
         properties: Properties {
             session_expiry_interval: Some(60),
             ..Properties::default()
-        },
+        }
+        .into(),
     };
     session.handle_disconnect(disconnect.clone(), now);
     assert_eq!(packets(&mut session), [Packet::Disconnect(disconnect)]);
@@ -1663,36 +1698,36 @@ mod arbitrary_inputs {
                 PubAck {
                     packet_id,
                     reason,
-                    properties: properties()
+                    properties: properties().into()
                 }
             )),
             (packet_id(), pub_ack_reason()).prop_map(move |(packet_id, reason)| Packet::PubRec(
                 PubRec {
                     packet_id,
                     reason,
-                    properties: properties()
+                    properties: properties().into()
                 }
             )),
             packet_id().prop_map(move |packet_id| Packet::PubRel(PubRel {
                 packet_id,
                 reason: PubCompReason::Success,
-                properties: properties()
+                properties: properties().into()
             })),
             packet_id().prop_map(move |packet_id| Packet::PubComp(PubComp {
                 packet_id,
                 reason: PubCompReason::Success,
-                properties: properties()
+                properties: properties().into()
             })),
             (packet_id(), 0_usize..3).prop_map(move |(packet_id, count)| Packet::SubAck(SubAck {
                 packet_id,
                 reasons: vec![SubAckReason::GrantedQoS1; count],
-                properties: properties()
+                properties: properties().into()
             })),
             (packet_id(), 0_usize..3).prop_map(move |(packet_id, count)| Packet::UnsubAck(
                 UnsubAck {
                     packet_id,
                     reasons: vec![crate::codec::UnsubAckReason::Success; count],
-                    properties: properties()
+                    properties: properties().into()
                 }
             )),
             (delivery(), any::<bool>(), 0_u16..3).prop_map(|(delivery, with_topic, alias)| {

@@ -438,7 +438,7 @@ mod tests {
                 delivery: crate::codec::Delivery::AtLeastOnce(PacketId::MIN),
                 retain: false,
                 topic: Some("a/b".parse().unwrap()),
-                properties: crate::codec::Properties::default(),
+                properties: crate::codec::Properties::default().into(),
                 payload: bytes::Bytes::new(),
             },
             awaiting: crate::store::AwaitedAck::PubAck,

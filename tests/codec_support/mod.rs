@@ -167,7 +167,8 @@ fn sample_publish_flow(version: ProtocolVersion) -> Vec<Packet> {
                     topic_alias: Some(nz16(3)),
                     ..Properties::default()
                 },
-            ),
+            )
+            .into(),
             payload: Bytes::from_static(b"21.5"),
         }),
         Packet::PubAck(PubAck {
@@ -177,17 +178,17 @@ fn sample_publish_flow(version: ProtocolVersion) -> Vec<Packet> {
             } else {
                 PubAckReason::Success
             },
-            properties: reason_string_properties(version),
+            properties: reason_string_properties(version).into(),
         }),
         Packet::PubRec(PubRec {
             packet_id: pid(8),
             reason: PubAckReason::Success,
-            properties: reason_string_properties(version),
+            properties: reason_string_properties(version).into(),
         }),
         Packet::PubRel(PubRel {
             packet_id: pid(8),
             reason: PubCompReason::Success,
-            properties: Properties::default(),
+            properties: Properties::default().into(),
         }),
         Packet::PubComp(PubComp {
             packet_id: pid(8),
@@ -196,7 +197,7 @@ fn sample_publish_flow(version: ProtocolVersion) -> Vec<Packet> {
             } else {
                 PubCompReason::Success
             },
-            properties: reason_string_properties(version),
+            properties: reason_string_properties(version).into(),
         }),
     ]
 }
@@ -214,12 +215,13 @@ fn sample_server_packets(version: ProtocolVersion) -> Vec<Packet> {
                     assigned_client_identifier: Some(string("auto-1")),
                     ..Properties::default()
                 },
-            ),
+            )
+            .into(),
         }),
         Packet::SubAck(SubAck {
             packet_id: pid(9),
             reasons: vec![SubAckReason::GrantedQoS1, SubAckReason::UnspecifiedError],
-            properties: reason_string_properties(version),
+            properties: reason_string_properties(version).into(),
         }),
         Packet::UnsubAck(UnsubAck {
             packet_id: pid(10),
@@ -228,14 +230,14 @@ fn sample_server_packets(version: ProtocolVersion) -> Vec<Packet> {
             } else {
                 Vec::new()
             },
-            properties: reason_string_properties(version),
+            properties: reason_string_properties(version).into(),
         }),
         Packet::PingResp,
     ];
     if version.is_v5() {
         packets.push(Packet::Disconnect(Disconnect {
             reason: DisconnectReason::ServerShuttingDown,
-            properties: reason_string_properties(version),
+            properties: reason_string_properties(version).into(),
         }));
         packets.push(auth_continue());
     }
@@ -262,17 +264,18 @@ fn sample_client_packets(version: ProtocolVersion) -> Vec<Packet> {
                     subscription_identifiers: vec![nz32(5)],
                     ..Properties::default()
                 },
-            ),
+            )
+            .into(),
         }),
         Packet::Unsubscribe(Unsubscribe {
             packet_id: pid(10),
             filters: vec![filter("sensors/+/temp")],
-            properties: Properties::default(),
+            properties: Properties::default().into(),
         }),
         Packet::PingReq,
         Packet::Disconnect(Disconnect {
             reason: DisconnectReason::NormalDisconnection,
-            properties: Properties::default(),
+            properties: Properties::default().into(),
         }),
     ];
     if version.is_v5() {
@@ -324,6 +327,7 @@ fn auth_continue() -> Packet {
             authentication_method: Some(string("SCRAM-SHA-1")),
             authentication_data: Some(Bytes::from_static(b"client-first")),
             ..Properties::default()
-        },
+        }
+        .into(),
     })
 }

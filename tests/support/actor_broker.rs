@@ -106,7 +106,7 @@ impl BrokerConnection {
         let connack = ConnAck {
             session_present: false,
             reason,
-            properties,
+            properties: properties.into(),
         };
         self.send(&Packet::ConnAck(connack)).await;
     }
@@ -128,7 +128,7 @@ impl BrokerConnection {
         self.encode(&Packet::ConnAck(ConnAck {
             session_present: false,
             reason: ConnectReason::Success,
-            properties,
+            properties: properties.into(),
         }))
     }
 

@@ -138,7 +138,7 @@ impl Connection {
         self.send(&Packet::ConnAck(ConnAck {
             session_present,
             reason: ConnectReason::Success,
-            properties,
+            properties: properties.into(),
         }))
         .await;
         connect
@@ -150,7 +150,7 @@ impl Connection {
         self.send(&Packet::ConnAck(ConnAck {
             session_present: false,
             reason,
-            properties: Properties::default(),
+            properties: Properties::default().into(),
         }))
         .await;
         let rest = self.until_closed().await;
@@ -491,7 +491,7 @@ impl SessionBroker {
         io.write(&Packet::ConnAck(ConnAck {
             session_present,
             reason: ConnectReason::Success,
-            properties: Properties::default(),
+            properties: Properties::default().into(),
         }))
         .await?;
 
@@ -538,7 +538,7 @@ impl SessionBroker {
                     delivery,
                     retain: false,
                     topic: Some(topic),
-                    properties: Properties::default(),
+                    properties: Properties::default().into(),
                     payload,
                 };
                 if let Some((packet_id, awaiting)) = awaiting {
@@ -593,7 +593,7 @@ impl SessionBroker {
                 io.write(&Packet::SubAck(SubAck {
                     packet_id: subscribe.packet_id,
                     reasons,
-                    properties: Properties::default(),
+                    properties: Properties::default().into(),
                 }))
                 .await
             }
@@ -634,7 +634,7 @@ impl SessionBroker {
                 io.write(&Packet::PubAck(PubAck {
                     packet_id: id,
                     reason: PubAckReason::Success,
-                    properties: Properties::default(),
+                    properties: Properties::default().into(),
                 }))
                 .await?;
                 self.session.borrow_mut().acknowledged.insert(payload);
@@ -653,7 +653,7 @@ impl SessionBroker {
                 io.write(&Packet::PubRec(PubRec {
                     packet_id: id,
                     reason: PubAckReason::Success,
-                    properties: Properties::default(),
+                    properties: Properties::default().into(),
                 }))
                 .await
             }
@@ -672,7 +672,7 @@ impl SessionBroker {
         io.write(&Packet::PubComp(PubComp {
             packet_id: id,
             reason,
-            properties: Properties::default(),
+            properties: Properties::default().into(),
         }))
         .await?;
         let mut session = self.session.borrow_mut();
@@ -713,7 +713,7 @@ fn pubrel(packet_id: PacketId) -> Packet {
     Packet::PubRel(PubRel {
         packet_id,
         reason: PubCompReason::Success,
-        properties: Properties::default(),
+        properties: Properties::default().into(),
     })
 }
 
