@@ -345,7 +345,7 @@ impl SessionActor {
             }
         }
         match own_copy {
-            Some(message) if !full.is_empty() => self.wait_for_room(message, full, ack, ctx),
+            Some(message) if !full.is_empty() => self.wait_for_room(message, &full, ack, ctx),
             _ => self.acknowledge(ack),
         }
     }
@@ -355,14 +355,27 @@ impl SessionActor {
     fn wait_for_room(
         &mut self,
         message: Message,
-        full: Vec<Rc<Recipient<Message>>>,
+        full: &[Rc<Recipient<Message>>],
         ack: Option<InboundAck>,
         ctx: &mut Context<Self>,
     ) {
+        // A clone of a recipient has its own sender, which is not blocked, so its `send`
+        // puts the message into the full mailbox now. The message then reaches every
+        // recipient even if the connection ends while it waits there, so a QoS 2
+        // message counts as delivered from this moment: a copy the broker sends again
+        // gets PUBREC, not a second delivery. PUBREC itself still waits for room.
+        let requests: Vec<_> = full
+            .iter()
+            .map(|recipient| Recipient::clone(recipient).send(message.clone()))
+            .collect();
+        drop(message);
+        if let Some(ack) = ack {
+            self.session.handle_handed_over(ack);
+        }
         let wait_for_room = async move {
-            for recipient in full {
+            for request in requests {
                 // An error means the recipient stopped; the others still get it.
-                let _ = recipient.send(message.clone()).await;
+                let _ = request.await;
             }
         };
         let handle = ctx.spawn(wait_for_room.into_actor(self).map(move |(), actor, ctx| {

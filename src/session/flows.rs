@@ -211,8 +211,12 @@ impl<S: Store> Session<S> {
         let ack = InboundAck { packet_id, qos };
 
         // A QoS 2 message already delivered is acknowledged again, not delivered again
-        // (MQTT 5.0 section 4.3.3).
-        if qos == QoS::ExactlyOnce && self.store.contains_inbound(packet_id) {
+        // (MQTT 5.0 section 4.3.3). One still being delivered is acknowledged once its
+        // delivery ends.
+        let delivering = self
+            .connection()
+            .is_some_and(|connection| connection.delivering.contains_key(&packet_id));
+        if qos == QoS::ExactlyOnce && self.store.contains_inbound(packet_id) && !delivering {
             return self.send_inbound_ack(ack, now);
         }
         match self.inbound_id_use(packet_id, qos, dup) {

@@ -376,6 +376,15 @@ impl<S: Store> Session<S> {
         self.drain_queue(now);
     }
 
+    /// Records that an inbound QoS 2 message is in every recipient's mailbox before its
+    /// PUBREC is sent. A copy the broker sends again, also after a reconnect, is
+    /// then answered with PUBREC and not delivered twice. Other QoS levels are ignored.
+    pub fn handle_handed_over(&mut self, ack: InboundAck) {
+        if ack.qos == QoS::ExactlyOnce {
+            self.store.insert_inbound(ack.packet_id);
+        }
+    }
+
     /// Acknowledges an inbound message now that it reached the application.
     pub fn handle_delivered(&mut self, ack: InboundAck, now: Instant) {
         let Some(connection) = self.connection_mut() else {

@@ -26,6 +26,31 @@ fn config(protocol: ProtocolVersion) -> SessionConfig {
     SessionConfig::new("tester".parse().unwrap(), protocol)
 }
 
+/// Moves the store of `session` into a new session for the next connection, which the
+/// broker accepts with Session Present 1; CONNECT and the events stay to be drained.
+fn resume(
+    session: &mut Session<MemoryStore>,
+    config: SessionConfig,
+    now: Instant,
+) -> Session<MemoryStore> {
+    let store = std::mem::replace(&mut session.store, MemoryStore::new(1));
+    let mut next = Session::new(config, store, now);
+    next.handle_transport_connected(now);
+    next.handle_packet(
+        connack(true, ConnectReason::Success, Properties::default()),
+        now,
+    );
+    next
+}
+
+/// Returns the configuration of a client that asks to resume the session it holds.
+fn resuming_config(protocol: ProtocolVersion) -> SessionConfig {
+    let mut resuming = config(protocol);
+    resuming.clean_start = false;
+    resuming.has_session_state = true;
+    resuming
+}
+
 /// Returns a session over a fresh store whose transport just connected.
 fn started(config: SessionConfig, now: Instant) -> Session<MemoryStore> {
     let mut session = Session::new(config, MemoryStore::new(64), now);
@@ -299,9 +324,7 @@ fn connack_refusal_closes_with_each_reason() {
 #[test]
 fn session_present_reported_when_resuming() {
     let now = Instant::now();
-    let mut resuming = config(ProtocolVersion::V5);
-    resuming.clean_start = false;
-    resuming.has_session_state = true;
+    let resuming = resuming_config(ProtocolVersion::V5);
     let mut session = started(resuming, now);
     session.handle_packet(
         connack(true, ConnectReason::Success, Properties::default()),
@@ -698,6 +721,50 @@ fn inbound_qos2_delivered_once_and_completed_by_pubrel() {
         [Packet::PubComp(c)] if c.reason == PubCompReason::PacketIdentifierNotFound
     ));
     assert!(!session.is_closed());
+}
+
+#[test]
+fn handed_over_qos2_not_redelivered_after_resume() {
+    let now = Instant::now();
+    let resuming = resuming_config(ProtocolVersion::V3_1_1);
+    let mut session = connected_with(resuming.clone(), Properties::default(), now);
+    let qos2 = |dup| {
+        let Packet::Publish(publish) = inbound_publish(
+            Delivery::ExactlyOnce(id(6)),
+            Some("t"),
+            Properties::default(),
+        ) else {
+            unreachable!("inbound_publish builds a PUBLISH");
+        };
+        Packet::Publish(Publish { dup, ..publish })
+    };
+
+    // The message still waits in a full mailbox when the connection ends, so no PUBREC
+    // was sent.
+    session.handle_packet(qos2(false), now);
+    let Some(SessionEvent::Message { ack: Some(ack), .. }) = session.poll_event() else {
+        panic!("expected a message with an ack");
+    };
+    session.handle_handed_over(ack);
+    session.handle_packet(qos2(true), now);
+    assert!(
+        events(&mut session).is_empty(),
+        "copy during delivery is dropped"
+    );
+    assert!(
+        transmits(&mut session).is_empty(),
+        "no PUBREC before delivery ends"
+    );
+
+    let mut next = resume(&mut session, resuming, now);
+    packets(&mut next);
+    events(&mut next);
+    next.handle_packet(qos2(true), now);
+    assert!(
+        events(&mut next).is_empty(),
+        "resent copy is not delivered again"
+    );
+    assert!(matches!(&packets(&mut next)[..], [Packet::PubRec(r)] if r.packet_id == id(6)));
 }
 
 #[test]
@@ -1271,9 +1338,7 @@ fn broker_disconnect_closes_session() {
 #[test]
 fn resumed_session_resends_unacknowledged_flows() {
     let now = Instant::now();
-    let mut resuming = config(ProtocolVersion::V5);
-    resuming.clean_start = false;
-    resuming.has_session_state = true;
+    let resuming = resuming_config(ProtocolVersion::V5);
     let mut session = connected_with(resuming.clone(), Properties::default(), now);
     queue(
         &mut session,
@@ -1281,14 +1346,8 @@ fn resumed_session_resends_unacknowledged_flows() {
         now,
     );
     transmits(&mut session);
-    let store = std::mem::replace(&mut session.store, MemoryStore::new(1));
 
-    let mut next = Session::new(resuming, store, now);
-    next.handle_transport_connected(now);
-    next.handle_packet(
-        connack(true, ConnectReason::Success, Properties::default()),
-        now,
-    );
+    let mut next = resume(&mut session, resuming, now);
     let sent = packets(&mut next);
     assert!(
         matches!(&sent[..], [Packet::Connect(_), Packet::Publish(p)] if p.dup && p.delivery == Delivery::AtLeastOnce(id(1)))
