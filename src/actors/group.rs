@@ -76,8 +76,10 @@ pub(crate) struct Wire {
     pub reader: RefCell<Option<PacketReader>>,
 }
 
-/// Session to socket: the outbox, empty before, has packets to write. The session
-/// sends no more until the socket has drained it.
+/// Session to socket: the outbox has packets to write, or will have them once the
+/// session's current step ends. The session sends it when the outbox was empty, and
+/// also before it delivers the messages of a read, so that the socket's task runs
+/// ahead of the recipients'.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
 pub(crate) struct Outbound;

@@ -175,6 +175,12 @@ impl SessionActor {
             Err(error) => return self.fail(ClosedBy::Io(Arc::new(error)), ctx),
         }
 
+        // The socket is told before any message is delivered, so that its task runs
+        // ahead of the recipients' and the acknowledgements this read produces leave
+        // without waiting for the recipients to handle the messages.
+        if self.wire.outbox.borrow().is_empty() {
+            self.socket.do_send(Outbound);
+        }
         let now = now();
         let mut decoded = 0;
         let failure = loop {
