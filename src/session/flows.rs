@@ -45,11 +45,8 @@ impl<S: Store> Session<S> {
             return;
         }
         let limits = connection.limits;
-        // Counting the outbound publish flows may walk all of them, so it happens at
-        // most once per drain and is kept up to date here.
-        let mut publishes_in_flight = None;
         while let Some(queued) = self.store.pop_request() {
-            let dispatched = self.dispatch(queued, limits, &mut publishes_in_flight, now);
+            let dispatched = self.dispatch(queued, limits, now);
             if let Dispatch::Blocked(queued) = dispatched {
                 self.store.push_front_request(queued);
                 if let Some(connection) = self.connection_mut() {
@@ -61,12 +58,10 @@ impl<S: Store> Session<S> {
     }
 
     /// Sends one request, completes it with an error, or hands it back when it must wait.
-    /// `publishes_in_flight` caches the number of outbound publish flows once counted.
     fn dispatch(
         &mut self,
         mut queued: QueuedRequest,
         limits: BrokerLimits,
-        publishes_in_flight: &mut Option<usize>,
         now: Instant,
     ) -> Dispatch {
         let token = queued.token;
@@ -77,8 +72,7 @@ impl<S: Store> Session<S> {
             self.complete(token, Err(error));
             return Dispatch::Done;
         }
-        let Some(packet_id) = self.reserve_packet_id(&queued.request, limits, publishes_in_flight)
-        else {
+        let Some(packet_id) = self.reserve_packet_id(&queued.request, limits) else {
             return Dispatch::Blocked(queued);
         };
         if let Err(error) = count_down_expiry(&mut queued, now) {
@@ -93,9 +87,6 @@ impl<S: Store> Session<S> {
         }
         match flow {
             Some(flow) => {
-                if let (OutboundFlow::Publish { .. }, Some(count)) = (&flow, publishes_in_flight) {
-                    *count += 1;
-                }
                 self.store.insert_outbound(packet_id, flow);
                 self.store.set_packet_id_cursor(packet_id.next_wrapping());
                 self.transmit(packet, now);
@@ -108,12 +99,7 @@ impl<S: Store> Session<S> {
     /// Returns the packet identifier for `request`, or `None` when it must wait for room
     /// in the in-flight window or for a free identifier. QoS 0 publishes need neither and
     /// get a placeholder the packet does not carry.
-    fn reserve_packet_id(
-        &self,
-        request: &Request,
-        limits: BrokerLimits,
-        publishes_in_flight: &mut Option<usize>,
-    ) -> Option<PacketId> {
+    fn reserve_packet_id(&self, request: &Request, limits: BrokerLimits) -> Option<PacketId> {
         let qos = match request {
             Request::Publish(publish) => publish.qos,
             Request::Subscribe { .. } | Request::Unsubscribe { .. } => {
@@ -124,9 +110,7 @@ impl<S: Store> Session<S> {
             return Some(PacketId::MIN);
         }
         let window = usize::from(self.config.max_inflight.get().min(limits.receive_maximum));
-        let in_flight =
-            *publishes_in_flight.get_or_insert_with(|| self.store.outbound_publish_len());
-        if in_flight >= window {
+        if self.store.outbound_publish_len() >= window {
             return None;
         }
         self.allocate_packet_id()

@@ -246,7 +246,8 @@ pub trait Store {
     /// Returns the number of packet identifiers in use by outbound flows.
     fn outbound_len(&self) -> usize;
     /// Returns the number of outbound QoS 1 and 2 PUBLISH flows, which the broker's
-    /// Receive Maximum limits.
+    /// Receive Maximum limits. The session asks before every QoS 1 or 2 publish it
+    /// sends, so an implementation keeps a count rather than walking the flows.
     fn outbound_publish_len(&self) -> usize;
 
     /// Records an inbound QoS 2 packet identifier awaiting PUBREL; returns `false` when
