@@ -124,8 +124,9 @@ impl SessionActor {
         }
     }
 
-    /// Moves the session's packets into the outbox and tells the socket, unless it has
-    /// not drained the outbox since the last notice. Returns `true` when there were any.
+    /// Moves the session's packets into the outbox and notifies the socket, unless it
+    /// has not drained the outbox since the last notice. Returns `true` when there were
+    /// any.
     fn queue_transmits(&mut self) -> bool {
         let mut outbox = self.wire.outbox.borrow_mut();
         let queued = outbox.len();
@@ -175,8 +176,8 @@ impl SessionActor {
             Err(error) => return self.fail(ClosedBy::Io(Arc::new(error)), ctx),
         }
 
-        // The socket is told before any message is delivered, so that its task runs
-        // ahead of the recipients' and the acknowledgements this read produces leave
+        // The socket is notified before any message is delivered, so its task runs
+        // ahead of the recipients' tasks. The acknowledgements of this read then leave
         // without waiting for the recipients to handle the messages.
         if self.wire.outbox.borrow().is_empty() {
             self.socket.do_send(Outbound);

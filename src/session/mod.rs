@@ -377,8 +377,8 @@ impl<S: Store> Session<S> {
     }
 
     /// Records that an inbound QoS 2 message is in every recipient's mailbox before its
-    /// PUBREC is sent. A copy the broker sends again, also after a reconnect, is
-    /// then answered with PUBREC and not delivered twice. Other QoS levels are ignored.
+    /// PUBREC is sent. A copy the broker sends again, also after a reconnect, then gets
+    /// PUBREC and is not delivered twice. Other QoS levels are ignored.
     pub fn handle_handed_over(&mut self, ack: InboundAck) {
         if ack.qos == QoS::ExactlyOnce {
             self.store.insert_inbound(ack.packet_id);
