@@ -1210,6 +1210,78 @@ async fn broker_not_reading_bounds_queue_and_times_out() {
     baseline.assert_back().await;
 }
 
+/// The client's own writes and what the socket writes once the stream has room share
+/// one buffer: a broker that reads late still gets every packet whole, once, and each
+/// QoS 0 publish in order, with the acknowledgements of its messages in between.
+#[actix_rt::test]
+async fn broker_reading_late_gets_every_packet_once() {
+    const PUBLISHES: usize = 400;
+    const MESSAGES: u16 = 100;
+    let _serial = SERIAL.lock().await;
+    let baseline = Resources::now();
+    let (broker, started, mut peer) =
+        connected(ProtocolVersion::V5, Properties::default(), |o| o).await;
+    let (recipient, mut messages) = forward::<mqttlink::Message>();
+    started.client.set_default_recipient(recipient.recipient());
+
+    // 400 x 64 KiB is more than the socket buffers of both ends hold unread.
+    let mut replies = Vec::new();
+    for index in 0..PUBLISHES {
+        let mut payload = vec![b'p'; 64 * 1024];
+        payload[..4].copy_from_slice(&u32::try_from(index).unwrap().to_be_bytes());
+        let publish = Publish::new(topic("late"), Bytes::from(payload));
+        replies.push(started.client.try_publish(publish).unwrap());
+    }
+    // Messages from the broker meanwhile: their PUBACKs queue behind the publishes.
+    let mut burst = Vec::new();
+    for value in 1..=MESSAGES {
+        let message = inbound(Delivery::AtLeastOnce(id(value)), "in", b"m");
+        burst.extend_from_slice(&peer.encode(&message));
+    }
+    peer.send_raw(&burst).await;
+    for _ in 0..MESSAGES {
+        next(&mut messages).await;
+    }
+    let stats = within(started.client.stats()).await.unwrap();
+    let publish_bytes = u64::try_from(PUBLISHES * 64 * 1024).unwrap();
+    assert!(
+        stats.bytes_out < publish_bytes,
+        "the stream took every publish at once, so nothing was left to the socket: {stats:?}"
+    );
+
+    let mut next_index = 0;
+    let mut acknowledged = std::collections::BTreeSet::new();
+    while next_index < PUBLISHES || acknowledged.len() < usize::from(MESSAGES) {
+        match peer.recv().await {
+            Packet::Publish(publish) => {
+                let index = u32::from_be_bytes(publish.payload[..4].try_into().unwrap());
+                assert_eq!(usize::try_from(index).unwrap(), next_index);
+                assert_eq!(publish.payload.len(), 64 * 1024);
+                next_index += 1;
+            }
+            Packet::PubAck(ack) => {
+                assert!(acknowledged.insert(ack.packet_id.get()), "{ack:?} twice");
+            }
+            other => panic!("expected PUBLISH or PUBACK, got {other:?}"),
+        }
+    }
+    assert_eq!(
+        acknowledged.into_iter().collect::<Vec<_>>(),
+        (1..=MESSAGES).collect::<Vec<_>>()
+    );
+    for reply in replies {
+        within(reply).await.unwrap();
+    }
+    within(started.client.disconnect(Disconnect::new()))
+        .await
+        .unwrap();
+    assert!(matches!(peer.recv().await, Packet::Disconnect(_)));
+    drop(started);
+    drop(peer);
+    drop(broker);
+    baseline.assert_back().await;
+}
+
 #[actix_rt::test]
 async fn disconnect_with_full_socket_finishes() {
     let _serial = SERIAL.lock().await;

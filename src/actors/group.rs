@@ -8,10 +8,10 @@ use std::time::Instant;
 use actix::prelude::*;
 
 use crate::codec::Properties;
-use crate::session::{Outcome, RequestError, Transmit};
+use crate::session::{Outcome, RequestError};
 use crate::store::RequestToken;
 
-use super::socket::PacketReader;
+use super::socket::{PacketReader, PacketWriter};
 
 static LIVE_ACTORS: AtomicUsize = AtomicUsize::new(0);
 
@@ -58,7 +58,8 @@ pub(crate) fn now() -> Instant {
     tokio::time::Instant::now().into_std()
 }
 
-/// Socket to session: the byte stream is open and its reader waits in the [`Wire`].
+/// Socket to session: the byte stream is open and its reader and writer wait in the
+/// [`Wire`].
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
 pub(crate) struct TransportConnected;
@@ -67,22 +68,22 @@ pub(crate) struct TransportConnected;
 /// client creates it with the group and gives it to both.
 #[derive(Debug, Default)]
 pub(crate) struct Wire {
-    /// Packets the session queued for the socket, in order. The session appends and
-    /// sends [`Outbound`], the socket drains it, so one allocation serves every batch.
-    pub outbox: RefCell<Vec<Transmit>>,
     /// The read side of the stream. The socket leaves it here before it sends
     /// [`TransportConnected`], and the session takes it: the session actor reads and
     /// decodes, so packets reach the session without a mailbox in between.
     pub reader: RefCell<Option<PacketReader>>,
+    /// The write side of the stream, left here by the socket like the reader. The
+    /// session encodes its packets into it and writes them at once, so that an
+    /// acknowledgement leaves without a mailbox in between. The socket writes what the
+    /// stream did not take.
+    pub writer: RefCell<Option<PacketWriter>>,
 }
 
-/// Session to socket: the outbox has packets to write, or will have them once the
-/// session's current step ends. The session sends it when the outbox was empty, and
-/// also before it delivers the messages of a read, so that the socket's task runs
-/// ahead of the recipients'.
+/// Session to socket: bytes wait in the writer that the stream did not take; write
+/// them once it is writable.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
-pub(crate) struct Outbound;
+pub(crate) struct FlushPending;
 
 /// Session to keep-alive: call back at this instant, replacing any earlier request.
 #[derive(Debug, Message)]

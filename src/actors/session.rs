@@ -1,8 +1,9 @@
 //! The session actor: runs the sans-IO [`Session`] of one connection. It reads and
 //! decodes the stream through the reader the socket hands over, feeds the session those
-//! packets and what the timer reported, queues the session's packets for the socket,
-//! sends its results to the supervisor, and delivers incoming messages to the
-//! recipients. No user code runs here: recipients run in their own actors.
+//! packets and what the timer reported, encodes and writes the session's packets through
+//! the writer the socket hands over, sends its results to the supervisor, and delivers
+//! incoming messages to the recipients. No user code runs here: recipients run in their
+//! own actors.
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -14,7 +15,7 @@ use std::time::Instant;
 use actix::prelude::*;
 use actix::WeakAddr;
 
-use crate::codec::ClientId;
+use crate::codec::{self, ClientId, Packet};
 use crate::error::{ClientError, ClosedBy, DisconnectCause};
 use crate::session::{InboundAck, Session, SessionEvent};
 use crate::store::SharedStore;
@@ -22,8 +23,8 @@ use crate::Message;
 
 use super::client::ClientActor;
 use super::group::{
-    actor_started, actor_stopped, now, ArmTimer, Counters, Outbound, RequestsQueued, SessionUpdate,
-    StartDisconnect, TimerFired, TransportConnected, Wire,
+    actor_started, actor_stopped, now, ArmTimer, Counters, FlushPending, RequestsQueued,
+    SessionUpdate, StartDisconnect, TimerFired, TransportConnected, Wire,
 };
 use super::keep_alive::KeepAliveActor;
 use super::link::{stop_with_link, Link};
@@ -33,6 +34,14 @@ use super::socket::{PacketReader, SocketActor};
 /// Most QoS 0 messages waiting for a slow recipient; more are dropped with a warning.
 /// QoS 1 and 2 messages are never dropped: the Receive Maximum bounds them.
 const MAX_QOS0_BACKLOG: usize = 1024;
+
+/// Packets of one read that need a response (QoS 1 and 2 PUBLISH, PUBREC, PUBREL)
+/// after which the responses are written before the rest of the read is handled. A
+/// read can contain a broker's whole window of QoS 1 and 2 messages. Acknowledging the
+/// first ones early lets the broker send more meanwhile, so it does not wait for the
+/// whole read. Fewer would cost more write calls, more would leave the broker idle
+/// longer.
+const WRITE_RESPONSES_AFTER: usize = 16;
 
 /// A message on its way to its recipients.
 #[derive(Debug)]
@@ -61,7 +70,7 @@ pub(crate) struct SessionActor {
     recipients: Vec<Rc<Recipient<Message>>>,
     /// The deadline last sent to the keep-alive actor; see [`needs_rearm`].
     armed: Option<Instant>,
-    /// Shared with the socket: the outbox for its packets, and the reader it hands over.
+    /// Shared with the socket: the reader and the writer it hands over.
     wire: Rc<Wire>,
     /// The read side of the stream, once the socket has connected.
     reader: Option<PacketReader>,
@@ -101,21 +110,23 @@ impl SessionActor {
         }
     }
 
-    /// Drains the session's packets and events until it has nothing more, then arms the
-    /// timer for its next deadline. Call after every input.
+    /// Drains the session's packets and events until it has nothing more, writes the
+    /// packets, then arms the timer for its next deadline. Call after every input.
     fn drive(&mut self, ctx: &mut Context<Self>) {
+        let now = now();
         loop {
-            self.pump_deliveries(ctx);
+            self.pump_deliveries(now, ctx);
 
-            let mut progressed = self.queue_transmits();
+            let mut progressed = self.encode_transmits(ctx);
             while let Some(event) = self.session.poll_event() {
                 progressed = true;
-                self.on_event(event, ctx);
+                self.on_event(event, now, ctx);
             }
             if !progressed {
                 break;
             }
         }
+        self.write_encoded(ctx);
         self.counters.inflight_in.set(self.session.inflight_in());
         let deadline = self.session.poll_timeout();
         if needs_rearm(self.armed, deadline) {
@@ -124,17 +135,50 @@ impl SessionActor {
         }
     }
 
-    /// Moves the session's packets into the outbox and notifies the socket, unless it
-    /// has not drained the outbox since the last notice. Returns `true` when there were
-    /// any.
-    fn queue_transmits(&mut self) -> bool {
-        let mut outbox = self.wire.outbox.borrow_mut();
-        let queued = outbox.len();
-        outbox.extend(std::iter::from_fn(|| self.session.poll_transmit()));
-        if queued == 0 && !outbox.is_empty() {
-            self.socket.do_send(Outbound);
+    /// Encodes the session's packets into the writer. Returns `true` when there were
+    /// any. Until the stream is open they wait in the session. A packet that cannot be
+    /// encoded takes the group down.
+    fn encode_transmits(&mut self, ctx: &mut Context<Self>) -> bool {
+        let mut encoded = 0;
+        let mut failure = None;
+        if let Some(writer) = self.wire.writer.borrow_mut().as_mut() {
+            while let Some(transmit) = self.session.poll_transmit() {
+                if let Err(error) = writer.encode(&transmit) {
+                    failure = Some(error);
+                    break;
+                }
+                encoded += 1;
+                tracing::trace!(
+                    client_id = %self.client_id,
+                    packet_type = ?transmit.packet.packet_type(),
+                    "packet encoded"
+                );
+            }
         }
-        outbox.len() > queued
+        Counters::add(&self.counters.packets_out, encoded);
+        if let Some(error) = failure {
+            tracing::warn!(client_id = %self.client_id, %error, "encode failed");
+            self.fail(ClosedBy::EncodeFailed(error.to_string()), ctx);
+        }
+        encoded > 0
+    }
+
+    /// Writes the encoded packets as far as the stream takes them now, and leaves the
+    /// rest to the socket, which waits until the stream is writable. This runs even
+    /// when the group is going down, so that a final DISCONNECT leaves.
+    fn write_encoded(&mut self, ctx: &mut Context<Self>) {
+        let written = match self.wire.writer.borrow_mut().as_mut() {
+            Some(writer) => writer.write_now(&self.counters, &self.client),
+            None => return,
+        };
+        match written {
+            Ok(false) => {}
+            Ok(true) => self.socket.do_send(FlushPending),
+            Err(error) if self.link.is_down() => {
+                tracing::debug!(client_id = %self.client_id, %error, "final write failed");
+            }
+            Err(error) => self.fail(ClosedBy::Io(Arc::new(error)), ctx),
+        }
     }
 
     /// Waits until the stream may have bytes to read, then reads them. When the last
@@ -176,15 +220,13 @@ impl SessionActor {
             Err(error) => return self.fail(ClosedBy::Io(Arc::new(error)), ctx),
         }
 
-        // The socket is notified before any message is delivered, so its task runs
-        // ahead of the recipients' tasks. The acknowledgements of this read then leave
-        // without waiting for the recipients to handle the messages.
-        if self.wire.outbox.borrow().is_empty() {
-            self.socket.do_send(Outbound);
-        }
         let now = now();
         let mut decoded = 0;
+        let mut awaiting_response = 0;
         let failure = loop {
+            let Some(reader) = self.reader.as_mut() else {
+                return;
+            };
             match reader.next_packet() {
                 Ok(Some(packet)) => {
                     decoded += 1;
@@ -193,11 +235,22 @@ impl SessionActor {
                         packet_type = ?packet.packet_type(),
                         "packet received"
                     );
+                    awaiting_response += usize::from(needs_response(&packet));
                     self.session.handle_packet(packet, now);
+                    if awaiting_response == WRITE_RESPONSES_AFTER {
+                        awaiting_response = 0;
+                        self.drive(ctx);
+                        if self.link.is_down() {
+                            return;
+                        }
+                    }
                 }
                 Ok(None) => break None,
                 Err(error) => break Some(error),
             }
+        };
+        let Some(reader) = self.reader.as_mut() else {
+            return;
         };
         reader.finish_read(decoded);
         let more_waiting = decoded > 0 && reader.filled_last_read();
@@ -217,7 +270,7 @@ impl SessionActor {
         ctx.stop();
     }
 
-    fn on_event(&mut self, event: SessionEvent, ctx: &mut Context<Self>) {
+    fn on_event(&mut self, event: SessionEvent, now: Instant, ctx: &mut Context<Self>) {
         match event {
             SessionEvent::Connected {
                 session_present,
@@ -230,7 +283,7 @@ impl SessionActor {
                 });
             }
             SessionEvent::Message { message, ack } => {
-                self.enqueue_delivery(message.into(), ack, ctx);
+                self.enqueue_delivery(message.into(), ack, now, ctx);
             }
             SessionEvent::Completed { token, outcome } => {
                 self.notify_client(SessionUpdate::Completed { token, outcome });
@@ -255,6 +308,7 @@ impl SessionActor {
         &mut self,
         message: Message,
         ack: Option<InboundAck>,
+        now: Instant,
         ctx: &mut Context<Self>,
     ) {
         let mut recipients = std::mem::take(&mut self.recipients);
@@ -273,7 +327,7 @@ impl SessionActor {
         // The common case: nothing waits, so the message goes out now and the
         // recipient list is reused for the next one.
         if self.backlog.is_empty() && self.blocked_delivery.is_none() {
-            self.deliver(message, recipients.drain(..), ack, ctx);
+            self.deliver(message, recipients.drain(..), ack, now, ctx);
             self.recipients = recipients;
             return;
         }
@@ -299,7 +353,7 @@ impl SessionActor {
     /// Hands waiting messages to their recipients in order. A recipient with a full
     /// mailbox blocks the messages behind it until it has room, so each recipient sees
     /// messages in the order they arrived.
-    fn pump_deliveries(&mut self, ctx: &mut Context<Self>) {
+    fn pump_deliveries(&mut self, now: Instant, ctx: &mut Context<Self>) {
         while self.blocked_delivery.is_none() {
             let Some(delivery) = self.backlog.pop_front() else {
                 return;
@@ -308,6 +362,7 @@ impl SessionActor {
                 delivery.message,
                 delivery.recipients.into_iter(),
                 delivery.ack,
+                now,
                 ctx,
             );
         }
@@ -321,6 +376,7 @@ impl SessionActor {
         message: Message,
         recipients: impl ExactSizeIterator<Item = Rc<Recipient<Message>>>,
         ack: Option<InboundAck>,
+        now: Instant,
         ctx: &mut Context<Self>,
     ) {
         let last = recipients.len().saturating_sub(1);
@@ -353,7 +409,7 @@ impl SessionActor {
         }
         match own_copy {
             Some(message) if !full.is_empty() => self.wait_for_room(message, &full, ack, ctx),
-            _ => self.acknowledge(ack),
+            _ => self.acknowledge(ack, now),
         }
     }
 
@@ -390,15 +446,15 @@ impl SessionActor {
             if actor.link.is_down() {
                 return;
             }
-            actor.acknowledge(ack);
+            actor.acknowledge(ack, now());
             actor.drive(ctx);
         }));
         self.blocked_delivery = Some(handle);
     }
 
-    fn acknowledge(&mut self, ack: Option<InboundAck>) {
+    fn acknowledge(&mut self, ack: Option<InboundAck>, now: Instant) {
         if let Some(ack) = ack {
-            self.session.handle_delivered(ack, now());
+            self.session.handle_delivered(ack, now);
         }
     }
 }
@@ -473,6 +529,16 @@ fn needs_rearm(armed: Option<Instant>, deadline: Option<Instant>) -> bool {
         (None, None) => false,
         (Some(armed), Some(deadline)) => deadline < armed,
         (None, Some(_)) | (Some(_), None) => true,
+    }
+}
+
+/// Returns `true` for the packets from a broker that the client sends a response to:
+/// a QoS 1 or 2 PUBLISH, PUBREC and PUBREL.
+fn needs_response(packet: &Packet) -> bool {
+    match packet {
+        Packet::Publish(publish) => publish.delivery != codec::Delivery::AtMostOnce,
+        Packet::PubRec(_) | Packet::PubRel(_) => true,
+        _ => false,
     }
 }
 

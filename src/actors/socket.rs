@@ -1,8 +1,9 @@
-//! The socket actor: owns the byte stream of one connection. It opens the stream, hands
-//! its read side to the session actor as a [`PacketReader`], and encodes the session's
-//! packets into one write buffer that is flushed with as few write calls as possible.
+//! The socket actor: owns the byte stream of one connection. It opens the stream and
+//! hands both sides to the session actor, the read side as a [`PacketReader`] and the
+//! write side as a [`PacketWriter`]. The session encodes its packets and writes them
+//! itself while the stream takes them. When the stream is full, the socket waits until
+//! it is writable and writes the rest.
 
-use std::cell::RefCell;
 use std::io;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -11,14 +12,15 @@ use actix::prelude::*;
 use actix::WeakAddr;
 use bytes::BytesMut;
 
-use crate::codec::{self, ClientId, Decoder, ProtocolVersion};
+use crate::codec::{self, ClientId, Decoder, EncodeError, ProtocolVersion};
 use crate::error::{ClientError, ClosedBy, DisconnectCause};
+use crate::session::Transmit;
 use crate::store::RequestToken;
 use crate::transport::{Endpoint, Stream, WriteBuffer};
 
 use super::client::ClientActor;
 use super::group::{
-    actor_started, actor_stopped, Counters, Outbound, TransportConnected, Wire, Written,
+    actor_started, actor_stopped, Counters, FlushPending, TransportConnected, Wire, Written,
 };
 use super::link::{stop_with_link, Link};
 use super::session::SessionActor;
@@ -52,10 +54,8 @@ pub(crate) struct SocketActor {
     session: Addr<SessionActor>,
     client: WeakAddr<ClientActor>,
     counters: Rc<Counters>,
-    stream: Option<Rc<Stream>>,
-    write: Rc<RefCell<WriteBuffer<RequestToken>>>,
     flushing: Option<SpawnHandle>,
-    /// Shared with the session: its queued packets, and the reader handed over.
+    /// Shared with the session: the reader and the writer it drives.
     wire: Rc<Wire>,
 }
 
@@ -74,14 +74,12 @@ impl SocketActor {
             session,
             client,
             counters,
-            stream: None,
-            write: Rc::new(RefCell::new(WriteBuffer::default())),
             flushing: None,
             wire,
         }
     }
 
-    fn on_connected(&mut self, stream: Stream, ctx: &mut Context<Self>) {
+    fn on_connected(&mut self, stream: Stream) {
         tracing::info!(
             client_id = %self.settings.client_id,
             host = %self.settings.endpoint.host,
@@ -89,12 +87,11 @@ impl SocketActor {
             "tcp connected"
         );
         let stream = Rc::new(stream);
-        self.stream = Some(Rc::clone(&stream));
         let decoder = Decoder::for_client(self.settings.protocol)
             .with_max_packet_size(self.settings.max_packet_size);
-        *self.wire.reader.borrow_mut() = Some(PacketReader::new(stream, decoder));
+        *self.wire.reader.borrow_mut() = Some(PacketReader::new(Rc::clone(&stream), decoder));
+        *self.wire.writer.borrow_mut() = Some(PacketWriter::new(stream, self.settings.protocol));
         self.session.do_send(TransportConnected);
-        self.start_flush(ctx);
     }
 
     fn fail(&mut self, error: ClientError, ctx: &mut Context<Self>) {
@@ -102,32 +99,29 @@ impl SocketActor {
         ctx.stop();
     }
 
-    /// Starts writing the buffer unless a flush runs already; a running flush picks up
-    /// packets appended while it waits, so many packets leave in one write call.
+    /// Writes the bytes the stream did not take, each time it becomes writable, until
+    /// none are left, unless such a flush runs already. The session may append packets
+    /// meanwhile; they leave in the same write calls.
     fn start_flush(&mut self, ctx: &mut Context<Self>) {
         if self.flushing.is_some() || self.link.is_down() {
             return;
         }
-        let Some(stream) = self.stream.clone() else {
-            return;
-        };
-        let write = Rc::clone(&self.write);
+        let wire = Rc::clone(&self.wire);
         let client = self.client.clone();
         let counters = Rc::clone(&self.counters);
         let flush = async move {
             loop {
-                if write.borrow().is_empty() {
+                let Some(stream) = wire
+                    .writer
+                    .borrow_mut()
+                    .as_mut()
+                    .and_then(PacketWriter::left_over)
+                else {
                     return Ok(());
-                }
+                };
                 stream.writable().await?;
-                let written = write.borrow_mut().write_to(&stream);
-                match written {
-                    Ok((count, tokens)) => {
-                        Counters::add(&counters.bytes_out, count as u64);
-                        report_written(&client, tokens);
-                    }
-                    Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(error) => return Err(error),
+                if let Some(writer) = wire.writer.borrow_mut().as_mut() {
+                    writer.write_once(&counters, &client)?;
                 }
             }
         };
@@ -155,7 +149,7 @@ impl Actor for SocketActor {
             connect
                 .into_actor(self)
                 .map(|result, actor, ctx| match result {
-                    Ok(stream) => actor.on_connected(stream, ctx),
+                    Ok(stream) => actor.on_connected(stream),
                     Err(error) => {
                         tracing::info!(
                             client_id = %actor.settings.client_id,
@@ -171,10 +165,10 @@ impl Actor for SocketActor {
     }
 
     fn stopped(&mut self, _: &mut Self::Context) {
-        // One last write without waiting, so that a DISCONNECT queued as the group went
-        // down reaches the broker when the socket has room; the stream closes on drop.
-        if let Some(stream) = &self.stream {
-            let _ = self.write.borrow_mut().write_to(stream);
+        // One last write without waiting, so that a DISCONNECT the stream did not take
+        // at once reaches the broker if it has room now. The stream closes on drop.
+        if let Some(writer) = self.wire.writer.borrow_mut().as_mut() {
+            let _ = writer.write_once(&self.counters, &self.client);
         }
         actor_stopped();
         self.link
@@ -182,43 +176,93 @@ impl Actor for SocketActor {
     }
 }
 
-impl Handler<Outbound> for SocketActor {
+impl Handler<FlushPending> for SocketActor {
     type Result = ();
 
-    /// Encodes the packets even when the group is going down, so `stopped` can still
-    /// write a final DISCONNECT.
-    fn handle(&mut self, Outbound: Outbound, ctx: &mut Self::Context) {
-        let wire = Rc::clone(&self.wire);
-        for transmit in wire.outbox.borrow_mut().drain(..) {
-            let encoded = {
-                let mut write = self.write.borrow_mut();
-                // The session checked user packets against the broker's Maximum Packet
-                // Size already; acknowledgements it builds are never larger than needed.
-                let result = codec::encode(
-                    &transmit.packet,
-                    self.settings.protocol,
-                    u32::MAX,
-                    write.buf_mut(),
-                );
-                result.map(|()| write.commit(transmit.written))
-            };
-            match encoded {
-                Ok(_) => {
-                    Counters::add(&self.counters.packets_out, 1);
-                    tracing::trace!(
-                        client_id = %self.settings.client_id,
-                        packet_type = ?transmit.packet.packet_type(),
-                        "packet encoded"
-                    );
-                }
-                Err(error) => {
-                    tracing::warn!(client_id = %self.settings.client_id, %error, "encode failed");
-                    let closed = ClosedBy::EncodeFailed(error.to_string());
-                    return self.fail(ClientError::ConnectionClosed(closed), ctx);
-                }
-            }
-        }
+    fn handle(&mut self, FlushPending: FlushPending, ctx: &mut Self::Context) {
         self.start_flush(ctx);
+    }
+}
+
+/// The write side of one connection: the stream and the bytes waiting for it. The
+/// socket builds it once connected. The session encodes into it with
+/// [`encode`](Self::encode) and writes with [`write_now`](Self::write_now). The socket
+/// writes what is left once the stream is writable.
+#[derive(Debug)]
+pub(crate) struct PacketWriter {
+    stream: Rc<Stream>,
+    protocol: ProtocolVersion,
+    buf: WriteBuffer<RequestToken>,
+    /// Whether bytes were left over and the socket was asked to write them.
+    left_to_socket: bool,
+}
+
+impl PacketWriter {
+    fn new(stream: Rc<Stream>, protocol: ProtocolVersion) -> Self {
+        Self {
+            stream,
+            protocol,
+            buf: WriteBuffer::default(),
+            left_to_socket: false,
+        }
+    }
+
+    /// Appends the encoded packet to the bytes waiting. The session checked user
+    /// packets against the broker's Maximum Packet Size already, and the packets it
+    /// builds itself are never larger than needed, so no limit is applied here.
+    pub fn encode(&mut self, transmit: &Transmit) -> Result<(), EncodeError> {
+        codec::encode(
+            &transmit.packet,
+            self.protocol,
+            u32::MAX,
+            self.buf.buf_mut(),
+        )?;
+        self.buf.commit(transmit.written);
+        Ok(())
+    }
+
+    /// Writes the waiting bytes as far as the stream takes them now. Returns `true`
+    /// when bytes are left, so the socket must write them once the stream is
+    /// writable. Until the socket has written them all, this writes nothing and
+    /// returns `false`: the stream is full, and the socket's writes include the newer
+    /// bytes too.
+    pub fn write_now(
+        &mut self,
+        counters: &Counters,
+        client: &WeakAddr<ClientActor>,
+    ) -> io::Result<bool> {
+        if self.left_to_socket || self.buf.is_empty() {
+            return Ok(false);
+        }
+        self.write_once(counters, client)?;
+        self.left_to_socket = !self.buf.is_empty();
+        Ok(self.left_to_socket)
+    }
+
+    /// Writes as many waiting bytes as the stream takes now, counts them, and sends the
+    /// supervisor the tokens of the QoS 0 publishes written. A full stream is not an
+    /// error.
+    pub fn write_once(
+        &mut self,
+        counters: &Counters,
+        client: &WeakAddr<ClientActor>,
+    ) -> io::Result<()> {
+        match self.buf.write_to(&self.stream) {
+            Ok((count, tokens)) => {
+                Counters::add(&counters.bytes_out, count as u64);
+                report_written(client, tokens);
+                Ok(())
+            }
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => Ok(()),
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Returns the stream while bytes wait for it. Once none wait, the session writes
+    /// directly again.
+    fn left_over(&mut self) -> Option<Rc<Stream>> {
+        self.left_to_socket = !self.buf.is_empty();
+        self.left_to_socket.then(|| Rc::clone(&self.stream))
     }
 }
 
