@@ -21,13 +21,13 @@ use super::packet::{
 };
 use super::publish_wire::{
     encode_simple_publish, is_simple_publish, measure_acknowledgement, measure_publish,
-    put_acknowledgement, put_publish,
+    put_acknowledgement, put_publish, Acknowledgement,
 };
 use super::subscribe_wire::{
     measure_suback, measure_subscribe, measure_unsuback, measure_unsubscribe, put_suback,
     put_subscribe, put_unsuback, put_unsubscribe,
 };
-use super::types::{disallowed_character, ProtocolVersion};
+use super::types::{disallowed_character, PacketId, ProtocolVersion};
 use super::wire::{put_variable_byte_integer, MAX_VARIABLE_BYTE_INTEGER};
 
 /// Sizes found by the checking pass and reused by the writing pass.
@@ -68,8 +68,34 @@ pub fn encode(
         Packet::Publish(publish) if is_simple_publish(publish) => {
             encode_simple_publish(publish, version, max_packet_size, dst)
         }
+        // Most acknowledgements are Success without properties: four bytes.
+        _ if max_packet_size >= SHORT_ACK_LEN => match short_ack_first_byte(packet) {
+            Some((first_byte, packet_id)) => {
+                let [high, low] = packet_id.get().to_be_bytes();
+                dst.put_slice(&[first_byte, 2, high, low]);
+                Ok(())
+            }
+            None => encode_other(packet, version, max_packet_size, dst),
+        },
         _ => encode_other(packet, version, max_packet_size, dst),
     }
+}
+
+/// Size of PUBACK, PUBREC, PUBREL or PUBCOMP in the short form.
+const SHORT_ACK_LEN: u32 = 4;
+
+/// Returns the first byte and the packet identifier of PUBACK, PUBREC, PUBREL or
+/// PUBCOMP when the short form encodes it.
+#[inline]
+fn short_ack_first_byte(packet: &Packet) -> Option<(u8, PacketId)> {
+    let packet_id = match packet {
+        Packet::PubAck(ack) => ack.short_form(),
+        Packet::PubRec(ack) => ack.short_form(),
+        Packet::PubRel(ack) => ack.short_form(),
+        Packet::PubComp(ack) => ack.short_form(),
+        _ => None,
+    }?;
+    Some((first_byte(packet), packet_id))
 }
 
 /// Encodes every packet but the common PUBLISH. Out of line, it leaves `encode` with
@@ -277,7 +303,7 @@ mod tests {
     use super::*;
     use crate::codec::decoder::Decoder;
     use crate::codec::packet::{Delivery, LastWill};
-    use crate::codec::properties::{PayloadFormat, Properties};
+    use crate::codec::properties::{BoxedProperties, PayloadFormat, Properties};
     use crate::codec::reason::{
         AuthReason, ConnectReason, DisconnectReason, PubAckReason, PubCompReason, SubAckReason,
         UnsubAckReason,
@@ -292,6 +318,75 @@ mod tests {
         let mut dst = BytesMut::new();
         encode(packet, version, u32::MAX, &mut dst)?;
         Ok(dst.to_vec())
+    }
+
+    /// The short form of the four acknowledgements writes what the general encoder
+    /// writes, and the general encoder still handles every other reason, properties
+    /// and a size limit below four bytes.
+    #[test]
+    fn short_acknowledgements_match_general_encoder() {
+        let with_property = || {
+            Properties {
+                reason_string: Some("r".into()),
+                ..Properties::default()
+            }
+            .into()
+        };
+        let packets = |properties: fn() -> BoxedProperties| {
+            [
+                Packet::PubAck(PubAck {
+                    packet_id: id(0x1234),
+                    reason: PubAckReason::Success,
+                    properties: properties(),
+                }),
+                Packet::PubRec(PubRec {
+                    packet_id: id(1),
+                    reason: PubAckReason::Success,
+                    properties: properties(),
+                }),
+                Packet::PubRel(PubRel {
+                    packet_id: id(0xFFFF),
+                    reason: PubCompReason::Success,
+                    properties: properties(),
+                }),
+                Packet::PubComp(PubComp {
+                    packet_id: id(7),
+                    reason: PubCompReason::Success,
+                    properties: properties(),
+                }),
+            ]
+        };
+        for version in [
+            ProtocolVersion::V3_1,
+            ProtocolVersion::V3_1_1,
+            ProtocolVersion::V5,
+        ] {
+            for packet in packets(BoxedProperties::default) {
+                let mut general = BytesMut::new();
+                encode_other(&packet, version, u32::MAX, &mut general).unwrap();
+                assert_eq!(general.len(), 4, "{packet:?}");
+                assert_eq!(encode_to_vec(&packet, version).unwrap(), general.to_vec());
+                let mut dst = BytesMut::new();
+                assert!(matches!(
+                    encode(&packet, version, 3, &mut dst),
+                    Err(EncodeError::PacketTooLarge { .. })
+                ));
+                assert!(dst.is_empty());
+            }
+        }
+        for packet in packets(with_property) {
+            let encoded = encode_to_vec(&packet, ProtocolVersion::V5).unwrap();
+            assert!(encoded.len() > 4, "{packet:?}");
+        }
+        let rejected = Packet::PubAck(PubAck {
+            packet_id: id(1),
+            reason: PubAckReason::NotAuthorized,
+            properties: BoxedProperties::default(),
+        });
+        assert_eq!(
+            encode_to_vec(&rejected, ProtocolVersion::V5).unwrap(),
+            [0x40, 3, 0, 1, 0x87]
+        );
     }
 
     /// Returns `true` for the packets a client sends, which a server decoder reads.

@@ -252,7 +252,13 @@ pub(crate) trait Acknowledgement: Sized {
 
     fn packet_id(&self) -> PacketId;
     fn code(&self) -> u8;
-    fn properties(&self) -> &Properties;
+    fn properties(&self) -> &BoxedProperties;
+
+    /// Returns the packet identifier when the packet is Success without properties,
+    /// which every version encodes as just that identifier (MQTT 5.0 section 3.4.2.1).
+    fn short_form(&self) -> Option<PacketId> {
+        (self.code() == 0 && self.properties().is_empty()).then(|| self.packet_id())
+    }
 
     /// Builds the packet, failing when `code` is not one of its reason codes.
     fn from_parts(
@@ -275,7 +281,7 @@ macro_rules! impl_acknowledgement {
                 self.reason.code()
             }
 
-            fn properties(&self) -> &Properties {
+            fn properties(&self) -> &BoxedProperties {
                 &self.properties
             }
 
