@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use crate::measure::{BenchResult, Percentiles, ProcUnits};
+use crate::measure::{process_cpu, BenchResult, Percentiles, ProcUnits};
 use crate::sink::PAYLOAD_LEN;
 
 /// Topic of every message the clients publish to the sink.
@@ -167,15 +167,13 @@ pub fn latency_nanos(payload: &[u8]) -> BenchResult<u64> {
 pub struct Stopwatch {
     started: Instant,
     cpu: Duration,
-    units: ProcUnits,
 }
 
 impl Stopwatch {
-    pub fn start(units: ProcUnits) -> BenchResult<Self> {
+    pub fn start() -> BenchResult<Self> {
         Ok(Self {
             started: Instant::now(),
-            cpu: units.process_cpu()?,
-            units,
+            cpu: process_cpu()?,
         })
     }
 
@@ -183,7 +181,7 @@ impl Stopwatch {
         Ok(Throughput {
             messages,
             elapsed: self.started.elapsed(),
-            cpu: self.units.process_cpu()?.saturating_sub(self.cpu),
+            cpu: process_cpu()?.saturating_sub(self.cpu),
             lost: 0,
         })
     }

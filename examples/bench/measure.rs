@@ -1,5 +1,5 @@
-//! Process measurements read from /proc (CPU time, resident memory, open file
-//! descriptors) and the order statistics the report prints.
+//! Process measurements (CPU time from the process CPU clock, resident memory and
+//! open file descriptors from /proc) and the order statistics the report prints.
 //!
 //! Linux only: every reader returns an error elsewhere.
 
@@ -8,52 +8,35 @@ use std::fs;
 use std::process::Command;
 use std::time::Duration;
 
+use nix::time::{clock_gettime, ClockId};
+
 /// Result type of the benchmark helpers.
 pub type BenchResult<T> = Result<T, Box<dyn Error>>;
-
-/// Clock ticks per second of the `utime` and `stime` fields of /proc/self/stat.
-/// Linux fixes USER_HZ at 100 on every mainstream architecture; `getconf
-/// CLK_TCK` confirms it at start-up.
-const DEFAULT_CLOCK_TICKS: u64 = 100;
 
 /// Bytes per page of the `resident` field of /proc/self/statm, confirmed by
 /// `getconf PAGESIZE` at start-up.
 const DEFAULT_PAGE_SIZE: u64 = 4096;
 
-/// Converts /proc counters to seconds and bytes.
+/// CPU time (user plus system) this process has used so far, in all its threads,
+/// from the kernel's process CPU clock (nanoseconds, not clock ticks).
+pub fn process_cpu() -> BenchResult<Duration> {
+    let time = clock_gettime(ClockId::CLOCK_PROCESS_CPUTIME_ID)?;
+    Ok(Duration::from(time))
+}
+
+/// Converts /proc counters to bytes.
 #[derive(Debug, Clone, Copy)]
 pub struct ProcUnits {
-    clock_ticks: u64,
     page_size: u64,
 }
 
 impl ProcUnits {
-    /// Asks `getconf` for the clock tick rate and page size, falling back to the
-    /// Linux defaults when it cannot run.
+    /// Asks `getconf` for the page size, falling back to the Linux default when it
+    /// cannot run.
     pub fn detect() -> Self {
         Self {
-            clock_ticks: getconf("CLK_TCK").unwrap_or(DEFAULT_CLOCK_TICKS),
             page_size: getconf("PAGESIZE").unwrap_or(DEFAULT_PAGE_SIZE),
         }
-    }
-
-    /// CPU time (user plus system) this process has used so far, in all its
-    /// threads, with a resolution of one clock tick (10 ms at 100 Hz).
-    pub fn process_cpu(self) -> BenchResult<Duration> {
-        let stat = fs::read_to_string("/proc/self/stat")?;
-        // The command name in field 2 may contain spaces, so fields are counted
-        // after its closing parenthesis: utime and stime are fields 14 and 15.
-        let after_name = stat
-            .rsplit_once(')')
-            .map(|(_, rest)| rest)
-            .ok_or("invalid /proc/self/stat: missing ')'")?;
-        let mut fields = after_name.split_whitespace().skip(11);
-        let utime: u64 = fields.next().ok_or("missing utime")?.parse()?;
-        let stime: u64 = fields.next().ok_or("missing stime")?.parse()?;
-        let ticks = utime + stime;
-        Ok(Duration::from_nanos(
-            ticks.saturating_mul(1_000_000_000) / self.clock_ticks.max(1),
-        ))
     }
 
     /// Resident set size of this process in bytes.

@@ -38,7 +38,7 @@ pub fn publish(
         let topic: TopicName = PUBLISH_TOPIC.parse()?;
         let level = qos_level(qos);
         let window = settings.mqttlink_outstanding.max(1);
-        let stopwatch = Stopwatch::start(settings.units)?;
+        let stopwatch = Stopwatch::start()?;
 
         let mut outstanding = VecDeque::with_capacity(window);
         let mut queued = 0;
@@ -94,7 +94,7 @@ pub fn inbound(
             done: Some(done_tx),
         }
         .start();
-        let stopwatch = Stopwatch::start(settings.units)?;
+        let stopwatch = Stopwatch::start()?;
 
         let filter: TopicFilter = push_filter(qos, count).parse()?;
         let subscribe = Subscribe::new(counter.recipient())

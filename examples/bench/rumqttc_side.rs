@@ -37,7 +37,7 @@ pub fn publish(
         let (client, mut eventloop) =
             connect(sink, "bench-rumqttc-publish", settings, deadline).await?;
         let level = qos_level(qos);
-        let stopwatch = Stopwatch::start(settings.units)?;
+        let stopwatch = Stopwatch::start()?;
 
         let publisher = tokio::spawn(async move {
             for _ in 0..count {
@@ -84,7 +84,7 @@ pub fn inbound(
         let deadline = Instant::now() + RUN_TIMEOUT;
         let (client, mut eventloop) =
             connect(sink, "bench-rumqttc-inbound", settings, deadline).await?;
-        let stopwatch = Stopwatch::start(settings.units)?;
+        let stopwatch = Stopwatch::start()?;
         client
             .subscribe(push_filter(qos, count), qos_level(qos))
             .await?;
