@@ -29,8 +29,12 @@ use super::session::SessionActor;
 const MIN_READ_RESERVE: usize = 1024;
 
 /// Largest free space reserved before a read from the stream, in bytes. The decoder may
-/// reserve more for a large packet that has not fully arrived.
-const MAX_READ_RESERVE: usize = 8 * 1024;
+/// reserve more for a large packet that has not fully arrived. While messages from the
+/// last read still wait in a recipient's mailbox, the next read needs a new buffer,
+/// so a flood of small messages costs one allocation per read. With 64 KiB instead of
+/// 8 KiB, the inbound QoS 0 benchmark needs about 12 % fewer instructions per message.
+/// A quiet connection frees the buffer, so only busy connections hold this much.
+const MAX_READ_RESERVE: usize = 64 * 1024;
 
 /// Packets per read up to which a connection counts as quiet, so its reader frees the
 /// read buffer once everything in it is decoded.
