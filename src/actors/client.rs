@@ -663,7 +663,11 @@ impl Handler<SessionUpdate> for ClientActor {
                 });
                 self.on_connected(session_present);
             }
-            SessionUpdate::Completed { token, outcome } => self.on_completed(token, outcome),
+            SessionUpdate::Completed(completed) => {
+                for (token, outcome) in completed {
+                    self.on_completed(token, outcome);
+                }
+            }
         }
     }
 }

@@ -115,11 +115,8 @@ pub(crate) enum SessionUpdate {
         session_present: bool,
         properties: Properties,
     },
-    /// A queued request completed.
-    Completed {
-        token: RequestToken,
-        outcome: Result<Outcome, RequestError>,
-    },
+    /// Queued requests completed, in the order the session completed them.
+    Completed(Vec<(RequestToken, Result<Outcome, RequestError>)>),
 }
 
 /// Socket to supervisor: the packets of these QoS 0 publishes are written.

@@ -17,8 +17,8 @@ use actix::WeakAddr;
 
 use crate::codec::{self, ClientId, Packet};
 use crate::error::{ClientError, ClosedBy, DisconnectCause};
-use crate::session::{InboundAck, Session, SessionEvent};
-use crate::store::SharedStore;
+use crate::session::{InboundAck, Outcome, RequestError, Session, SessionEvent};
+use crate::store::{RequestToken, SharedStore};
 use crate::Message;
 
 use super::client::ClientActor;
@@ -68,6 +68,9 @@ pub(crate) struct SessionActor {
     blocked_delivery: Option<SpawnHandle>,
     /// The recipients of the message being routed, kept to reuse its allocation.
     recipients: Vec<Rc<Recipient<Message>>>,
+    /// Requests completed in this step, sent to the supervisor in one message after
+    /// the messages of the step are delivered.
+    completed: Vec<(RequestToken, Result<Outcome, RequestError>)>,
     /// The deadline last sent to the keep-alive actor; see [`needs_rearm`].
     armed: Option<Instant>,
     /// Shared with the socket: the reader and the writer it hands over.
@@ -104,6 +107,7 @@ impl SessionActor {
             backlog: VecDeque::new(),
             blocked_delivery: None,
             recipients: Vec::new(),
+            completed: Vec::new(),
             armed: None,
             wire: parts.wire,
             reader: None,
@@ -126,6 +130,7 @@ impl SessionActor {
                 break;
             }
         }
+        self.send_completed();
         self.write_encoded(ctx);
         self.counters.inflight_in.set(self.session.inflight_in());
         let deadline = self.session.poll_timeout();
@@ -265,6 +270,7 @@ impl SessionActor {
 
     /// Takes the group down because the connection closed under it.
     fn fail(&mut self, closed: ClosedBy, ctx: &mut Context<Self>) {
+        self.send_completed();
         let error = ClientError::ConnectionClosed(closed);
         self.link.take_down(DisconnectCause::Failed(error));
         ctx.stop();
@@ -286,13 +292,23 @@ impl SessionActor {
                 self.enqueue_delivery(message.into(), ack, now, ctx);
             }
             SessionEvent::Completed { token, outcome } => {
-                self.notify_client(SessionUpdate::Completed { token, outcome });
+                self.completed.push((token, outcome));
             }
             SessionEvent::Closed(reason) => {
                 tracing::info!(client_id = %self.client_id, %reason, "session closed");
+                // The supervisor learns of the completions before the group is down.
+                self.send_completed();
                 self.link.take_down(DisconnectCause::from(reason));
                 ctx.stop();
             }
+        }
+    }
+
+    /// Sends the requests completed since the last call to the supervisor.
+    fn send_completed(&mut self) {
+        if !self.completed.is_empty() {
+            let completed = std::mem::take(&mut self.completed);
+            self.notify_client(SessionUpdate::Completed(completed));
         }
     }
 
