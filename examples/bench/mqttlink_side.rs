@@ -138,18 +138,17 @@ pub fn latency(plan: LatencyPlan, settings: &Settings) -> BenchResult<LatencyRun
         for index in 0..messages {
             tokio::time::sleep_until(started + plan.due(index)).await;
             let payload = timestamped_payload();
-            let response = loop {
+            // The publish is queued once `try_publish` returns. Like the rumqttc side,
+            // which does not wait for PUBACK either, the outcome is dropped: the
+            // received copy is what counts, and a lost one shows in `lost`.
+            loop {
                 let publish = Publish::new(topic.clone(), payload.clone()).qos(level);
                 match client.try_publish(publish) {
-                    Ok(response) => break response,
+                    Ok(_outcome) => break,
                     Err(ClientError::QueueFull) => wait_for_queue(deadline).await?,
                     Err(error) => return Err(error.into()),
                 }
-            };
-            // QoS 1 completes on PUBACK; the next message does not wait for it.
-            actix_rt::spawn(async move {
-                let _ = response.await;
-            });
+            }
         }
 
         // A timeout here means lost messages, which the result reports.
