@@ -112,6 +112,10 @@ struct Cli {
     /// Seconds of paced sending per latency run.
     #[arg(long, default_value_t = 2.0)]
     latency_seconds: f64,
+
+    /// Message rates of the latency workload, in messages per second.
+    #[arg(long, value_delimiter = ',', default_values_t = [1_000, 10_000])]
+    latency_rates: Vec<u64>,
 }
 
 /// Modes the benchmark re-executes itself in; not for direct use.
@@ -358,7 +362,7 @@ impl Bench<'_> {
             return Ok(());
         };
         for qos in [0, 1] {
-            for rate in [1_000, 10_000] {
+            for &rate in &self.cli.latency_rates {
                 let plan = LatencyPlan {
                     broker: broker.addr(),
                     qos,

@@ -208,21 +208,52 @@ impl SessionActor {
         );
     }
 
-    /// Reads once, hands every complete packet to the session, drives it, and waits
-    /// for the next bytes. The end of the stream or a read error takes the group down;
-    /// after a decode error the session closes and nothing more is read.
+    /// Reads from the stream and handles what arrived, until a read finds nothing, then
+    /// waits for the next bytes. After a read that filled the buffer, or after
+    /// [`READS_PER_WAKE`] reads, it lets the thread's other tasks run before it reads
+    /// again. Reading on at once after a read that did not fill the buffer saves a
+    /// wait on the stream: that next read usually finds nothing, and only a read that
+    /// finds nothing clears tokio's readiness flag, so a wait before it would end at
+    /// once.
     fn on_readable(&mut self, readable: io::Result<()>, ctx: &mut Context<Self>) {
-        let Some(reader) = self.reader.as_mut() else {
-            return;
-        };
-        if self.link.is_down() {
+        if let Err(error) = readable {
+            if !self.link.is_down() {
+                self.fail(ClosedBy::Io(Arc::new(error)), ctx);
+            }
             return;
         }
-        match readable.and_then(|()| reader.read()) {
-            Ok(None) => return self.wait_readable(false, ctx),
-            Ok(Some(0)) => return self.fail(ClosedBy::EndOfStream, ctx),
+        for _ in 0..READS_PER_WAKE {
+            match self.read_once(ctx) {
+                ReadOutcome::Nothing => return self.wait_readable(false, ctx),
+                ReadOutcome::Filled => return self.wait_readable(true, ctx),
+                ReadOutcome::Partial => {}
+                ReadOutcome::Stopped => return,
+            }
+        }
+        self.wait_readable(true, ctx);
+    }
+
+    /// Reads once, hands every complete packet to the session and drives it. The end
+    /// of the stream or a read error takes the group down; after a decode error the
+    /// session closes and nothing more is read.
+    fn read_once(&mut self, ctx: &mut Context<Self>) -> ReadOutcome {
+        let Some(reader) = self.reader.as_mut() else {
+            return ReadOutcome::Stopped;
+        };
+        if self.link.is_down() {
+            return ReadOutcome::Stopped;
+        }
+        match reader.read() {
+            Ok(None) => return ReadOutcome::Nothing,
+            Ok(Some(0)) => {
+                self.fail(ClosedBy::EndOfStream, ctx);
+                return ReadOutcome::Stopped;
+            }
             Ok(Some(count)) => Counters::add(&self.counters.bytes_in, count as u64),
-            Err(error) => return self.fail(ClosedBy::Io(Arc::new(error)), ctx),
+            Err(error) => {
+                self.fail(ClosedBy::Io(Arc::new(error)), ctx);
+                return ReadOutcome::Stopped;
+            }
         }
 
         let now = now();
@@ -230,7 +261,7 @@ impl SessionActor {
         let mut awaiting_response = 0;
         let failure = loop {
             let Some(reader) = self.reader.as_mut() else {
-                return;
+                return ReadOutcome::Stopped;
             };
             match reader.next_packet() {
                 Ok(Some(packet)) => {
@@ -246,7 +277,7 @@ impl SessionActor {
                         awaiting_response = 0;
                         self.drive(ctx);
                         if self.link.is_down() {
-                            return;
+                            return ReadOutcome::Stopped;
                         }
                     }
                 }
@@ -255,17 +286,23 @@ impl SessionActor {
             }
         };
         let Some(reader) = self.reader.as_mut() else {
-            return;
+            return ReadOutcome::Stopped;
         };
         reader.finish_read(decoded);
-        let more_waiting = decoded > 0 && reader.filled_last_read();
+        let filled = reader.filled_last_read();
         Counters::add(&self.counters.packets_in, decoded as u64);
         if let Some(error) = failure {
             self.session.handle_decode_error(error, now);
             self.reader = None;
         }
         self.drive(ctx);
-        self.wait_readable(more_waiting, ctx);
+        if self.link.is_down() || self.reader.is_none() {
+            ReadOutcome::Stopped
+        } else if filled && decoded > 0 {
+            ReadOutcome::Filled
+        } else {
+            ReadOutcome::Partial
+        }
     }
 
     /// Takes the group down because the connection closed under it.
@@ -546,6 +583,22 @@ fn needs_rearm(armed: Option<Instant>, deadline: Option<Instant>) -> bool {
         (Some(armed), Some(deadline)) => deadline < armed,
         (None, Some(_)) | (Some(_), None) => true,
     }
+}
+
+/// Reads handled in one turn of the session actor before it lets the thread's other
+/// tasks run, when every read returns bytes without filling the buffer.
+const READS_PER_WAKE: usize = 4;
+
+/// The result of one read from the stream.
+enum ReadOutcome {
+    /// Nothing was ready.
+    Nothing,
+    /// Bytes that filled the free space of the buffer, so more probably wait.
+    Filled,
+    /// Bytes that did not fill it.
+    Partial,
+    /// The group is down or the stream may not be read any more.
+    Stopped,
 }
 
 /// Returns `true` for the packets from a broker that the client sends a response to:
