@@ -211,10 +211,9 @@ impl SessionActor {
     /// Reads from the stream and handles what arrived, until a read finds nothing, then
     /// waits for the next bytes. After a read that filled the buffer, or after
     /// [`READS_PER_WAKE`] reads, it lets the thread's other tasks run before it reads
-    /// again. Reading on at once after a read that did not fill the buffer saves a
-    /// wait on the stream: that next read usually finds nothing, and only a read that
-    /// finds nothing clears tokio's readiness flag, so a wait before it would end at
-    /// once.
+    /// again. After a read that did not fill the buffer, the next read usually finds
+    /// nothing. Only such an empty read clears tokio's readiness flag, so it comes
+    /// first: a wait before it would end at once.
     fn on_readable(&mut self, readable: io::Result<()>, ctx: &mut Context<Self>) {
         if let Err(error) = readable {
             if !self.link.is_down() {
