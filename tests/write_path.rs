@@ -223,6 +223,25 @@ async fn disconnect_cleanly(
     baseline.assert_back().await;
 }
 
+/// Publishes `count` large QoS 0 messages and then requests a disconnect without
+/// waiting. Returns the disconnect task and the channel of the publishes' answers.
+fn disconnect_behind_qos0_backlog(
+    client: &Client,
+    count: usize,
+) -> (
+    actix_rt::task::JoinHandle<Result<(), ClientError>>,
+    UnboundedReceiver<Answer>,
+) {
+    let (answer_sender, answers) = mpsc::unbounded_channel();
+    for index in 0..count {
+        let publish = Publish::new(topic("out"), numbered_payload(index, LARGE));
+        publish_tagged(client, index, publish, &answer_sender);
+    }
+    let client = client.clone();
+    let disconnect = actix_rt::spawn(async move { client.disconnect(Disconnect::new()).await });
+    (disconnect, answers)
+}
+
 /// Encodes `packets` back to back, so the broker sends them in one write.
 fn burst(peer: &Peer, packets: impl IntoIterator<Item = Packet>) -> Vec<u8> {
     let mut bytes = Vec::new();
@@ -741,13 +760,7 @@ async fn disconnect_behind_qos0_backlog_arrives_last() {
     let baseline = Resources::now();
     let (broker, started, mut peer) = connected(|o| o.disconnect_timeout(STEP)).await;
 
-    let (answer_sender, mut answers) = mpsc::unbounded_channel();
-    for index in 0..PUBLISHES {
-        let publish = Publish::new(topic("out"), numbered_payload(index, LARGE));
-        publish_tagged(&started.client, index, publish, &answer_sender);
-    }
-    let client = started.client.clone();
-    let disconnect = actix_rt::spawn(async move { client.disconnect(Disconnect::new()).await });
+    let (disconnect, mut answers) = disconnect_behind_qos0_backlog(&started.client, PUBLISHES);
     // The session handles the publishes and the disconnect before the broker reads.
     let stats = within(started.client.stats()).await.unwrap();
     let publish_bytes = u64::try_from(PUBLISHES * LARGE).unwrap();
@@ -783,6 +796,51 @@ async fn disconnect_behind_qos0_backlog_arrives_last() {
     }
     drop(started);
     drop(peer);
+    drop(broker);
+    baseline.assert_back().await;
+}
+
+/// Checks a broker that resets the connection while a normal disconnect still writes a
+/// QoS 0 backlog: the disconnect ends without waiting for its timeout, every caller is
+/// answered once, and nothing is left.
+#[actix_rt::test]
+async fn reset_during_final_write_ends_disconnect() {
+    const PUBLISHES: usize = 120;
+    let _serial = SERIAL.lock().await;
+    let baseline = Resources::now();
+    // Longer than every wait of the test, so only the reset can end the final write.
+    let timeout = STEP * 6;
+    let (broker, started, peer) = connected(|o| o.disconnect_timeout(timeout)).await;
+
+    let (disconnect, mut answers) = disconnect_behind_qos0_backlog(&started.client, PUBLISHES);
+    // The reset must come once the DISCONNECT is encoded, so the session waits for the
+    // stream and no longer reads. CONNECT, the publishes and DISCONNECT are encoded then.
+    let encoded = u64::try_from(PUBLISHES + 2).unwrap();
+    let mut stats = within(started.client.stats()).await.unwrap();
+    for _ in 0..1_000 {
+        if stats.packets_out == encoded {
+            break;
+        }
+        tokio::task::yield_now().await;
+        stats = within(started.client.stats()).await.unwrap();
+    }
+    assert_eq!(
+        stats.packets_out, encoded,
+        "DISCONNECT never encoded: {stats:?}"
+    );
+    let publish_bytes = u64::try_from(PUBLISHES * LARGE).unwrap();
+    assert!(
+        stats.bytes_out < publish_bytes,
+        "stream never filled: {stats:?}"
+    );
+    peer.reset();
+
+    within(disconnect).await.unwrap().unwrap();
+    let mut answered = BTreeMap::new();
+    collect_answers(&mut answers, &mut answered, PUBLISHES).await;
+    let failed = answered.values().filter(|result| result.is_err()).count();
+    assert!(failed > 0, "every publish reported written after a reset");
+    drop(started);
     drop(broker);
     baseline.assert_back().await;
 }
