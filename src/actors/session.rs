@@ -29,7 +29,7 @@ use super::group::{
 use super::keep_alive::KeepAliveActor;
 use super::link::{stop_with_link, Link};
 use super::router::Router;
-use super::socket::{PacketReader, SocketActor};
+use super::socket::{flush_writer, PacketReader, PacketWriter, SocketActor};
 
 /// Most QoS 0 messages waiting for a slow recipient; more are dropped with a warning.
 /// QoS 1 and 2 messages are never dropped: the Receive Maximum bounds them.
@@ -77,6 +77,9 @@ pub(crate) struct SessionActor {
     wire: Rc<Wire>,
     /// The read side of the stream, once the socket has connected.
     reader: Option<PacketReader>,
+    /// The cause the group goes down with at the end of this step, once the session
+    /// closed in it.
+    closing: Option<DisconnectCause>,
 }
 
 /// The parts a session actor is built from.
@@ -111,6 +114,7 @@ impl SessionActor {
             armed: None,
             wire: parts.wire,
             reader: None,
+            closing: None,
         }
     }
 
@@ -132,6 +136,9 @@ impl SessionActor {
         }
         self.send_completed();
         self.write_encoded(ctx);
+        if let Some(cause) = self.closing.take() {
+            self.close(cause, ctx);
+        }
         self.counters.inflight_in.set(self.session.inflight_in());
         let deadline = self.session.poll_timeout();
         if needs_rearm(self.armed, deadline) {
@@ -179,7 +186,7 @@ impl SessionActor {
         match written {
             Ok(false) => {}
             Ok(true) => self.socket.do_send(FlushPending),
-            Err(error) if self.link.is_down() => {
+            Err(error) if self.link.is_down() || self.closing.is_some() => {
                 tracing::debug!(client_id = %self.client_id, %error, "final write failed");
             }
             Err(error) => self.fail(ClosedBy::Io(Arc::new(error)), ctx),
@@ -332,12 +339,55 @@ impl SessionActor {
             }
             SessionEvent::Closed(reason) => {
                 tracing::info!(client_id = %self.client_id, %reason, "session closed");
-                // The supervisor learns of the completions before the group is down.
-                self.send_completed();
-                self.link.take_down(DisconnectCause::from(reason));
-                ctx.stop();
+                // The group goes down at the end of the step, after the completions
+                // and the final packets of the step.
+                self.closing = Some(DisconnectCause::from(reason));
             }
         }
+    }
+
+    /// Takes the group down with `cause`. After a requested close, bytes the stream did
+    /// not take yet, such as the DISCONNECT, are written first, for at most the
+    /// disconnect timeout, so that the broker gets them whole.
+    fn close(&mut self, cause: DisconnectCause, ctx: &mut Context<Self>) {
+        let unwritten = self
+            .wire
+            .writer
+            .borrow()
+            .as_ref()
+            .is_some_and(PacketWriter::has_unwritten);
+        if !unwritten || !matches!(cause, DisconnectCause::Requested) || self.link.is_down() {
+            self.link.take_down(cause);
+            ctx.stop();
+            return;
+        }
+        // Nothing more is read: the broker closes the stream once it has the
+        // DISCONNECT, and that end of the stream is no failure.
+        self.reader = None;
+        let flush = flush_writer(
+            Rc::clone(&self.wire),
+            Rc::clone(&self.counters),
+            self.client.clone(),
+        );
+        let timeout = self.session.config().disconnect_timeout;
+        let wait = tokio::time::timeout(timeout, flush);
+        ctx.spawn(wait.into_actor(self).map(move |result, actor, ctx| {
+            match result {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => {
+                    tracing::debug!(client_id = %actor.client_id, %error, "final write failed");
+                }
+                Err(_) => {
+                    tracing::debug!(
+                        client_id = %actor.client_id,
+                        ?timeout,
+                        "final write timed out"
+                    );
+                }
+            }
+            actor.link.take_down(cause);
+            ctx.stop();
+        }));
     }
 
     /// Sends the requests completed since the last call to the supervisor.

@@ -103,32 +103,17 @@ impl SocketActor {
         ctx.stop();
     }
 
-    /// Writes the bytes the stream did not take, each time it becomes writable, until
-    /// none are left, unless such a flush runs already. The session may append packets
-    /// meanwhile; they leave in the same write calls.
+    /// Starts [`flush_writer`] for the bytes the stream did not take, unless such a
+    /// flush runs already or the group is down.
     fn start_flush(&mut self, ctx: &mut Context<Self>) {
         if self.flushing.is_some() || self.link.is_down() {
             return;
         }
-        let wire = Rc::clone(&self.wire);
-        let client = self.client.clone();
-        let counters = Rc::clone(&self.counters);
-        let flush = async move {
-            loop {
-                let Some(stream) = wire
-                    .writer
-                    .borrow_mut()
-                    .as_mut()
-                    .and_then(PacketWriter::left_over)
-                else {
-                    return Ok(());
-                };
-                stream.writable().await?;
-                if let Some(writer) = wire.writer.borrow_mut().as_mut() {
-                    writer.write_once(&counters, &client)?;
-                }
-            }
-        };
+        let flush = flush_writer(
+            Rc::clone(&self.wire),
+            Rc::clone(&self.counters),
+            self.client.clone(),
+        );
         let handle = ctx.spawn(flush.into_actor(self).map(|result, actor, ctx| {
             actor.flushing = None;
             if let Err(error) = result {
@@ -137,6 +122,30 @@ impl SocketActor {
             }
         }));
         self.flushing = Some(handle);
+    }
+}
+
+/// Writes the bytes waiting in the writer of `wire` each time the stream is writable,
+/// until none are left. The session may append packets meanwhile; they leave in the
+/// same write calls.
+pub(crate) async fn flush_writer(
+    wire: Rc<Wire>,
+    counters: Rc<Counters>,
+    client: WeakAddr<ClientActor>,
+) -> io::Result<()> {
+    loop {
+        let Some(stream) = wire
+            .writer
+            .borrow_mut()
+            .as_mut()
+            .and_then(PacketWriter::left_over)
+        else {
+            return Ok(());
+        };
+        stream.writable().await?;
+        if let Some(writer) = wire.writer.borrow_mut().as_mut() {
+            writer.write_once(&counters, &client)?;
+        }
     }
 }
 
@@ -260,6 +269,11 @@ impl PacketWriter {
             Err(error) if error.kind() == io::ErrorKind::WouldBlock => Ok(()),
             Err(error) => Err(error),
         }
+    }
+
+    /// Returns `true` when bytes wait that the stream has not taken yet.
+    pub fn has_unwritten(&self) -> bool {
+        !self.buf.is_empty()
     }
 
     /// Returns the stream while bytes wait for it. Once none wait, the session writes
