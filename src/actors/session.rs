@@ -151,6 +151,11 @@ impl SessionActor {
     /// any. Until the stream is open they wait in the session. A packet that cannot be
     /// encoded takes the group down.
     fn encode_transmits(&mut self, ctx: &mut Context<Self>) -> bool {
+        // After a failure nothing more is encoded. A close the session starts itself
+        // takes the group down only at the end of the step, after its DISCONNECT.
+        if self.link.is_down() {
+            return false;
+        }
         let mut encoded = 0;
         let mut failure = None;
         if let Some(writer) = self.wire.writer.borrow_mut().as_mut() {
