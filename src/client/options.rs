@@ -234,7 +234,9 @@ impl ClientOptions {
     }
 
     /// Sets how long [`Disconnect`](crate::Disconnect) waits for outbound QoS 1 and 2
-    /// flows before it sends DISCONNECT anyway; 5 s by default.
+    /// flows before it sends DISCONNECT anyway; 5 s by default. When the broker does
+    /// not read, the bytes queued before the DISCONNECT get as long again to leave, so
+    /// a disconnect ends within twice this time.
     #[must_use]
     pub fn disconnect_timeout(mut self, timeout: Duration) -> Self {
         self.disconnect_timeout = timeout;
