@@ -57,8 +57,8 @@ impl Stream {
     /// and `WouldBlock` when nothing is available.
     ///
     /// A read that does not fill the free space of `buf` has drained the socket, as
-    /// epoll reports it, so it also clears tokio's readiness flag: the next
-    /// [`readable`](Self::readable) then waits for new bytes, where it would otherwise
+    /// epoll reports it. It therefore also clears tokio's readiness flag, so the next
+    /// [`readable`](Self::readable) waits for new bytes. Without that, the wait would
     /// end at once and cost a read call that finds nothing. tokio's own `AsyncRead`
     /// does the same.
     pub fn try_read_buf(&self, buf: &mut BytesMut) -> io::Result<usize> {
@@ -66,8 +66,8 @@ impl Stream {
             Self::Tcp(stream) => {
                 let spare = buf.capacity() - buf.len();
                 let mut count = 0;
-                // Returning `WouldBlock` from the closure is what clears the flag; it
-                // clears only the readiness seen before the read, so bytes that arrived
+                // Returning `WouldBlock` from the closure clears the flag. Only the
+                // readiness seen before the read is cleared, so bytes that arrived
                 // since still wake the next wait.
                 let drained = stream.try_io(Interest::READABLE, || {
                     count = stream.try_read_buf(buf)?;
