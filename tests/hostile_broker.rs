@@ -17,12 +17,11 @@ use std::num::{NonZeroU16, NonZeroU32};
 use std::time::Duration;
 
 use bytes::Bytes;
-use hostile::{forward, next, Hostile, Peer, Resources, STEP};
+use hostile::{forward, inbound, next, puback, pubcomp, pubrec, Hostile, Peer, Resources, STEP};
 use mqttlink::codec::{
     Auth, AuthReason, ConnectReason, Delivery, Disconnect as DisconnectPacket, DisconnectReason,
-    Packet, PacketId, Properties, ProtocolVersion, PubAck, PubAckReason, PubComp, PubCompReason,
-    PubRec, PubRel, QoS, SubAck, SubAckReason, SubscriptionOptions, TopicFilter, TopicName,
-    UnsubAck,
+    Packet, PacketId, Properties, ProtocolVersion, PubAckReason, PubCompReason, PubRec, PubRel,
+    QoS, SubAck, SubAckReason, SubscriptionOptions, TopicFilter, TopicName, UnsubAck,
 };
 use mqttlink::session::ProtocolViolation;
 use mqttlink::{
@@ -100,41 +99,6 @@ async fn failure(events: &mut UnboundedReceiver<Event>) -> ClientError {
             other => panic!("unexpected event {other:?}"),
         }
     }
-}
-
-fn inbound(delivery: Delivery, name: &str, payload: &'static [u8]) -> Packet {
-    Packet::Publish(mqttlink::codec::Publish {
-        dup: false,
-        delivery,
-        retain: false,
-        topic: Some(topic(name)),
-        properties: Properties::default().into(),
-        payload: Bytes::from_static(payload),
-    })
-}
-
-fn puback(packet_id: PacketId) -> Packet {
-    Packet::PubAck(PubAck {
-        packet_id,
-        reason: PubAckReason::Success,
-        properties: Properties::default().into(),
-    })
-}
-
-fn pubrec(packet_id: PacketId) -> Packet {
-    Packet::PubRec(PubRec {
-        packet_id,
-        reason: PubAckReason::Success,
-        properties: Properties::default().into(),
-    })
-}
-
-fn pubcomp(packet_id: PacketId) -> Packet {
-    Packet::PubComp(PubComp {
-        packet_id,
-        reason: PubCompReason::Success,
-        properties: Properties::default().into(),
-    })
 }
 
 /// Expects a PUBLISH and returns its packet identifier (`None` for QoS 0).
@@ -1210,9 +1174,9 @@ async fn broker_not_reading_bounds_queue_and_times_out() {
     baseline.assert_back().await;
 }
 
-/// The client's own writes and what the socket writes once the stream has room share
-/// one buffer: a broker that reads late still gets every packet whole, once, and each
-/// QoS 0 publish in order, with the acknowledgements of its messages in between.
+/// Checks that a broker that reads late still gets every packet whole and once, each
+/// QoS 0 publish in order, and the acknowledgements of its messages in between. The
+/// session's own writes and the socket's later ones share one buffer.
 #[actix_rt::test]
 async fn broker_reading_late_gets_every_packet_once() {
     const PUBLISHES: usize = 400;

@@ -1,8 +1,8 @@
 //! The write path of a connection: the session actor encodes and writes its packets
 //! itself, and the socket actor only writes what a full stream did not take. These
-//! tests back up the stream on purpose and check that every packet leaves once, whole
-//! and in order, that each caller is answered once and only after its packet left or
-//! was acknowledged, and that nothing is left behind when the connection ends.
+//! tests back up the stream on purpose. They check that every packet leaves once,
+//! whole and in order, and that each caller gets one result, only after its packet
+//! left or was acknowledged. Nothing may be left behind when the connection ends.
 
 #![allow(
     clippy::unwrap_used,
@@ -17,10 +17,12 @@ mod hostile;
 use std::collections::{BTreeMap, BTreeSet};
 
 use bytes::{Bytes, BytesMut};
-use hostile::{forward, next, Hostile, Peer, Resources, STEP};
+use hostile::{
+    forward, inbound, next, puback, pubcomp, pubrec, pubrel, Hostile, Peer, Resources, STEP,
+};
 use mqttlink::codec::{
     ConnAck, ConnectReason, Decoder, Delivery, DisconnectReason, Packet, PacketId, Properties,
-    ProtocolVersion, PubAck, PubAckReason, PubComp, PubCompReason, PubRec, PubRel, QoS, TopicName,
+    ProtocolVersion, QoS, TopicName,
 };
 use mqttlink::{
     Client, ClientError, ClientOptions, ClosedBy, Disconnect, DisconnectCause, Event, Publish,
@@ -97,49 +99,6 @@ async fn within<T>(future: impl std::future::Future<Output = T>) -> T {
         .expect("finishes in time")
 }
 
-fn inbound(delivery: Delivery, payload: &'static [u8]) -> Packet {
-    Packet::Publish(mqttlink::codec::Publish {
-        dup: false,
-        delivery,
-        retain: false,
-        topic: Some(topic("in")),
-        properties: Properties::default().into(),
-        payload: Bytes::from_static(payload),
-    })
-}
-
-fn puback(packet_id: PacketId) -> Packet {
-    Packet::PubAck(PubAck {
-        packet_id,
-        reason: PubAckReason::Success,
-        properties: Properties::default().into(),
-    })
-}
-
-fn pubrec(packet_id: PacketId) -> Packet {
-    Packet::PubRec(PubRec {
-        packet_id,
-        reason: PubAckReason::Success,
-        properties: Properties::default().into(),
-    })
-}
-
-fn pubrel(packet_id: PacketId) -> Packet {
-    Packet::PubRel(PubRel {
-        packet_id,
-        reason: PubCompReason::Success,
-        properties: Properties::default().into(),
-    })
-}
-
-fn pubcomp(packet_id: PacketId) -> Packet {
-    Packet::PubComp(PubComp {
-        packet_id,
-        reason: PubCompReason::Success,
-        properties: Properties::default().into(),
-    })
-}
-
 /// Returns a payload of `size` bytes that starts with `index`, so the broker can check
 /// the order and the length of what it receives.
 fn numbered_payload(index: usize, size: usize) -> Bytes {
@@ -153,36 +112,36 @@ fn payload_index(payload: &[u8]) -> usize {
     usize::try_from(u32::from_be_bytes(payload[..4].try_into().unwrap())).unwrap()
 }
 
-/// One answer to a publish: its index and its result.
-type Answer = (usize, Result<PublishOutcome, ClientError>);
+/// The outcome of one publish: its index and its result.
+type TaggedOutcome = (usize, Result<PublishOutcome, ClientError>);
 
-/// Publishes `publish` and forwards its answer, tagged with `index`, to `answers`
-/// from a local task, so a test sees when each caller is answered.
+/// Publishes `publish` and forwards its outcome, tagged with `index`, to `outcomes`
+/// from a local task, so a test learns when each caller gets its result.
 fn publish_tagged(
     client: &Client,
     index: usize,
     publish: Publish,
-    answers: &mpsc::UnboundedSender<Answer>,
+    outcomes: &mpsc::UnboundedSender<TaggedOutcome>,
 ) {
     let reply = client.try_publish(publish).unwrap();
-    let answers = answers.clone();
+    let outcomes = outcomes.clone();
     actix_rt::spawn(async move {
-        let _ = answers.send((index, reply.await));
+        let _ = outcomes.send((index, reply.await));
     });
 }
 
-/// Receives answers into `answered` until it contains `count`, and fails the test on a
-/// second answer to the same caller.
-async fn collect_answers(
-    answers: &mut UnboundedReceiver<Answer>,
-    answered: &mut BTreeMap<usize, Result<PublishOutcome, ClientError>>,
+/// Receives outcomes into `completed` until it contains `count`, and fails the test
+/// on a second outcome for the same caller.
+async fn collect_outcomes(
+    outcomes: &mut UnboundedReceiver<TaggedOutcome>,
+    completed: &mut BTreeMap<usize, Result<PublishOutcome, ClientError>>,
     count: usize,
 ) {
-    while answered.len() < count {
-        let (index, result) = next(answers).await;
+    while completed.len() < count {
+        let (index, result) = next(outcomes).await;
         assert!(
-            answered.insert(index, result).is_none(),
-            "publish {index} answered twice"
+            completed.insert(index, result).is_none(),
+            "publish {index} completed twice"
         );
     }
 }
@@ -197,9 +156,9 @@ fn qos_of(index: usize) -> QoS {
     }
 }
 
-/// Fails the test unless every publish in `answered` succeeded.
-fn assert_all_ok(answered: BTreeMap<usize, Result<PublishOutcome, ClientError>>) {
-    for (index, result) in answered {
+/// Fails the test unless every publish in `completed` succeeded.
+fn assert_all_ok(completed: BTreeMap<usize, Result<PublishOutcome, ClientError>>) {
+    for (index, result) in completed {
         assert!(result.is_ok(), "publish {index}: {result:?}");
     }
 }
@@ -224,22 +183,22 @@ async fn disconnect_cleanly(
 }
 
 /// Publishes `count` large QoS 0 messages and then requests a disconnect without
-/// waiting. Returns the disconnect task and the channel of the publishes' answers.
+/// waiting. Returns the disconnect task and the channel of the publishes' outcomes.
 fn disconnect_behind_qos0_backlog(
     client: &Client,
     count: usize,
 ) -> (
     actix_rt::task::JoinHandle<Result<(), ClientError>>,
-    UnboundedReceiver<Answer>,
+    UnboundedReceiver<TaggedOutcome>,
 ) {
-    let (answer_sender, answers) = mpsc::unbounded_channel();
+    let (outcome_sender, outcomes) = mpsc::unbounded_channel();
     for index in 0..count {
         let publish = Publish::new(topic("out"), numbered_payload(index, LARGE));
-        publish_tagged(client, index, publish, &answer_sender);
+        publish_tagged(client, index, publish, &outcome_sender);
     }
     let client = client.clone();
     let disconnect = actix_rt::spawn(async move { client.disconnect(Disconnect::new()).await });
-    (disconnect, answers)
+    (disconnect, outcomes)
 }
 
 /// Encodes `packets` back to back, so the broker sends them in one write.
@@ -254,7 +213,7 @@ fn burst(peer: &Peer, packets: impl IntoIterator<Item = Packet>) -> Vec<u8> {
 /// Checks a broker that stops reading while the client publishes large messages of
 /// every QoS and receives QoS 1 and 2 messages: the PUBACKs and PUBRECs queue behind the
 /// publishes. Once the broker reads again, every packet arrives once, whole and in
-/// order, and no QoS 1 or 2 caller is answered before the broker acknowledged its
+/// order, and no QoS 1 or 2 caller gets its result before the broker acknowledged its
 /// message. PUBRELs and PUBRECs in bulk then get one PUBCOMP and one PUBREL each.
 #[actix_rt::test]
 async fn mixed_acks_behind_full_stream() {
@@ -267,17 +226,17 @@ async fn mixed_acks_behind_full_stream() {
     let (recipient, mut messages) = forward::<mqttlink::Message>();
     started.client.set_default_recipient(recipient.recipient());
 
-    let (answer_sender, mut answers) = mpsc::unbounded_channel();
+    let (outcome_sender, mut outcomes) = mpsc::unbounded_channel();
     for index in 0..PUBLISHES {
         let publish = Publish::new(topic("out"), numbered_payload(index, LARGE)).qos(qos_of(index));
-        publish_tagged(&started.client, index, publish, &answer_sender);
+        publish_tagged(&started.client, index, publish, &outcome_sender);
     }
     let qos1_ids = 1..=QOS1_MESSAGES;
     let qos2_ids = QOS1_MESSAGES + 1..=QOS1_MESSAGES + QOS2_MESSAGES;
     let mut messages_in = Vec::new();
     for (qos1, qos2) in qos1_ids.clone().zip(qos2_ids.clone()) {
-        messages_in.push(inbound(Delivery::AtLeastOnce(id(qos1)), b"one"));
-        messages_in.push(inbound(Delivery::ExactlyOnce(id(qos2)), b"two"));
+        messages_in.push(inbound(Delivery::AtLeastOnce(id(qos1)), "in", b"one"));
+        messages_in.push(inbound(Delivery::ExactlyOnce(id(qos2)), "in", b"two"));
     }
     let bytes = burst(&peer, messages_in);
     peer.send_raw(&bytes).await;
@@ -320,19 +279,19 @@ async fn mixed_acks_behind_full_stream() {
     assert_eq!(acknowledged, qos1_ids.clone().collect::<BTreeSet<_>>());
     assert_eq!(received, qos2_ids.clone().collect::<BTreeSet<_>>());
 
-    // Every QoS 0 publish is written, so its caller may be answered by now. No QoS 1
+    // Every QoS 0 publish is written, so its caller may have its result by now. No QoS 1
     // or 2 caller may be, because the broker acknowledged nothing yet.
     within(started.client.stats()).await.unwrap();
-    let mut answered = BTreeMap::new();
-    while let Ok((index, result)) = answers.try_recv() {
+    let mut completed = BTreeMap::new();
+    while let Ok((index, result)) = outcomes.try_recv() {
         assert_eq!(
             qos_of(index),
             QoS::AtMostOnce,
-            "publish {index} answered early"
+            "publish {index} completed early"
         );
         assert!(
-            answered.insert(index, result).is_none(),
-            "publish {index} answered twice"
+            completed.insert(index, result).is_none(),
+            "publish {index} completed twice"
         );
     }
 
@@ -354,25 +313,25 @@ async fn mixed_acks_behind_full_stream() {
         .map(|(_, packet_id)| *packet_id)
         .collect();
     let mut released = Vec::new();
-    let mut completed = Vec::new();
-    while released.len() < qos2_out.len() || completed.len() < usize::from(QOS2_MESSAGES) {
+    let mut pubcomps = Vec::new();
+    while released.len() < qos2_out.len() || pubcomps.len() < usize::from(QOS2_MESSAGES) {
         match peer.recv().await {
             Packet::PubRel(rel) => released.push(rel.packet_id),
-            Packet::PubComp(comp) => completed.push(comp.packet_id.get()),
+            Packet::PubComp(comp) => pubcomps.push(comp.packet_id.get()),
             other => panic!("expected PUBREL or PUBCOMP, got {other:?}"),
         }
     }
     assert_eq!(released, qos2_out, "one PUBREL per PUBREC, in order");
     assert_eq!(
-        completed,
+        pubcomps,
         qos2_ids.collect::<Vec<_>>(),
         "one PUBCOMP per PUBREL, in order"
     );
     let bytes = burst(&peer, qos2_out.iter().map(|packet_id| pubcomp(*packet_id)));
     peer.send_raw(&bytes).await;
 
-    collect_answers(&mut answers, &mut answered, PUBLISHES).await;
-    assert_all_ok(answered);
+    collect_outcomes(&mut outcomes, &mut completed, PUBLISHES).await;
+    assert_all_ok(completed);
 
     disconnect_cleanly(started, peer, broker, baseline).await;
 }
@@ -393,11 +352,11 @@ async fn malformed_after_sixteen_qos1_stops_cleanly() {
     let (recipient, mut messages) = forward::<mqttlink::Message>();
     started.client.set_default_recipient(recipient.recipient());
 
-    let (answer_sender, mut answers) = mpsc::unbounded_channel();
+    let (outcome_sender, mut outcomes) = mpsc::unbounded_channel();
     let mut outbound_ids = Vec::new();
     for index in 0..OUTBOUND {
         let publish = Publish::new(topic("out"), numbered_payload(index, 8)).qos(QoS::AtLeastOnce);
-        publish_tagged(&started.client, index, publish, &answer_sender);
+        publish_tagged(&started.client, index, publish, &outcome_sender);
         match peer.recv().await {
             Packet::Publish(publish) => outbound_ids.push(publish.delivery.packet_id().unwrap()),
             other => panic!("expected PUBLISH, got {other:?}"),
@@ -407,13 +366,13 @@ async fn malformed_after_sixteen_qos1_stops_cleanly() {
     // The PUBACKs come after the mid-read write, so they complete in the step that
     // ends with the decode error.
     let mut packets: Vec<Packet> = (1..=MESSAGES)
-        .map(|value| inbound(Delivery::AtLeastOnce(id(value)), b"m"))
+        .map(|value| inbound(Delivery::AtLeastOnce(id(value)), "in", b"m"))
         .collect();
     packets.extend(outbound_ids.iter().map(|packet_id| puback(*packet_id)));
     let mut bytes = burst(&peer, packets);
     // PUBLISH with QoS 3, then a valid message that must never be handled.
     bytes.extend_from_slice(&[0x36, 0x06, 0x00, 0x01, b'a', 0x00, 0x01, 0x00]);
-    bytes.extend_from_slice(&peer.encode(&inbound(Delivery::AtLeastOnce(id(999)), b"late")));
+    bytes.extend_from_slice(&peer.encode(&inbound(Delivery::AtLeastOnce(id(999)), "in", b"late")));
     peer.send_raw(&bytes).await;
 
     let sent = peer.until_closed().await;
@@ -438,9 +397,9 @@ async fn malformed_after_sixteen_qos1_stops_cleanly() {
         matches!(&error, ClientError::ProtocolViolation(_)),
         "{error:?}"
     );
-    let mut answered = BTreeMap::new();
-    collect_answers(&mut answers, &mut answered, OUTBOUND).await;
-    for (index, result) in answered {
+    let mut completed = BTreeMap::new();
+    collect_outcomes(&mut outcomes, &mut completed, OUTBOUND).await;
+    for (index, result) in completed {
         assert!(
             result.is_ok(),
             "publish {index} acknowledged before the failure: {result:?}"
@@ -464,10 +423,10 @@ async fn malformed_after_sixteen_qos1_stops_cleanly() {
 }
 
 /// Checks a broker that resets the connection while the client's stream is full: the
-/// group goes down with an I/O error or the end of the stream, every caller is answered
-/// once, and no actor, task or socket is left.
+/// group goes down with an I/O error or the end of the stream, every caller gets one
+/// result, and no actor, task or socket is left.
 #[actix_rt::test]
-async fn reset_mid_write_answers_every_caller() {
+async fn reset_mid_write_outcomes_every_caller() {
     const PUBLISHES: usize = 160;
     let _serial = SERIAL.lock().await;
     let baseline = Resources::now();
@@ -475,13 +434,13 @@ async fn reset_mid_write_answers_every_caller() {
     let (recipient, mut messages) = forward::<mqttlink::Message>();
     started.client.set_default_recipient(recipient.recipient());
 
-    let (answer_sender, mut answers) = mpsc::unbounded_channel();
+    let (outcome_sender, mut outcomes) = mpsc::unbounded_channel();
     for index in 0..PUBLISHES {
         let publish = Publish::new(topic("out"), numbered_payload(index, LARGE)).qos(qos_of(index));
-        publish_tagged(&started.client, index, publish, &answer_sender);
+        publish_tagged(&started.client, index, publish, &outcome_sender);
     }
     // A message whose PUBACK waits behind the publishes shows the session wrote them.
-    peer.send(&inbound(Delivery::AtLeastOnce(id(1)), b"m"))
+    peer.send(&inbound(Delivery::AtLeastOnce(id(1)), "in", b"m"))
         .await;
     next(&mut messages).await;
     let stats = within(started.client.stats()).await.unwrap();
@@ -500,11 +459,11 @@ async fn reset_mid_write_answers_every_caller() {
         ),
         "{error:?}"
     );
-    let mut answered = BTreeMap::new();
-    collect_answers(&mut answers, &mut answered, PUBLISHES).await;
-    let failed = answered.values().filter(|result| result.is_err()).count();
+    let mut completed = BTreeMap::new();
+    collect_outcomes(&mut outcomes, &mut completed, PUBLISHES).await;
+    let failed = completed.values().filter(|result| result.is_err()).count();
     assert!(failed > 0, "every publish reported done after a reset");
-    for (index, result) in &answered {
+    for (index, result) in &completed {
         if qos_of(*index) != QoS::AtMostOnce {
             assert!(
                 result.is_err(),
@@ -526,11 +485,11 @@ async fn disconnect_behind_full_stream_arrives_last() {
     let baseline = Resources::now();
     let (broker, started, mut peer) = connected(|o| o.disconnect_timeout(STEP)).await;
 
-    let (answer_sender, mut answers) = mpsc::unbounded_channel();
+    let (outcome_sender, mut outcomes) = mpsc::unbounded_channel();
     for index in 0..PUBLISHES {
         let publish =
             Publish::new(topic("out"), numbered_payload(index, LARGE)).qos(QoS::AtLeastOnce);
-        publish_tagged(&started.client, index, publish, &answer_sender);
+        publish_tagged(&started.client, index, publish, &outcome_sender);
     }
     let client = started.client.clone();
     let disconnect = actix_rt::spawn(async move { client.disconnect(Disconnect::new()).await });
@@ -554,9 +513,9 @@ async fn disconnect_behind_full_stream_arrives_last() {
     }
     assert!(peer.until_closed().await.is_empty());
     within(disconnect).await.unwrap().unwrap();
-    let mut answered = BTreeMap::new();
-    collect_answers(&mut answers, &mut answered, PUBLISHES).await;
-    assert_all_ok(answered);
+    let mut completed = BTreeMap::new();
+    collect_outcomes(&mut outcomes, &mut completed, PUBLISHES).await;
+    assert_all_ok(completed);
     drop(started);
     drop(peer);
     drop(broker);
@@ -586,7 +545,7 @@ impl SlowPeer {
         socket.listen(1).unwrap()
     }
 
-    /// Accepts a connection and answers its CONNECT with a successful CONNACK.
+    /// Accepts a connection and outcomes its CONNECT with a successful CONNACK.
     async fn accept(listener: &TcpListener, slow_bytes: usize) -> Self {
         let (stream, _) = within(listener.accept()).await.unwrap();
         let mut peer = Self {
@@ -664,7 +623,7 @@ async fn one_byte_reads_keep_packets_whole() {
     let (recipient, mut messages) = forward::<mqttlink::Message>();
     started.client.set_default_recipient(recipient.recipient());
 
-    let (answer_sender, mut answers) = mpsc::unbounded_channel();
+    let (outcome_sender, mut outcomes) = mpsc::unbounded_channel();
     for index in 0..PUBLISHES {
         let qos = if index % 2 == 0 {
             QoS::AtMostOnce
@@ -672,10 +631,10 @@ async fn one_byte_reads_keep_packets_whole() {
             QoS::AtLeastOnce
         };
         let publish = Publish::new(topic("out"), numbered_payload(index, SIZE)).qos(qos);
-        publish_tagged(&started.client, index, publish, &answer_sender);
+        publish_tagged(&started.client, index, publish, &outcome_sender);
     }
     for value in 1..=MESSAGES {
-        peer.send(&inbound(Delivery::AtLeastOnce(id(value)), b"m"))
+        peer.send(&inbound(Delivery::AtLeastOnce(id(value)), "in", b"m"))
             .await;
     }
     for _ in 0..MESSAGES {
@@ -706,9 +665,9 @@ async fn one_byte_reads_keep_packets_whole() {
             other => panic!("expected PUBLISH or PUBACK, got {other:?}"),
         }
     }
-    let mut answered = BTreeMap::new();
-    collect_answers(&mut answers, &mut answered, PUBLISHES).await;
-    assert_all_ok(answered);
+    let mut completed = BTreeMap::new();
+    collect_outcomes(&mut outcomes, &mut completed, PUBLISHES).await;
+    assert_all_ok(completed);
 
     let client = started.client.clone();
     let disconnect = actix_rt::spawn(async move { client.disconnect(Disconnect::new()).await });
@@ -735,7 +694,7 @@ async fn full_receive_window_acknowledged_once() {
 
     let bytes = burst(
         &peer,
-        (1..=MESSAGES).map(|value| inbound(Delivery::AtLeastOnce(id(value)), b"m")),
+        (1..=MESSAGES).map(|value| inbound(Delivery::AtLeastOnce(id(value)), "in", b"m")),
     );
     peer.send_raw(&bytes).await;
     for _ in 0..MESSAGES {
@@ -760,7 +719,7 @@ async fn disconnect_behind_qos0_backlog_arrives_last() {
     let baseline = Resources::now();
     let (broker, started, mut peer) = connected(|o| o.disconnect_timeout(STEP)).await;
 
-    let (disconnect, mut answers) = disconnect_behind_qos0_backlog(&started.client, PUBLISHES);
+    let (disconnect, mut outcomes) = disconnect_behind_qos0_backlog(&started.client, PUBLISHES);
     // The session handles the publishes and the disconnect before the broker reads.
     let stats = within(started.client.stats()).await.unwrap();
     let publish_bytes = u64::try_from(PUBLISHES * LARGE).unwrap();
@@ -786,12 +745,12 @@ async fn disconnect_behind_qos0_backlog_arrives_last() {
     }
     assert!(peer.until_closed().await.is_empty());
     within(disconnect).await.unwrap().unwrap();
-    let mut answered = BTreeMap::new();
-    collect_answers(&mut answers, &mut answered, PUBLISHES).await;
-    for (index, result) in answered {
+    let mut completed = BTreeMap::new();
+    collect_outcomes(&mut outcomes, &mut completed, PUBLISHES).await;
+    for (index, result) in completed {
         assert!(
             result.is_ok(),
-            "publish {index} written but answered {result:?}"
+            "publish {index} written but completed {result:?}"
         );
     }
     drop(started);
@@ -801,8 +760,8 @@ async fn disconnect_behind_qos0_backlog_arrives_last() {
 }
 
 /// Checks a broker that resets the connection while a normal disconnect still writes a
-/// QoS 0 backlog: the disconnect ends without waiting for its timeout, every caller is
-/// answered once, and nothing is left.
+/// QoS 0 backlog: the disconnect ends without waiting for its timeout, every caller gets
+/// one result, and nothing is left.
 #[actix_rt::test]
 async fn reset_during_final_write_ends_disconnect() {
     const PUBLISHES: usize = 120;
@@ -812,7 +771,7 @@ async fn reset_during_final_write_ends_disconnect() {
     let timeout = STEP * 6;
     let (broker, started, peer) = connected(|o| o.disconnect_timeout(timeout)).await;
 
-    let (disconnect, mut answers) = disconnect_behind_qos0_backlog(&started.client, PUBLISHES);
+    let (disconnect, mut outcomes) = disconnect_behind_qos0_backlog(&started.client, PUBLISHES);
     // The reset must come once the DISCONNECT is encoded, so the session waits for the
     // stream and no longer reads. CONNECT, the publishes and DISCONNECT are encoded then.
     let encoded = u64::try_from(PUBLISHES + 2).unwrap();
@@ -836,9 +795,9 @@ async fn reset_during_final_write_ends_disconnect() {
     peer.reset();
 
     within(disconnect).await.unwrap().unwrap();
-    let mut answered = BTreeMap::new();
-    collect_answers(&mut answers, &mut answered, PUBLISHES).await;
-    let failed = answered.values().filter(|result| result.is_err()).count();
+    let mut completed = BTreeMap::new();
+    collect_outcomes(&mut outcomes, &mut completed, PUBLISHES).await;
+    let failed = completed.values().filter(|result| result.is_err()).count();
     assert!(failed > 0, "every publish reported written after a reset");
     drop(started);
     drop(broker);

@@ -13,6 +13,11 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use actix::prelude::*;
+use bytes::Bytes;
+use mqttlink::codec::{
+    Delivery, Packet, PacketId, Properties, PubAck, PubAckReason, PubComp, PubCompReason, PubRec,
+    PubRel, Publish,
+};
 use mqttlink::live_actor_count;
 use tokio::sync::mpsc;
 
@@ -120,4 +125,52 @@ impl Drop for Stalled {
         let _ = self.release.send(());
         self.arbiter.stop();
     }
+}
+
+/// Returns a PUBLISH from the broker to `topic`, without properties.
+pub fn inbound(delivery: Delivery, topic: &str, payload: &'static [u8]) -> Packet {
+    Packet::Publish(Publish {
+        dup: false,
+        delivery,
+        retain: false,
+        topic: Some(topic.parse().expect("valid topic name")),
+        properties: Properties::default().into(),
+        payload: Bytes::from_static(payload),
+    })
+}
+
+/// Returns PUBACK with reason Success.
+pub fn puback(packet_id: PacketId) -> Packet {
+    Packet::PubAck(PubAck {
+        packet_id,
+        reason: PubAckReason::Success,
+        properties: Properties::default().into(),
+    })
+}
+
+/// Returns PUBREC with reason Success.
+pub fn pubrec(packet_id: PacketId) -> Packet {
+    Packet::PubRec(PubRec {
+        packet_id,
+        reason: PubAckReason::Success,
+        properties: Properties::default().into(),
+    })
+}
+
+/// Returns PUBREL with reason Success.
+pub fn pubrel(packet_id: PacketId) -> Packet {
+    Packet::PubRel(PubRel {
+        packet_id,
+        reason: PubCompReason::Success,
+        properties: Properties::default().into(),
+    })
+}
+
+/// Returns PUBCOMP with reason Success.
+pub fn pubcomp(packet_id: PacketId) -> Packet {
+    Packet::PubComp(PubComp {
+        packet_id,
+        reason: PubCompReason::Success,
+        properties: Properties::default().into(),
+    })
 }
