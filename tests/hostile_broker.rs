@@ -17,7 +17,10 @@ use std::num::{NonZeroU16, NonZeroU32};
 use std::time::Duration;
 
 use bytes::Bytes;
-use hostile::{forward, inbound, next, puback, pubcomp, pubrec, Hostile, Peer, Resources, STEP};
+use hostile::{
+    failure, forward, id, inbound, next, puback, pubcomp, pubrec, start, topic, within, Hostile,
+    Peer, Resources, Started, STEP,
+};
 use mqttlink::codec::{
     Auth, AuthReason, ConnectReason, Delivery, Disconnect as DisconnectPacket, DisconnectReason,
     Packet, PacketId, Properties, ProtocolVersion, PubAckReason, PubCompReason, PubRec, PubRel,
@@ -25,10 +28,9 @@ use mqttlink::codec::{
 };
 use mqttlink::session::ProtocolViolation;
 use mqttlink::{
-    Client, ClientError, ClientOptions, ClosedBy, Disconnect, DisconnectCause, Event, Publish,
-    Subscribe, Unsubscribe,
+    ClientError, ClientOptions, ClosedBy, Disconnect, DisconnectCause, Event, Publish, Subscribe,
+    Unsubscribe,
 };
-use tokio::sync::mpsc::UnboundedReceiver;
 
 /// A PUBLISH payload larger than the 1,024-byte Maximum Packet Size some tests announce.
 static BIG: [u8; 2000] = [b'x'; 2000];
@@ -36,14 +38,6 @@ static BIG: [u8; 2000] = [b'x'; 2000];
 /// `live_actor_count`, the task count and the open sockets are process-wide, so the
 /// tests of this file run one at a time.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-fn id(value: u16) -> PacketId {
-    PacketId::try_from(value).unwrap()
-}
-
-fn topic(name: &str) -> TopicName {
-    name.parse().unwrap()
-}
 
 fn filter(name: &str) -> TopicFilter {
     name.parse().unwrap()
@@ -55,19 +49,6 @@ fn options(broker: &Hostile, protocol: ProtocolVersion) -> ClientOptions {
         .client_id("hostile")
         .protocol(protocol)
         .connect_timeout(STEP)
-}
-
-/// A started client with its event stream.
-struct Started {
-    client: Client,
-    events: UnboundedReceiver<Event>,
-}
-
-fn start(options: ClientOptions) -> Started {
-    let client = options.start().unwrap();
-    let (listener, events) = forward::<Event>();
-    client.subscribe_events(listener.recipient());
-    Started { client, events }
 }
 
 /// Starts a client, accepts its connection and replies to CONNECT with `connack`.
@@ -87,32 +68,12 @@ async fn connected(
     (broker, started, peer)
 }
 
-/// Waits for `Event::Disconnected` and returns the error it reports.
-async fn failure(events: &mut UnboundedReceiver<Event>) -> ClientError {
-    loop {
-        match next(events).await {
-            Event::Disconnected {
-                reason: DisconnectCause::Failed(error),
-            } => return error,
-            Event::Disconnected { reason } => panic!("expected a failure, got {reason:?}"),
-            Event::Connected { .. } => {}
-            other => panic!("unexpected event {other:?}"),
-        }
-    }
-}
-
 /// Expects a PUBLISH and returns its packet identifier (`None` for QoS 0).
 async fn expect_publish(peer: &mut Peer) -> Option<PacketId> {
     match peer.recv().await {
         Packet::Publish(publish) => publish.delivery.packet_id(),
         other => panic!("expected PUBLISH, got {other:?}"),
     }
-}
-
-async fn within<T>(future: impl std::future::Future<Output = T>) -> T {
-    tokio::time::timeout(STEP, future)
-        .await
-        .expect("finishes in time")
 }
 
 fn is_violation(error: &ClientError) -> bool {

@@ -18,15 +18,15 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use bytes::{Bytes, BytesMut};
 use hostile::{
-    forward, inbound, next, puback, pubcomp, pubrec, pubrel, Hostile, Peer, Resources, STEP,
+    failure, forward, id, inbound, next, puback, pubcomp, pubrec, pubrel, start, topic, within,
+    Hostile, Peer, Resources, Started, STEP,
 };
 use mqttlink::codec::{
     ConnAck, ConnectReason, Decoder, Delivery, DisconnectReason, Packet, PacketId, Properties,
-    ProtocolVersion, QoS, TopicName,
+    ProtocolVersion, QoS,
 };
 use mqttlink::{
-    Client, ClientError, ClientOptions, ClosedBy, Disconnect, DisconnectCause, Event, Publish,
-    PublishOutcome,
+    Client, ClientError, ClientOptions, ClosedBy, Disconnect, Event, Publish, PublishOutcome,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
@@ -38,27 +38,6 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Payload size of the large publishes that fill the stream, in bytes.
 const LARGE: usize = 64 * 1024;
-
-fn id(value: u16) -> PacketId {
-    PacketId::try_from(value).unwrap()
-}
-
-fn topic(name: &str) -> TopicName {
-    name.parse().unwrap()
-}
-
-/// A started client with its event stream.
-struct Started {
-    client: Client,
-    events: UnboundedReceiver<Event>,
-}
-
-fn start(options: ClientOptions) -> Started {
-    let client = options.start().unwrap();
-    let (listener, events) = forward::<Event>();
-    client.subscribe_events(listener.recipient());
-    Started { client, events }
-}
 
 /// Starts an MQTT 5 client, accepts its connection and completes the handshake.
 async fn connected(
@@ -79,26 +58,6 @@ async fn connected(
     (broker, started, peer)
 }
 
-/// Waits for `Event::Disconnected` and returns the error it reports.
-async fn failure(events: &mut UnboundedReceiver<Event>) -> ClientError {
-    loop {
-        match next(events).await {
-            Event::Disconnected {
-                reason: DisconnectCause::Failed(error),
-            } => return error,
-            Event::Disconnected { reason } => panic!("expected a failure, got {reason:?}"),
-            Event::Connected { .. } => {}
-            other => panic!("unexpected event {other:?}"),
-        }
-    }
-}
-
-async fn within<T>(future: impl std::future::Future<Output = T>) -> T {
-    tokio::time::timeout(STEP, future)
-        .await
-        .expect("finishes in time")
-}
-
 /// Returns a payload of `size` bytes that starts with `index`, so the broker can check
 /// the order and the length of what it receives.
 fn numbered_payload(index: usize, size: usize) -> Bytes {
@@ -110,6 +69,43 @@ fn numbered_payload(index: usize, size: usize) -> Bytes {
 /// Returns the index a payload of [`numbered_payload`] starts with.
 fn payload_index(payload: &[u8]) -> usize {
     usize::try_from(u32::from_be_bytes(payload[..4].try_into().unwrap())).unwrap()
+}
+
+/// Whether the broker acknowledges the QoS 1 publishes it reads.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Acknowledge {
+    Yes,
+    No,
+}
+
+/// Reads the publishes numbered 0 to `count` in order, checking that each is
+/// [`LARGE`] bytes, and sends PUBACK for each when `acknowledge` is `Yes`.
+async fn expect_numbered_publishes(peer: &mut Peer, count: usize, acknowledge: Acknowledge) {
+    for index in 0..count {
+        match peer.recv().await {
+            Packet::Publish(publish) => {
+                assert_eq!(payload_index(&publish.payload), index, "publish order");
+                assert_eq!(publish.payload.len(), LARGE, "publish {index} length");
+                if acknowledge == Acknowledge::Yes {
+                    peer.send(&puback(publish.delivery.packet_id().unwrap()))
+                        .await;
+                }
+            }
+            other => panic!("expected PUBLISH {index}, got {other:?}"),
+        }
+    }
+}
+
+/// Reads a DISCONNECT with reason Normal disconnection, then expects the client to
+/// close the stream without sending anything more.
+async fn expect_normal_disconnect(peer: &mut Peer) {
+    match peer.recv().await {
+        Packet::Disconnect(disconnect) => {
+            assert_eq!(disconnect.reason, DisconnectReason::NormalDisconnection);
+        }
+        other => panic!("expected DISCONNECT, got {other:?}"),
+    }
+    assert!(peer.until_closed().await.is_empty());
 }
 
 /// The outcome of one publish: its index and its result.
@@ -426,7 +422,7 @@ async fn malformed_after_sixteen_qos1_stops_cleanly() {
 /// group goes down with an I/O error or the end of the stream, every caller gets one
 /// result, and no actor, task or socket is left.
 #[actix_rt::test]
-async fn reset_mid_write_outcomes_every_caller() {
+async fn reset_mid_write_completes_every_caller() {
     const PUBLISHES: usize = 160;
     let _serial = SERIAL.lock().await;
     let baseline = Resources::now();
@@ -494,24 +490,8 @@ async fn disconnect_behind_full_stream_arrives_last() {
     let client = started.client.clone();
     let disconnect = actix_rt::spawn(async move { client.disconnect(Disconnect::new()).await });
 
-    for index in 0..PUBLISHES {
-        match peer.recv().await {
-            Packet::Publish(publish) => {
-                assert_eq!(payload_index(&publish.payload), index, "publish order");
-                assert_eq!(publish.payload.len(), LARGE, "publish {index} length");
-                peer.send(&puback(publish.delivery.packet_id().unwrap()))
-                    .await;
-            }
-            other => panic!("expected PUBLISH {index}, got {other:?}"),
-        }
-    }
-    match peer.recv().await {
-        Packet::Disconnect(disconnect) => {
-            assert_eq!(disconnect.reason, DisconnectReason::NormalDisconnection);
-        }
-        other => panic!("expected DISCONNECT, got {other:?}"),
-    }
-    assert!(peer.until_closed().await.is_empty());
+    expect_numbered_publishes(&mut peer, PUBLISHES, Acknowledge::Yes).await;
+    expect_normal_disconnect(&mut peer).await;
     within(disconnect).await.unwrap().unwrap();
     let mut completed = BTreeMap::new();
     collect_outcomes(&mut outcomes, &mut completed, PUBLISHES).await;
@@ -728,22 +708,8 @@ async fn disconnect_behind_qos0_backlog_arrives_last() {
         "stream never filled: {stats:?}"
     );
 
-    for index in 0..PUBLISHES {
-        match peer.recv().await {
-            Packet::Publish(publish) => {
-                assert_eq!(payload_index(&publish.payload), index, "publish order");
-                assert_eq!(publish.payload.len(), LARGE, "publish {index} length");
-            }
-            other => panic!("expected PUBLISH {index}, got {other:?}"),
-        }
-    }
-    match peer.recv().await {
-        Packet::Disconnect(disconnect) => {
-            assert_eq!(disconnect.reason, DisconnectReason::NormalDisconnection);
-        }
-        other => panic!("expected DISCONNECT, got {other:?}"),
-    }
-    assert!(peer.until_closed().await.is_empty());
+    expect_numbered_publishes(&mut peer, PUBLISHES, Acknowledge::No).await;
+    expect_normal_disconnect(&mut peer).await;
     within(disconnect).await.unwrap().unwrap();
     let mut completed = BTreeMap::new();
     collect_outcomes(&mut outcomes, &mut completed, PUBLISHES).await;

@@ -16,9 +16,9 @@ use actix::prelude::*;
 use bytes::Bytes;
 use mqttlink::codec::{
     Delivery, Packet, PacketId, Properties, PubAck, PubAckReason, PubComp, PubCompReason, PubRec,
-    PubRel, Publish,
+    PubRel, Publish, TopicName,
 };
-use mqttlink::live_actor_count;
+use mqttlink::{live_actor_count, Client, ClientError, ClientOptions, DisconnectCause, Event};
 use tokio::sync::mpsc;
 
 #[path = "actor_broker.rs"]
@@ -173,4 +173,49 @@ pub fn pubcomp(packet_id: PacketId) -> Packet {
         reason: PubCompReason::Success,
         properties: Properties::default().into(),
     })
+}
+
+/// Returns the packet identifier `value`, which must not be 0.
+pub fn id(value: u16) -> PacketId {
+    PacketId::try_from(value).expect("packet identifier above 0")
+}
+
+/// Returns the topic name `name`, which must be valid.
+pub fn topic(name: &str) -> TopicName {
+    name.parse().expect("valid topic name")
+}
+
+/// A started client with its event stream.
+pub struct Started {
+    pub client: Client,
+    pub events: mpsc::UnboundedReceiver<Event>,
+}
+
+/// Starts a client with `options` and forwards its events.
+pub fn start(options: ClientOptions) -> Started {
+    let client = options.start().expect("valid options");
+    let (listener, events) = forward::<Event>();
+    client.subscribe_events(listener.recipient());
+    Started { client, events }
+}
+
+/// Waits for `Event::Disconnected` and returns the error it reports.
+pub async fn failure(events: &mut mpsc::UnboundedReceiver<Event>) -> ClientError {
+    loop {
+        match next(events).await {
+            Event::Disconnected {
+                reason: DisconnectCause::Failed(error),
+            } => return error,
+            Event::Disconnected { reason } => panic!("expected a failure, got {reason:?}"),
+            Event::Connected { .. } => {}
+            other => panic!("unexpected event {other:?}"),
+        }
+    }
+}
+
+/// Waits for `future`, failing the test after `STEP`.
+pub async fn within<T>(future: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(STEP, future)
+        .await
+        .expect("finishes in time")
 }
