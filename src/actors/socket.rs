@@ -180,6 +180,8 @@ impl Actor for SocketActor {
     fn stopped(&mut self, _: &mut Self::Context) {
         // One last write without waiting, so that a DISCONNECT the stream did not take
         // at once reaches the broker if it has room now. The stream closes on drop.
+        // NOTE: the supervisor gets the `Written` of this write after the group is
+        // down, so QoS 0 callers whose bytes left here are still told `Stopped`.
         if let Some(writer) = self.wire.writer.borrow_mut().as_mut() {
             let _ = writer.write_once(&self.counters, &self.client);
         }
