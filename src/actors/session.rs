@@ -222,8 +222,8 @@ impl SessionActor {
     /// Reads and handles what arrived until a read finds nothing, then waits for more.
     /// After a read that filled the buffer, or after [`READS_PER_WAKE`] reads, the
     /// thread's other tasks run first.
-    // Only a read that finds nothing clears tokio's readiness flag, so a wait spawned
-    // before that read would end at once.
+    // Only a read that finds nothing, or a small one that empties the socket, clears
+    // tokio's readiness flag, so a wait spawned before such a read would end at once.
     fn on_readable(&mut self, readable: io::Result<()>, ctx: &mut Context<Self>) {
         if let Err(error) = readable {
             if !self.link.is_down() {

@@ -36,6 +36,11 @@ const MIN_READ_RESERVE: usize = 1024;
 /// A quiet connection frees the buffer, so only busy connections hold this much.
 const MAX_READ_RESERVE: usize = 64 * 1024;
 
+/// Bytes below which a read that leaves free space counts as having emptied the
+/// socket. On a quiet connection each arrival then costs one read call, and no read
+/// that finds nothing delays the recipients.
+const DRAINED_BELOW: usize = MIN_READ_RESERVE;
+
 /// Packets per read up to which a connection counts as quiet, so its reader frees the
 /// read buffer once everything in it is decoded.
 const QUIET_READ_PACKETS: usize = 8;
@@ -387,7 +392,7 @@ impl ReadBuffer {
     fn read_from(&mut self, stream: &Stream) -> io::Result<usize> {
         self.buf.reserve(self.reserve);
         let spare = self.buf.capacity() - self.buf.len();
-        let count = stream.try_read_buf(&mut self.buf)?;
+        let count = stream.try_read_buf(&mut self.buf, DRAINED_BELOW)?;
         self.reserve = next_read_reserve(self.reserve, spare, count);
         self.filled = count >= spare;
         Ok(count)
