@@ -15,7 +15,9 @@
 mod hostile;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::os::fd::RawFd;
 
+use actix::{Actor, Context, Handler};
 use bytes::{Bytes, BytesMut};
 use hostile::{
     failure, forward, id, inbound, next, puback, pubcomp, pubrec, pubrel, start, topic, within,
@@ -768,4 +770,48 @@ async fn reset_during_final_write_ends_disconnect() {
     drop(started);
     drop(broker);
     baseline.assert_back().await;
+}
+
+/// Sends, for each message it handles, how many bytes from the client wait unread at
+/// the broker at that moment.
+struct UnreadAtDelivery {
+    broker_fd: RawFd,
+    unread: mpsc::UnboundedSender<usize>,
+}
+
+impl Actor for UnreadAtDelivery {
+    type Context = Context<Self>;
+}
+
+impl Handler<mqttlink::Message> for UnreadAtDelivery {
+    type Result = ();
+
+    fn handle(&mut self, _: mqttlink::Message, _: &mut Self::Context) {
+        let _ = self.unread.send(Peer::unread_at(self.broker_fd));
+    }
+}
+
+/// Checks that a recipient on the client's thread handles a QoS 1 message before its
+/// PUBACK is written, so the message does not wait for the write call. Loopback
+/// delivers a written PUBACK at once, so an earlier write shows as unread bytes.
+#[actix_rt::test]
+async fn recipient_runs_before_puback_write() {
+    let _serial = SERIAL.lock().await;
+    let (_broker, started, mut peer) = connected(|o| o).await;
+    let (unread_sender, mut unread) = mpsc::unbounded_channel();
+    let recipient = UnreadAtDelivery {
+        broker_fd: peer.raw_fd(),
+        unread: unread_sender,
+    }
+    .start();
+    started.client.set_default_recipient(recipient.recipient());
+
+    peer.send(&inbound(Delivery::AtLeastOnce(id(7)), "in", b"m"))
+        .await;
+
+    let waiting = within(unread.recv())
+        .await
+        .expect("recipient handles the message");
+    assert_eq!(waiting, 0, "PUBACK was written before the recipient ran");
+    assert_eq!(peer.recv().await, puback(id(7)));
 }

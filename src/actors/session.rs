@@ -79,6 +79,10 @@ pub(crate) struct SessionActor {
     /// The cause the group goes down with at the end of this step, once the session
     /// closed in it.
     closing: Option<DisconnectCause>,
+    /// Set while a turn of reads runs. The packets encoded then, mostly
+    /// acknowledgements, are written after the recipients have had their turn, so a
+    /// delivered message does not wait for a write call.
+    reading: bool,
 }
 
 /// The parts a session actor is built from.
@@ -114,11 +118,13 @@ impl SessionActor {
             wire: parts.wire,
             reader: None,
             closing: None,
+            reading: false,
         }
     }
 
     /// Drains the session's packets and events until it has nothing more, writes the
-    /// packets, then arms the timer for its next deadline. Call after every input.
+    /// packets unless a turn of reads runs, then arms the timer for its next deadline.
+    /// Call after every input.
     fn drive(&mut self, ctx: &mut Context<Self>) {
         let now = now();
         loop {
@@ -134,7 +140,9 @@ impl SessionActor {
             }
         }
         self.send_completed();
-        self.write_encoded(ctx);
+        if !self.reading {
+            self.write_encoded(ctx);
+        }
         if let Some(cause) = self.closing.take() {
             self.close(cause, ctx);
         }
@@ -231,15 +239,48 @@ impl SessionActor {
             }
             return;
         }
+        self.reading = true;
+        let mut yield_first = Some(true);
         for _ in 0..READS_PER_WAKE {
             match self.read_once(ctx) {
-                ReadOutcome::Nothing => return self.wait_readable(false, ctx),
-                ReadOutcome::Filled => return self.wait_readable(true, ctx),
-                ReadOutcome::Partial => {}
-                ReadOutcome::Stopped => return,
+                ReadOutcome::Nothing => yield_first = Some(false),
+                ReadOutcome::Filled => {}
+                ReadOutcome::Partial => continue,
+                ReadOutcome::Stopped => yield_first = None,
             }
+            break;
         }
-        self.wait_readable(true, ctx);
+        self.reading = false;
+        if let Some(yield_first) = yield_first {
+            self.wait_readable(yield_first, ctx);
+        }
+        self.write_after_recipients(ctx);
+    }
+
+    /// Returns `true` when encoded bytes wait that the stream has not taken yet.
+    fn has_unwritten(&self) -> bool {
+        self.wire
+            .writer
+            .borrow()
+            .as_ref()
+            .is_some_and(PacketWriter::has_unwritten)
+    }
+
+    /// Writes what the last turn of reads encoded once the tasks woken before, such as
+    /// the recipients of its messages, have run. A write that can wait no longer
+    /// happens at once: the final one of a group going down, for example.
+    fn write_after_recipients(&mut self, ctx: &mut Context<Self>) {
+        if !self.has_unwritten() {
+            return;
+        }
+        if self.link.is_down() || ctx.state() != ActorState::Running {
+            return self.write_encoded(ctx);
+        }
+        ctx.spawn(
+            YieldOnce(false)
+                .into_actor(self)
+                .map(|(), actor, ctx| actor.write_encoded(ctx)),
+        );
     }
 
     /// Reads once, hands every complete packet to the session and drives it. The end
@@ -285,6 +326,7 @@ impl SessionActor {
                     if awaiting_response == WRITE_RESPONSES_AFTER {
                         awaiting_response = 0;
                         self.drive(ctx);
+                        self.write_encoded(ctx);
                         if self.link.is_down() {
                             return ReadOutcome::Stopped;
                         }
@@ -355,12 +397,7 @@ impl SessionActor {
     // NOTE: after any other close (a protocol violation, for one) the DISCONNECT behind
     // a full stream gets only the socket's last non-blocking write and may be lost.
     fn close(&mut self, cause: DisconnectCause, ctx: &mut Context<Self>) {
-        let unwritten = self
-            .wire
-            .writer
-            .borrow()
-            .as_ref()
-            .is_some_and(PacketWriter::has_unwritten);
+        let unwritten = self.has_unwritten();
         if !unwritten || !matches!(cause, DisconnectCause::Requested) || self.link.is_down() {
             self.link.take_down(cause);
             ctx.stop();

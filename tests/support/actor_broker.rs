@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+use std::os::fd::{AsRawFd, RawFd};
 use std::time::Duration;
 
 use actix::prelude::*;
@@ -12,6 +13,8 @@ use mqttlink::codec::{
     Properties, ProtocolVersion,
 };
 use mqttlink::{live_actor_count, Event};
+use nix::errno::Errno;
+use nix::sys::socket::{recv, MsgFlags};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -185,6 +188,24 @@ impl BrokerConnection {
                 assert_eq!(*sent, reason, "DISCONNECT reason; client sent {packets:?}");
             }
             _ => panic!("expected DISCONNECT {reason:?} before close, client sent {packets:?}"),
+        }
+    }
+
+    /// Returns the descriptor of this side of the connection, for [`Self::unread_at`]
+    /// called where the connection itself is out of reach, such as in an actor.
+    pub fn raw_fd(&self) -> RawFd {
+        self.stream.as_raw_fd()
+    }
+
+    /// Returns how many bytes wait unread on the socket `fd`, up to 64, without
+    /// waiting for more or consuming them.
+    pub fn unread_at(fd: RawFd) -> usize {
+        let mut peeked = [0_u8; 64];
+        let flags = MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT;
+        match recv(fd, &mut peeked, flags) {
+            Ok(count) => count,
+            Err(Errno::EAGAIN) => 0,
+            Err(error) => panic!("peek at the broker's socket failed: {error}"),
         }
     }
 
