@@ -44,7 +44,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use common::{ChurnRun, LatencyPlan, LatencyRun, MemoryRun, Settings, Throughput};
-use measure::{micros_per, rate, BenchResult, ProcUnits};
+use measure::{micros_per, rate, BenchResult, Percentiles, ProcUnits};
 use report::{Better, Goal, Library, Report};
 use sink::SinkProcess;
 
@@ -109,9 +109,15 @@ struct Cli {
     #[arg(long, default_value_t = 1024)]
     recipient_mailbox: usize,
 
-    /// Seconds of paced sending per latency run.
+    /// Seconds of paced sending per library in each repetition of a latency workload.
     #[arg(long, default_value_t = 2.0)]
     latency_seconds: f64,
+
+    /// Windows each latency repetition is cut into. The libraries take turns window by
+    /// window, so a slow phase of the machine falls on both, and each library's
+    /// samples from all its windows give the percentiles of the repetition.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..))]
+    latency_windows: u32,
 
     /// Message rates of the latency workload, in messages per second.
     #[arg(long, value_delimiter = ',', default_values_t = [1_000, 10_000])]
@@ -276,6 +282,26 @@ impl Bench<'_> {
         &self,
         name: &str,
         mut run: impl FnMut(Library) -> BenchResult<T>,
+        record: impl FnMut(Library, T),
+    ) -> BenchResult<()> {
+        self.repeat_in_turns(
+            name,
+            |order| {
+                order
+                    .iter()
+                    .map(|&library| Ok((library, named(library, run(library))?)))
+                    .collect()
+            },
+            record,
+        )
+    }
+
+    /// Runs `run` `--reps` times with the libraries in the order they take turns in
+    /// that repetition, and records what it returns for each library.
+    fn repeat_in_turns<T>(
+        &self,
+        name: &str,
+        mut run: impl FnMut(&[Library]) -> BenchResult<Vec<(Library, T)>>,
         mut record: impl FnMut(Library, T),
     ) -> BenchResult<()> {
         for repetition in 1..=self.cli.reps {
@@ -285,13 +311,9 @@ impl Bench<'_> {
             if repetition % 2 == 0 {
                 order.reverse();
             }
-            for library in order {
-                let result = run(library).map_err(|error| {
-                    format!(
-                        "{name} with {} failed in repetition {repetition}: {error}",
-                        library.name()
-                    )
-                })?;
+            let results = run(&order)
+                .map_err(|error| format!("{name} failed in repetition {repetition}: {error}"))?;
+            for (library, result) in results {
                 record(library, result);
             }
         }
@@ -354,9 +376,8 @@ impl Bench<'_> {
         let Some(broker) = mosquitto::Mosquitto::start_with(&[
             "set_tcp_nodelay true",
             "max_queued_messages 0",
-            // The helper logs every packet for the tests; a broker in service logs
-            // errors and warnings only, and two log writes per message would add
-            // the same cost to both libraries' round trips.
+            // The helper logs every packet for the tests. A broker in service logs
+            // errors and warnings only, so the two log writes per message go.
             "log_type none",
             "log_type error",
             "log_type warning",
@@ -367,26 +388,54 @@ impl Bench<'_> {
                 .push("latency: skipped, mosquitto not found".to_owned());
             return Ok(());
         };
+        let windows = self.cli.latency_windows;
         for qos in [0, 1] {
             for &rate in &self.cli.latency_rates {
                 let plan = LatencyPlan {
                     broker: broker.addr(),
                     qos,
                     rate,
-                    duration: Duration::from_secs_f64(self.cli.latency_seconds),
+                    duration: Duration::from_secs_f64(
+                        self.cli.latency_seconds / f64::from(windows),
+                    ),
                 };
                 let name = format!("latency-qos{qos}-{rate}/s");
-                self.repeat(
+                self.repeat_in_turns(
                     &name,
-                    |library| match library {
-                        Library::Mqttlink => mqttlink_side::latency(plan, &self.settings),
-                        Library::Rumqttc => rumqttc_side::latency(plan, &self.settings),
-                    },
+                    |order| self.latency_windows(plan, windows, order),
                     |library, run| record_latency(report, &name, library, run),
                 )?;
             }
         }
         Ok(())
+    }
+
+    /// Runs `windows` latency windows of each library in `libraries`, which take turns
+    /// and swap places every window. Returns each library's windows pooled into one run.
+    fn latency_windows(
+        &self,
+        plan: LatencyPlan,
+        windows: u32,
+        libraries: &[Library],
+    ) -> BenchResult<Vec<(Library, LatencyRun)>> {
+        let mut pooled: Vec<(Library, LatencyRun)> = libraries
+            .iter()
+            .map(|&library| (library, LatencyRun::default()))
+            .collect();
+        for window in 0..windows {
+            let mut turns: Vec<&mut (Library, LatencyRun)> = pooled.iter_mut().collect();
+            if window % 2 == 1 {
+                turns.reverse();
+            }
+            for (library, run) in turns {
+                let window_run = match library {
+                    Library::Mqttlink => mqttlink_side::latency(plan, &self.settings),
+                    Library::Rumqttc => rumqttc_side::latency(plan, &self.settings),
+                };
+                run.pool(named(*library, window_run)?);
+            }
+        }
+        Ok(pooled)
     }
 
     fn memory(&self, report: &mut Report) -> BenchResult<()> {
@@ -501,7 +550,18 @@ fn record_throughput(report: &mut Report, name: &str, library: Library, run: Thr
     );
 }
 
-fn record_latency(report: &mut Report, name: &str, library: Library, run: LatencyRun) {
+/// Puts the name of `library` before the error of its run.
+fn named<T>(library: Library, result: BenchResult<T>) -> BenchResult<T> {
+    result.map_err(|error| format!("{} failed: {error}", library.name()).into())
+}
+
+fn record_latency(report: &mut Report, name: &str, library: Library, mut run: LatencyRun) {
+    let Some(percentiles) = Percentiles::of_nanos(&mut run.samples) else {
+        report
+            .notes
+            .push(format!("{name}: {} received no messages", library.name()));
+        return;
+    };
     let p50_goal = Some(Goal::RatioAtMost(1.0));
     report.record(
         name,
@@ -509,7 +569,7 @@ fn record_latency(report: &mut Report, name: &str, library: Library, run: Latenc
         Better::Lower,
         p50_goal,
         library,
-        run.percentiles.p50,
+        percentiles.p50,
     );
     report.record(
         name,
@@ -517,7 +577,7 @@ fn record_latency(report: &mut Report, name: &str, library: Library, run: Latenc
         Better::Lower,
         None,
         library,
-        run.percentiles.p99,
+        percentiles.p99,
     );
     report.record(
         name,
@@ -525,7 +585,7 @@ fn record_latency(report: &mut Report, name: &str, library: Library, run: Latenc
         Better::Lower,
         None,
         library,
-        run.percentiles.max,
+        percentiles.max,
     );
     if run.lost > 0 {
         report.notes.push(format!(

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use crate::measure::{process_cpu, BenchResult, Percentiles, ProcUnits};
+use crate::measure::{process_cpu, BenchResult, ProcUnits};
 use crate::sink::PAYLOAD_LEN;
 
 /// Topic of every message the clients publish to the sink.
@@ -80,11 +80,20 @@ impl MemoryRun {
 }
 
 /// Outcome of a latency run.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Default)]
 pub struct LatencyRun {
-    pub percentiles: Percentiles,
+    /// Round-trip time of each message received, in nanoseconds.
+    pub samples: Vec<u64>,
     /// Messages sent but not received before the drain timeout.
     pub lost: u64,
+}
+
+impl LatencyRun {
+    /// Adds the samples and losses of `other`, a run of the same workload.
+    pub fn pool(&mut self, other: Self) {
+        self.samples.extend(other.samples);
+        self.lost += other.lost;
+    }
 }
 
 /// Process resources counted before and after churn; equal when nothing leaked.

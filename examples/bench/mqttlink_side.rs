@@ -20,7 +20,7 @@ use crate::common::{
     LatencyRun, MemoryRun, Settings, Stopwatch, Throughput, CONNECT_WAVE, DRAIN_TIMEOUT,
     IDLE_SETTLE, KEEP_ALIVE, PUBLISH_TOPIC, RUN_TIMEOUT,
 };
-use crate::measure::{BenchResult, Percentiles};
+use crate::measure::BenchResult;
 use crate::sink::END_MARKER;
 
 /// Publishes `count` messages at `qos` to the sink and waits until the last one
@@ -134,31 +134,37 @@ pub fn latency(plan: LatencyPlan, settings: &Settings) -> BenchResult<LatencyRun
         );
         timeout_at(deadline, client.subscribe(subscribe)).await??;
 
-        let started = Instant::now();
-        for index in 0..messages {
-            tokio::time::sleep_until(started + plan.due(index)).await;
-            let payload = timestamped_payload();
-            // The publish is queued once `try_publish` returns. Like the rumqttc side,
-            // which does not wait for PUBACK either, the outcome is dropped: the
-            // received copy is what counts, and a lost one shows in `lost`.
-            loop {
-                let publish = Publish::new(topic.clone(), payload.clone()).qos(level);
-                match client.try_publish(publish) {
-                    Ok(_outcome) => break,
-                    Err(ClientError::QueueFull) => wait_for_queue(deadline).await?,
-                    Err(error) => return Err(error.into()),
+        // The publisher runs as a task of its own, as on the rumqttc side, so the
+        // thread's main future only waits.
+        let publisher_client = client.clone();
+        let publisher = actix_rt::spawn(async move {
+            let started = Instant::now();
+            for index in 0..messages {
+                tokio::time::sleep_until(started + plan.due(index)).await;
+                let payload = timestamped_payload();
+                // The publish is queued once `try_publish` returns. Like the rumqttc
+                // side, which does not wait for PUBACK either, the outcome is dropped:
+                // the received copy is what counts, and a lost one shows in `lost`.
+                loop {
+                    let publish = Publish::new(topic.clone(), payload.clone()).qos(level);
+                    match publisher_client.try_publish(publish) {
+                        Ok(_outcome) => break,
+                        Err(ClientError::QueueFull) => wait_for_queue(deadline).await?,
+                        Err(error) => return Err(error.into()),
+                    }
                 }
             }
-        }
+            BenchResult::Ok(started)
+        });
+        let started = publisher.await??;
 
         // A timeout here means lost messages, which the result reports.
         let _ = timeout_at(started + plan.duration + DRAIN_TIMEOUT, done_rx).await;
-        let mut samples = samples.take();
+        let samples = samples.take();
         let lost = messages - samples.len() as u64;
-        let percentiles = Percentiles::of_nanos(&mut samples).ok_or("no latency samples")?;
 
         timeout_at(deadline, client.disconnect(Disconnect::new())).await??;
-        Ok(LatencyRun { percentiles, lost })
+        Ok(LatencyRun { samples, lost })
     })
 }
 

@@ -20,7 +20,7 @@ use crate::common::{
     LatencyRun, MemoryRun, Settings, Stopwatch, Throughput, CONNECT_WAVE, DRAIN_TIMEOUT,
     IDLE_SETTLE, KEEP_ALIVE, PUBLISH_TOPIC, RUN_TIMEOUT,
 };
-use crate::measure::{BenchResult, Percentiles};
+use crate::measure::BenchResult;
 use crate::sink::END_MARKER;
 
 /// Publishes `count` messages at `qos` to the sink and waits until the last one
@@ -146,10 +146,9 @@ pub fn latency(plan: LatencyPlan, settings: &Settings) -> BenchResult<LatencyRun
         }
         publisher.await??;
         let lost = messages - samples.len() as u64;
-        let percentiles = Percentiles::of_nanos(&mut samples).ok_or("no latency samples")?;
 
         disconnect(&client, &mut eventloop, deadline).await?;
-        Ok(LatencyRun { percentiles, lost })
+        Ok(LatencyRun { samples, lost })
     })
 }
 
