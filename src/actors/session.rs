@@ -227,7 +227,8 @@ impl SessionActor {
         );
     }
 
-    /// Reads and handles what arrived until a read finds nothing, then waits for more.
+    /// Reads and handles what arrived until a read finds nothing or empties the socket,
+    /// then waits for more.
     /// After a read that filled the buffer, or after [`READS_PER_WAKE`] reads, the
     /// thread's other tasks run first.
     // Only a read that finds nothing, or a small one that empties the socket, clears
@@ -243,7 +244,7 @@ impl SessionActor {
         let mut yield_first = Some(true);
         for _ in 0..READS_PER_WAKE {
             match self.read_once(ctx) {
-                ReadOutcome::Nothing => yield_first = Some(false),
+                ReadOutcome::Nothing | ReadOutcome::Drained => yield_first = Some(false),
                 ReadOutcome::Filled => {}
                 ReadOutcome::Partial => continue,
                 ReadOutcome::Stopped => yield_first = None,
@@ -341,6 +342,7 @@ impl SessionActor {
         };
         reader.finish_read(decoded);
         let filled = reader.filled_last_read();
+        let drained = reader.drained_last_read();
         Counters::add(&self.counters.packets_in, decoded as u64);
         if let Some(error) = failure {
             self.session.handle_decode_error(error, now);
@@ -351,6 +353,8 @@ impl SessionActor {
             ReadOutcome::Stopped
         } else if filled && decoded > 0 {
             ReadOutcome::Filled
+        } else if drained {
+            ReadOutcome::Drained
         } else {
             ReadOutcome::Partial
         }
@@ -688,6 +692,8 @@ enum ReadOutcome {
     Filled,
     /// Bytes that did not fill it.
     Partial,
+    /// Few bytes that emptied the socket: the next read would find nothing.
+    Drained,
     /// The group is down or the stream may not be read any more.
     Stopped,
 }

@@ -16,7 +16,7 @@ use crate::codec::{self, ClientId, Decoder, EncodeError, ProtocolVersion};
 use crate::error::{ClientError, ClosedBy, DisconnectCause};
 use crate::session::Transmit;
 use crate::store::RequestToken;
-use crate::transport::{Endpoint, Stream, WriteBuffer};
+use crate::transport::{empties_socket, Endpoint, Stream, WriteBuffer};
 
 use super::client::ClientActor;
 use super::group::{
@@ -336,6 +336,12 @@ impl PacketReader {
         self.decoder.decode(&mut self.read_buf.buf)
     }
 
+    /// Returns `true` when the last read emptied the socket and cleared its readiness,
+    /// so the next read would find nothing.
+    pub fn drained_last_read(&self) -> bool {
+        self.read_buf.drained
+    }
+
     /// Returns `true` when the last read filled all the free space of the buffer, so
     /// more bytes probably wait in the stream.
     pub fn filled_last_read(&self) -> bool {
@@ -365,6 +371,8 @@ struct ReadBuffer {
     reserve: usize,
     /// Whether the last read filled all the free space, so more bytes probably wait.
     filled: bool,
+    /// Whether the last read emptied the socket, see [`DRAINED_BELOW`].
+    drained: bool,
 }
 
 impl Default for ReadBuffer {
@@ -373,6 +381,7 @@ impl Default for ReadBuffer {
             buf: BytesMut::new(),
             reserve: MIN_READ_RESERVE,
             filled: false,
+            drained: false,
         }
     }
 }
@@ -395,6 +404,7 @@ impl ReadBuffer {
         let count = stream.try_read_buf(&mut self.buf, DRAINED_BELOW)?;
         self.reserve = next_read_reserve(self.reserve, spare, count);
         self.filled = count >= spare;
+        self.drained = empties_socket(count, spare, DRAINED_BELOW);
         Ok(count)
     }
 }

@@ -15,6 +15,12 @@ use tokio::net::TcpStream;
 
 pub use write_buffer::WriteBuffer;
 
+/// Returns `true` when a read of `count` bytes into `spare` bytes of free space counts
+/// as having emptied the socket for [`Stream::try_read_buf`] with `drained_below`.
+pub(crate) fn empties_socket(count: usize, spare: usize, drained_below: usize) -> bool {
+    count > 0 && count < spare && count < drained_below
+}
+
 /// Where the broker listens.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Endpoint {
@@ -72,7 +78,7 @@ impl Stream {
                 // Returning `WouldBlock` from the closure is what clears the flag.
                 let read = stream.try_io(Interest::READABLE, || {
                     count = stream.try_read_buf(buf)?;
-                    if count > 0 && count < spare && count < drained_below {
+                    if empties_socket(count, spare, drained_below) {
                         Err(io::ErrorKind::WouldBlock.into())
                     } else {
                         Ok(())
@@ -147,6 +153,25 @@ mod tests {
         let readable = pin!(stream.readable());
         let mut cx = Context::from_waker(Waker::noop());
         matches!(readable.poll(&mut cx), Poll::Ready(Ok(())))
+    }
+
+    #[test]
+    fn empties_socket_only_for_small_partial_reads() {
+        // (bytes read, free space, threshold, empties the socket)
+        let cases = [
+            (10, 1024, 64, true),
+            (63, 1024, 64, true),
+            (64, 1024, 64, false),
+            (16, 16, 64, false),
+            (0, 1024, 64, false),
+        ];
+        for (count, spare, drained_below, expected) in cases {
+            assert_eq!(
+                empties_socket(count, spare, drained_below),
+                expected,
+                "{count} bytes into {spare} with threshold {drained_below}"
+            );
+        }
     }
 
     #[tokio::test]
