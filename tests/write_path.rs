@@ -28,7 +28,7 @@ use mqttlink::codec::{
     ProtocolVersion, QoS,
 };
 use mqttlink::{
-    Client, ClientError, ClientOptions, ClosedBy, Disconnect, Event, Publish, PublishOutcome,
+    Client, ClientError, ClientOptions, ClosedBy, Disconnect, Event, Publish, PublishOutcome, Stats,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
@@ -58,6 +58,23 @@ async fn connected(
         Event::Connected { .. }
     ));
     (broker, started, peer)
+}
+
+/// Fails the test unless the client wrote fewer bytes than the `publish_bytes` of its
+/// publishes, so the stream filled before it took them all and the rest was left to the
+/// socket.
+fn assert_stream_filled(stats: &Stats, publish_bytes: usize) {
+    let publish_bytes = u64::try_from(publish_bytes).unwrap();
+    assert!(
+        stats.bytes_out < publish_bytes,
+        "the stream took every publish at once, so nothing was left to the socket: {stats:?}"
+    );
+}
+
+/// Fetches the client's counters and checks them with [`assert_stream_filled`].
+async fn assert_client_stream_filled(client: &Client, publish_bytes: usize) {
+    let stats = within(client.stats()).await.unwrap();
+    assert_stream_filled(&stats, publish_bytes);
 }
 
 /// Returns a payload of `size` bytes that starts with `index`, so the broker can check
@@ -241,12 +258,7 @@ async fn mixed_acks_behind_full_stream() {
     for _ in 0..QOS1_MESSAGES + QOS2_MESSAGES {
         next(&mut messages).await;
     }
-    let stats = within(started.client.stats()).await.unwrap();
-    let publish_bytes = u64::try_from(PUBLISHES * LARGE).unwrap();
-    assert!(
-        stats.bytes_out < publish_bytes,
-        "the stream took every publish at once, so nothing was left to the socket: {stats:?}"
-    );
+    assert_client_stream_filled(&started.client, PUBLISHES * LARGE).await;
 
     // The broker reads again: every publish in order, each acknowledgement once.
     let mut next_index = 0;
@@ -441,12 +453,7 @@ async fn reset_mid_write_completes_every_caller() {
     peer.send(&inbound(Delivery::AtLeastOnce(id(1)), "in", b"m"))
         .await;
     next(&mut messages).await;
-    let stats = within(started.client.stats()).await.unwrap();
-    let publish_bytes = u64::try_from(PUBLISHES * LARGE).unwrap();
-    assert!(
-        stats.bytes_out < publish_bytes,
-        "stream never filled: {stats:?}"
-    );
+    assert_client_stream_filled(&started.client, PUBLISHES * LARGE).await;
     peer.reset();
 
     let error = failure(&mut started.events).await;
@@ -622,12 +629,7 @@ async fn one_byte_reads_keep_packets_whole() {
     for _ in 0..MESSAGES {
         next(&mut messages).await;
     }
-    let stats = within(started.client.stats()).await.unwrap();
-    let publish_bytes = u64::try_from(PUBLISHES * SIZE).unwrap();
-    assert!(
-        stats.bytes_out < publish_bytes,
-        "stream never filled: {stats:?}"
-    );
+    assert_client_stream_filled(&started.client, PUBLISHES * SIZE).await;
 
     let mut next_index = 0;
     let mut acknowledged = BTreeSet::new();
@@ -703,12 +705,7 @@ async fn disconnect_behind_qos0_backlog_arrives_last() {
 
     let (disconnect, mut outcomes) = disconnect_behind_qos0_backlog(&started.client, PUBLISHES);
     // The session handles the publishes and the disconnect before the broker reads.
-    let stats = within(started.client.stats()).await.unwrap();
-    let publish_bytes = u64::try_from(PUBLISHES * LARGE).unwrap();
-    assert!(
-        stats.bytes_out < publish_bytes,
-        "stream never filled: {stats:?}"
-    );
+    assert_client_stream_filled(&started.client, PUBLISHES * LARGE).await;
 
     expect_numbered_publishes(&mut peer, PUBLISHES, Acknowledge::No).await;
     expect_normal_disconnect(&mut peer).await;
@@ -755,11 +752,7 @@ async fn reset_during_final_write_ends_disconnect() {
         stats.packets_out, encoded,
         "DISCONNECT never encoded: {stats:?}"
     );
-    let publish_bytes = u64::try_from(PUBLISHES * LARGE).unwrap();
-    assert!(
-        stats.bytes_out < publish_bytes,
-        "stream never filled: {stats:?}"
-    );
+    assert_stream_filled(&stats, PUBLISHES * LARGE);
     peer.reset();
 
     within(disconnect).await.unwrap().unwrap();
