@@ -268,8 +268,8 @@ impl SessionActor {
     }
 
     /// Writes what the last turn of reads encoded once the tasks woken before, such as
-    /// the recipients of its messages, have run. A write that can wait no longer
-    /// happens at once: the final one of a group going down, for example.
+    /// the recipients of its messages, have run. When the group is going down or the
+    /// actor is stopping, it writes at once.
     fn write_after_recipients(&mut self, ctx: &mut Context<Self>) {
         if !self.has_unwritten() {
             return;

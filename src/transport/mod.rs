@@ -15,8 +15,8 @@ use tokio::net::TcpStream;
 
 pub use write_buffer::WriteBuffer;
 
-/// Returns `true` when a read of `count` bytes into `spare` bytes of free space counts
-/// as having emptied the socket for [`Stream::try_read_buf`] with `drained_below`.
+/// Returns `true` when a read of `count` bytes into `spare` bytes of free space emptied
+/// the socket: it read something, fewer than `drained_below` bytes, and left free space.
 pub(crate) fn empties_socket(count: usize, spare: usize, drained_below: usize) -> bool {
     count > 0 && count < spare && count < drained_below
 }
