@@ -42,6 +42,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use nix::sched::{sched_getaffinity, sched_setaffinity, CpuSet};
+use nix::unistd::Pid;
 
 use common::{ChurnRun, LatencyPlan, LatencyRun, MemoryRun, Settings, Throughput};
 use measure::{micros_per, rate, BenchResult, Percentiles, ProcUnits};
@@ -122,6 +124,18 @@ struct Cli {
     /// Message rates of the latency workload, in messages per second.
     #[arg(long, value_delimiter = ',', default_values_t = [1_000, 10_000])]
     latency_rates: Vec<u64>,
+
+    /// Also print the deciles of each library's latency samples, one line per
+    /// repetition. A median alone hides the spread: where client and broker share a
+    /// core, the samples can fall into two groups (see docs/benchmarks.md).
+    #[arg(long)]
+    latency_deciles: bool,
+
+    /// Run the latency workload with the client thread on one core and Mosquitto on
+    /// another. When they share a core, the kernel decides at each send which of the
+    /// two runs first, and that choice can decide the median (see docs/benchmarks.md).
+    #[arg(long)]
+    latency_pin: bool,
 }
 
 /// Modes the benchmark re-executes itself in; not for direct use.
@@ -388,6 +402,17 @@ impl Bench<'_> {
                 .push("latency: skipped, mosquitto not found".to_owned());
             return Ok(());
         };
+        let _pinned = if self.cli.latency_pin {
+            let pinned = Pinned::apart(broker.pid())?;
+            if pinned.is_none() {
+                report
+                    .notes
+                    .push("latency: not pinned, fewer than two cores allowed".to_owned());
+            }
+            pinned
+        } else {
+            None
+        };
         let windows = self.cli.latency_windows;
         for qos in [0, 1] {
             for &rate in &self.cli.latency_rates {
@@ -403,7 +428,9 @@ impl Bench<'_> {
                 self.repeat_in_turns(
                     &name,
                     |order| self.latency_windows(plan, windows, order),
-                    |library, run| record_latency(report, &name, library, run),
+                    |library, run| {
+                        record_latency(report, &name, library, run, self.cli.latency_deciles);
+                    },
                 )?;
             }
         }
@@ -550,18 +577,72 @@ fn record_throughput(report: &mut Report, name: &str, library: Library, run: Thr
     );
 }
 
+/// Guard that keeps the calling thread on one core and another process on a
+/// second core. Dropping it gives the thread back the cores it had.
+struct Pinned {
+    previous: CpuSet,
+}
+
+impl Pinned {
+    /// Pins the calling thread to the first core it may run on and `other_pid` to
+    /// the second. Returns `None` when the thread may run on fewer than two cores.
+    fn apart(other_pid: u32) -> BenchResult<Option<Self>> {
+        let this_thread = Pid::from_raw(0);
+        let previous = sched_getaffinity(this_thread)?;
+        let mut allowed = (0..CpuSet::count()).filter(|&cpu| previous.is_set(cpu).unwrap_or(false));
+        let (Some(first), Some(second)) = (allowed.next(), allowed.next()) else {
+            return Ok(None);
+        };
+        let single_core = |cpu: usize| -> BenchResult<CpuSet> {
+            let mut set = CpuSet::new();
+            set.set(cpu)?;
+            Ok(set)
+        };
+        sched_setaffinity(
+            Pid::from_raw(i32::try_from(other_pid)?),
+            &single_core(second)?,
+        )?;
+        sched_setaffinity(this_thread, &single_core(first)?)?;
+        Ok(Some(Self { previous }))
+    }
+}
+
+impl Drop for Pinned {
+    fn drop(&mut self) {
+        let _ = sched_setaffinity(Pid::from_raw(0), &self.previous);
+    }
+}
+
 /// Puts the name of `library` before the error of its run.
 fn named<T>(library: Library, result: BenchResult<T>) -> BenchResult<T> {
     result.map_err(|error| format!("{} failed: {error}", library.name()).into())
 }
 
-fn record_latency(report: &mut Report, name: &str, library: Library, mut run: LatencyRun) {
+fn record_latency(
+    report: &mut Report,
+    name: &str,
+    library: Library,
+    mut run: LatencyRun,
+    deciles: bool,
+) {
     let Some(percentiles) = Percentiles::of_nanos(&mut run.samples) else {
         report
             .notes
             .push(format!("{name}: {} received no messages", library.name()));
         return;
     };
+    if deciles {
+        let values: Vec<String> = percentiles
+            .deciles
+            .iter()
+            .map(|micros| format!("{micros:.1}"))
+            .collect();
+        report.notes.push(format!(
+            "{name} {} deciles µs: {}",
+            library.name(),
+            values.join(" ")
+        ));
+    }
     let p50_goal = Some(Goal::RatioAtMost(1.0));
     report.record(
         name,

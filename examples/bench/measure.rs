@@ -96,6 +96,8 @@ pub struct Percentiles {
     pub p50: f64,
     pub p99: f64,
     pub max: f64,
+    /// Percentiles 10 to 90 in steps of 10.
+    pub deciles: [f64; 9],
 }
 
 impl Percentiles {
@@ -107,10 +109,15 @@ impl Percentiles {
             let index = (samples.len() * percent).div_ceil(100).saturating_sub(1);
             samples.get(index).map(|&nanos| nanos as f64 / 1000.0)
         };
+        let mut deciles = [0.0; 9];
+        for (tenth, slot) in (1..).zip(&mut deciles) {
+            *slot = rank(tenth * 10)?;
+        }
         Some(Self {
             p50: rank(50)?,
             p99: rank(99)?,
             max: rank(100)?,
+            deciles,
         })
     }
 }

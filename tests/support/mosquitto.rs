@@ -96,6 +96,11 @@ impl Mosquitto {
         self.port
     }
 
+    /// Process ID of the broker.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Host and port as a socket address.
     pub fn addr(&self) -> SocketAddr {
         SocketAddr::from((Ipv4Addr::LOCALHOST, self.port))
