@@ -23,8 +23,9 @@ use std::time::Duration;
 
 use actor_broker::{assert_actors_back_to, forward, next, STEP};
 use mqttlink::codec::{
-    ConnectReason, Delivery, Packet, PacketId, Properties, ProtocolVersion, PubAck, PubAckReason,
-    PubComp, PubCompReason, PubRec, QoS, SubAck, SubAckReason, SubscriptionOptions,
+    ConnectReason, Delivery, DisconnectReason, Packet, PacketId, Properties, ProtocolVersion,
+    PubAck, PubAckReason, PubComp, PubCompReason, PubRec, QoS, SubAck, SubAckReason,
+    SubscriptionOptions,
 };
 use mqttlink::{
     live_actor_count, Client, ClientError, ClientOptions, ClosedBy, Disconnect, DisconnectCause,
@@ -528,7 +529,7 @@ async fn failed_server_fails_over_to_fallback() {
     assert!(
         matches!(
             cause,
-            DisconnectCause::Failed(ClientError::ConnectFailed(_))
+            DisconnectCause::Failed(ClientError::ConnectFailed { .. })
         ),
         "cause {cause:?}"
     );
@@ -681,7 +682,7 @@ async fn backoff_delays_elapse_on_paused_clock() {
             matches!(
                 cause,
                 DisconnectCause::Failed(
-                    ClientError::ConnectFailed(_) | ClientError::ConnectTimeout
+                    ClientError::ConnectFailed { .. } | ClientError::ConnectTimeout
                 )
             ),
             "cause {cause:?}"
@@ -1691,6 +1692,29 @@ async fn expect_pubcomp(
     }
 }
 
+/// Starts a client whose messages all go to the returned channel, with clean start 0
+/// from the first connection so that a 3.1.1 session outlives it too, and connects it
+/// to `broker` with a new session. Returns the client, its events, its messages and
+/// the broker's side of the connection.
+async fn connect_for_inbound(
+    broker: &ScriptedBroker,
+    version: ProtocolVersion,
+) -> (
+    Client,
+    UnboundedReceiver<Event>,
+    UnboundedReceiver<mqttlink::Message>,
+    Connection,
+) {
+    let options = options(broker.port()).protocol(version).clean_start(false);
+    let (client, mut events) = start(options);
+    let (messages, message_rx) = forward::<mqttlink::Message>();
+    client.set_default_recipient(messages.recipient());
+    let mut connection = broker.accept().await;
+    connection.accept_connect(false).await;
+    expect_connected(&mut events, false).await;
+    (client, events, message_rx, connection)
+}
+
 /// Checks that a QoS 2 message the broker sends again after a resumed session is
 /// acknowledged again but delivered once, and that PUBREL for an identifier already
 /// released still gets PUBCOMP. After a lost session the same identifier carries a new
@@ -1699,16 +1723,9 @@ async fn check_inbound_qos2_across_reconnect(version: ProtocolVersion) {
     let what = format!("{version:?}");
     let baseline = live_actor_count();
     let broker = ScriptedBroker::bind().await;
-    // Clean start 0 from the first connection, so that a 3.1.1 session outlives it too.
-    let options = options(broker.port()).protocol(version).clean_start(false);
-    let (client, mut events) = start(options);
-    let (messages, mut message_rx) = forward::<mqttlink::Message>();
-    client.set_default_recipient(messages.recipient());
+    let (client, mut events, mut message_rx, mut first) =
+        connect_for_inbound(&broker, version).await;
     let id = PacketId::try_from(9).unwrap();
-
-    let mut first = broker.accept().await;
-    first.accept_connect(false).await;
-    expect_connected(&mut events, false).await;
     first.send(&qos2_publish(id, false, "first")).await;
     expect_pubrec(&mut first, id, &what).await;
     assert_eq!(next(&mut message_rx).await.payload, "first");
@@ -1763,6 +1780,48 @@ async fn inbound_qos2_duplicate_across_reconnect() {
     let _serial = SERIAL.lock().await;
     check_inbound_qos2_across_reconnect(ProtocolVersion::V3_1_1).await;
     check_inbound_qos2_across_reconnect(ProtocolVersion::V5).await;
+}
+
+/// Checks that a QoS 2 message read in one piece with a v5 DISCONNECT (Server shutting
+/// down) counts as delivered, although the connection closed before its PUBREC. The
+/// copy the broker sends on the resumed session gets PUBREC and is not delivered
+/// again, and its PUBREL gets PUBCOMP with reason Success.
+#[actix_rt::test]
+async fn qos2_before_server_disconnect_delivered_once() {
+    let _serial = SERIAL.lock().await;
+    let baseline = live_actor_count();
+    let broker = ScriptedBroker::bind().await;
+    let (client, mut events, mut message_rx, mut first) =
+        connect_for_inbound(&broker, ProtocolVersion::V5).await;
+    let id = PacketId::try_from(9).unwrap();
+    let mut last_write = first.encode(&qos2_publish(id, false, "first"));
+    last_write.extend_from_slice(
+        &first.encode(&Packet::Disconnect(mqttlink::codec::Disconnect {
+            reason: DisconnectReason::ServerShuttingDown,
+            properties: Properties::default().into(),
+        })),
+    );
+    first.send_raw(&last_write).await;
+    assert_eq!(next(&mut message_rx).await.payload, "first");
+    expect_reconnecting(&mut events).await;
+    drop(first);
+
+    let mut second = broker.accept().await;
+    second.accept_connect(true).await;
+    expect_connected(&mut events, true).await;
+    second.send(&qos2_publish(id, true, "first")).await;
+    expect_pubrec(&mut second, id, "copy after the shutdown").await;
+    second.send(&pubrel(id)).await;
+    expect_pubcomp(&mut second, id, PubCompReason::Success, "release").await;
+    // A QoS 0 marker sent after the flow arrives next, so no second copy was queued.
+    second.send(&qos0_publish("exactly/once", "marker")).await;
+    assert_eq!(next(&mut message_rx).await.payload, "marker");
+
+    disconnect(&client).await;
+    expect_only_disconnect(&mut second).await;
+    drop(client);
+    assert_actors_back_to(baseline).await;
+    assert!(message_rx.try_recv().is_err(), "no further copies");
 }
 
 #[actix_rt::test]

@@ -388,7 +388,10 @@ impl<S: Store> Session<S> {
     /// Acknowledges an inbound message now that it reached the application.
     pub fn handle_delivered(&mut self, ack: InboundAck, now: Instant) {
         let Some(connection) = self.connection_mut() else {
-            // The connection is gone; the broker resends the message on a resumed session.
+            // The connection closed after the message arrived, for example on a
+            // DISCONNECT read with it. The broker sends the message again on a resumed
+            // session, and a QoS 2 copy must then get PUBREC, not a second delivery.
+            self.handle_handed_over(ack);
             return;
         };
         connection.delivering.remove(&ack.packet_id);
