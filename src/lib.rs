@@ -68,6 +68,9 @@
 //!   Mosquitto 2.0.11 closes the older connection without one, so two clients with the
 //!   same identifier and reconnect on still take the session from each other there.
 //! - No enhanced authentication (AUTH), and no outbound topic aliases chosen by the client.
+//! - A QoS 2 message the broker sends again after its PUBREL, which MQTT forbids, is
+//!   delivered a second time: the client forgets the packet identifier once the flow is
+//!   complete. Mosquitto 2.0.11 sends such copies after a restart from its persistence.
 //! - Session state is kept in memory only.
 
 pub mod actors;

@@ -18,6 +18,13 @@
 //! duplicated and lost, and requires no lost QoS 1 message and no lost or duplicated
 //! QoS 2 message. A test is skipped, and says so, when no Mosquitto binary exists,
 //! unless `MQTTLINK_REQUIRE_MOSQUITTO` is set.
+//!
+//! One kind of QoS 2 duplicate is the broker's. Mosquitto 2.0.11 sometimes sends a
+//! QoS 2 PUBLISH again after a restart although it had sent PUBREL for it before,
+//! which MQTT forbids (MQTT 5.0 section 4.3.3). A subscriber that already completed
+//! the flow has forgotten the packet identifier, so it cannot tell the copy from a
+//! new message and delivers it. The test counts such copies in the broker's log and
+//! allows at most that many QoS 2 duplicates.
 
 #![allow(
     clippy::unwrap_used,
@@ -348,7 +355,56 @@ fn print_counts(
     println!("Session Present per CONNACK: subscriber {subscriber_sessions:?}");
 }
 
-fn assert_counts(tallies: &[Tally; 2]) {
+/// Counts the QoS 2 PUBLISH packets the broker sent `client_id` again, with DUP set,
+/// after it had sent PUBREL for the same packet identifier. A PUBLISH without DUP
+/// starts a new message, so it ends the release of its identifier.
+fn resent_after_release(log: &str, client_id: &str) -> usize {
+    let pubrel = format!("Sending PUBREL to {client_id} (m");
+    let publish = format!("Sending PUBLISH to {client_id} (d");
+    let mut released = std::collections::HashSet::new();
+    let mut resent = 0;
+    for line in log.lines() {
+        if let Some(rest) = line.split_once(&pubrel).map(|(_, rest)| rest) {
+            released.insert(rest.trim_end_matches(')').to_owned());
+        } else if let Some(rest) = line.split_once(&publish).map(|(_, rest)| rest) {
+            // The rest reads `1, q2, r0, m17, 'topic', ...`.
+            let fields: Vec<&str> = rest.splitn(4, ", ").collect();
+            let [dup, qos, _retain, packet_id] = fields[..] else {
+                continue;
+            };
+            if qos != "q2" {
+                continue;
+            }
+            let packet_id = packet_id.split(',').next().unwrap_or_default();
+            let packet_id = packet_id.trim_start_matches('m').to_owned();
+            if dup == "0" {
+                released.remove(&packet_id);
+            } else if released.contains(&packet_id) {
+                resent += 1;
+            }
+        }
+    }
+    resent
+}
+
+#[test]
+fn resent_after_release_counts_only_released_ids() {
+    let log = "\
+1: Sending PUBLISH to sub (d0, q2, r0, m7, 'restart/q2', ... (4 bytes))
+1: Sending PUBLISH to sub (d0, q2, r0, m8, 'restart/q2', ... (4 bytes))
+1: Sending PUBLISH to sub (d0, q1, r0, m9, 'restart/q1', ... (4 bytes))
+1: Sending PUBREL to sub (m7)
+1: Sending PUBREL to other (m8)
+2: Sending PUBLISH to sub (d1, q2, r0, m7, 'restart/q2', ... (4 bytes))
+2: Sending PUBLISH to sub (d1, q2, r0, m8, 'restart/q2', ... (4 bytes))
+2: Sending PUBLISH to sub (d1, q1, r0, m9, 'restart/q1', ... (4 bytes))
+2: Sending PUBLISH to sub (d0, q2, r0, m7, 'restart/q2', ... (4 bytes))
+3: Sending PUBLISH to sub (d1, q2, r0, m7, 'restart/q2', ... (4 bytes))
+";
+    assert_eq!(resent_after_release(log, "sub"), 1);
+}
+
+fn assert_counts(tallies: &[Tally; 2], resent_by_broker: usize) {
     for tally in tallies {
         assert!(
             tally.failures.is_empty(),
@@ -366,7 +422,12 @@ fn assert_counts(tallies: &[Tally; 2]) {
     let [at_least_once, exactly_once] = tallies;
     assert_eq!(at_least_once.lost(), Vec::<usize>::new(), "QoS 1 lost");
     assert_eq!(exactly_once.lost(), Vec::<usize>::new(), "QoS 2 lost");
-    assert_eq!(exactly_once.duplicates(), 0, "QoS 2 duplicates");
+    assert!(
+        exactly_once.duplicates() <= resent_by_broker,
+        "QoS 2 duplicates: {}, of which the broker's PUBLISH after PUBREL explains at \
+         most {resent_by_broker}",
+        exactly_once.duplicates()
+    );
 }
 
 /// Checks that every reconnect of a client found its session on the broker.
@@ -465,7 +526,9 @@ async fn run(version: ProtocolVersion) {
         .expect("last publish resolves in time")
         .expect("last publish task ends normally");
     assert!(last.is_ok(), "last publish: {last:?}");
-    assert_counts(&tallies);
+    let resent_by_broker = resent_after_release(&broker.log(), &format!("{name}-subscriber"));
+    println!("QoS 2 PUBLISH sent again by the broker after its PUBREL: {resent_by_broker}");
+    assert_counts(&tallies, resent_by_broker);
     assert_sessions_resumed("publisher", &publisher_sessions);
     assert_sessions_resumed("subscriber", &subscriber_sessions);
 
