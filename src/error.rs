@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use crate::codec::{ConnectReason, DisconnectReason};
 use crate::session::{CloseReason, ProtocolViolation, RejectReason, RequestError};
+use crate::transport::Endpoint;
 
 /// Error of a client operation.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -15,8 +16,14 @@ pub enum ClientError {
     #[error("invalid options: {0}")]
     InvalidOptions(String),
     /// The TCP connection to the broker could not be opened.
-    #[error("failed to connect to the broker")]
-    ConnectFailed(#[source] Arc<io::Error>),
+    #[error("failed to connect to the broker at {endpoint}")]
+    ConnectFailed {
+        /// Host and port the client tried.
+        endpoint: Endpoint,
+        /// The I/O error of the failed connect.
+        #[source]
+        source: Arc<io::Error>,
+    },
     /// The broker rejected CONNECT with a failure reason code in CONNACK.
     #[error("connection refused by broker: {reason:?}")]
     ConnectRefused {

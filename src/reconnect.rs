@@ -222,7 +222,7 @@ pub fn classify(cause: &DisconnectCause) -> Action {
 
 fn classify_error(error: &ClientError) -> Action {
     match error {
-        ClientError::ConnectFailed(_)
+        ClientError::ConnectFailed { .. }
         | ClientError::ConnectTimeout
         | ClientError::KeepAliveTimeout
         | ClientError::ProtocolViolation(_) => Action::Retry,
@@ -463,7 +463,13 @@ mod tests {
         let cases = [
             (DisconnectCause::Requested, Action::Stop),
             (
-                DisconnectCause::Failed(ClientError::ConnectFailed(Arc::clone(&io))),
+                DisconnectCause::Failed(ClientError::ConnectFailed {
+                    endpoint: Endpoint {
+                        host: "127.0.0.1".to_owned(),
+                        port: 1883,
+                    },
+                    source: Arc::clone(&io),
+                }),
                 Action::Retry,
             ),
             (

@@ -334,9 +334,14 @@ async fn connect_failure_reaches_pending_caller() {
     let result = tokio::time::timeout(STEP, client.publish(Publish::new(topic("t"), "x")))
         .await
         .expect("fails in time");
+    let error = result.expect_err("nothing listens on the port");
     assert!(
-        matches!(result, Err(ClientError::ConnectFailed(_))),
-        "{result:?}"
+        matches!(error, ClientError::ConnectFailed { .. }),
+        "{error:?}"
+    );
+    assert_eq!(
+        error.to_string(),
+        format!("failed to connect to the broker at 127.0.0.1:{port}")
     );
     assert_actors_back_to(baseline).await;
 }

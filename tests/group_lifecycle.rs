@@ -956,10 +956,13 @@ fn check_failure(plan: &Plan, cause: &DisconnectCause) -> Result<(), String> {
 
 fn error_matches(expected: Expected, error: &ClientError) -> bool {
     match (expected, error) {
-        (Expected::ConnectionRefused, ClientError::ConnectFailed(io)) => {
+        (Expected::ConnectionRefused, ClientError::ConnectFailed { source: io, .. }) => {
             io.kind() == io::ErrorKind::ConnectionRefused
         }
-        (Expected::Closed, ClientError::ConnectionClosed(..) | ClientError::ConnectFailed(..))
+        (
+            Expected::Closed,
+            ClientError::ConnectionClosed(..) | ClientError::ConnectFailed { .. },
+        )
         | (
             Expected::Violation | Expected::ViolationOrTimeout,
             ClientError::ProtocolViolation(..),

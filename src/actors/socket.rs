@@ -176,7 +176,11 @@ impl Actor for SocketActor {
                             %error,
                             "tcp connect failed"
                         );
-                        actor.fail(ClientError::ConnectFailed(Arc::new(error)), ctx);
+                        let failure = ClientError::ConnectFailed {
+                            endpoint: actor.settings.endpoint.clone(),
+                            source: Arc::new(error),
+                        };
+                        actor.fail(failure, ctx);
                     }
                 }),
         );

@@ -7,6 +7,7 @@
 
 mod write_buffer;
 
+use std::fmt;
 use std::io;
 
 use bytes::BytesMut;
@@ -28,6 +29,17 @@ pub struct Endpoint {
     pub host: String,
     /// TCP port.
     pub port: u16,
+}
+
+impl fmt::Display for Endpoint {
+    /// Writes `host:port`, with an IPv6 address in brackets.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
 }
 
 /// An open byte stream to the broker.
@@ -123,6 +135,20 @@ mod tests {
     use tokio::time::timeout;
 
     use super::*;
+
+    #[test]
+    fn endpoint_display_brackets_ipv6() {
+        let endpoint = |host: &str| Endpoint {
+            host: host.to_owned(),
+            port: 1883,
+        };
+        assert_eq!(
+            endpoint("broker.example").to_string(),
+            "broker.example:1883"
+        );
+        assert_eq!(endpoint("127.0.0.1").to_string(), "127.0.0.1:1883");
+        assert_eq!(endpoint("::1").to_string(), "[::1]:1883");
+    }
 
     /// Bound on each wait for bytes the test itself wrote over loopback.
     const ARRIVAL_BOUND: Duration = Duration::from_secs(10);
