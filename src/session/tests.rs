@@ -723,21 +723,41 @@ fn inbound_qos2_delivered_once_and_completed_by_pubrel() {
     assert!(!session.is_closed());
 }
 
+/// Builds an inbound QoS 2 PUBLISH with packet identifier 6 on topic `t`.
+fn qos2(dup: bool) -> Packet {
+    let Packet::Publish(publish) = inbound_publish(
+        Delivery::ExactlyOnce(id(6)),
+        Some("t"),
+        Properties::default(),
+    ) else {
+        unreachable!("inbound_publish builds a PUBLISH");
+    };
+    Packet::Publish(Publish { dup, ..publish })
+}
+
+/// Resumes `session` on a new connection and checks that the broker's copy of the
+/// message from [`qos2`] gets PUBREC and is not delivered again.
+fn assert_resent_qos2_not_redelivered(
+    session: &mut Session<MemoryStore>,
+    config: SessionConfig,
+    now: Instant,
+) {
+    let mut next = resume(session, config, now);
+    packets(&mut next);
+    events(&mut next);
+    next.handle_packet(qos2(true), now);
+    assert!(
+        events(&mut next).is_empty(),
+        "resent copy is not delivered again"
+    );
+    assert!(matches!(&packets(&mut next)[..], [Packet::PubRec(r)] if r.packet_id == id(6)));
+}
+
 #[test]
 fn handed_over_qos2_not_redelivered_after_resume() {
     let now = Instant::now();
     let resuming = resuming_config(ProtocolVersion::V3_1_1);
     let mut session = connected_with(resuming.clone(), Properties::default(), now);
-    let qos2 = |dup| {
-        let Packet::Publish(publish) = inbound_publish(
-            Delivery::ExactlyOnce(id(6)),
-            Some("t"),
-            Properties::default(),
-        ) else {
-            unreachable!("inbound_publish builds a PUBLISH");
-        };
-        Packet::Publish(Publish { dup, ..publish })
-    };
 
     // The message still waits in a full mailbox when the connection ends, so no PUBREC
     // was sent.
@@ -756,15 +776,32 @@ fn handed_over_qos2_not_redelivered_after_resume() {
         "no PUBREC before delivery ends"
     );
 
-    let mut next = resume(&mut session, resuming, now);
-    packets(&mut next);
-    events(&mut next);
-    next.handle_packet(qos2(true), now);
-    assert!(
-        events(&mut next).is_empty(),
-        "resent copy is not delivered again"
+    assert_resent_qos2_not_redelivered(&mut session, resuming, now);
+}
+
+#[test]
+fn qos2_delivered_after_close_not_redelivered_after_resume() {
+    let now = Instant::now();
+    let resuming = resuming_config(ProtocolVersion::V5);
+    let mut session = connected_with(resuming.clone(), Properties::default(), now);
+
+    // The broker's DISCONNECT arrives in the same read, so the session closes before
+    // the message reaches the application.
+    session.handle_packet(qos2(false), now);
+    session.handle_packet(
+        Packet::Disconnect(Disconnect {
+            reason: DisconnectReason::ServerShuttingDown,
+            properties: Properties::default().into(),
+        }),
+        now,
     );
-    assert!(matches!(&packets(&mut next)[..], [Packet::PubRec(r)] if r.packet_id == id(6)));
+    let Some(SessionEvent::Message { ack: Some(ack), .. }) = session.poll_event() else {
+        panic!("expected a message with an ack");
+    };
+    session.handle_delivered(ack, now);
+    assert!(transmits(&mut session).is_empty(), "no PUBREC after close");
+
+    assert_resent_qos2_not_redelivered(&mut session, resuming, now);
 }
 
 #[test]
