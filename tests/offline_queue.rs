@@ -239,6 +239,10 @@ async fn byte_limit_rejects_new_requests() {
         3,
         "refusals queue nothing"
     );
+    let stats = client.stats().await.unwrap();
+    // Each topic of three characters takes five bytes with its length prefix.
+    assert_eq!(stats.queued_bytes, 3 * (5 + PAYLOAD.len()));
+    assert!(!stats.connected, "no CONNACK yet");
 
     connack(&mut connection, false).await;
     expect_connected(&mut events, false).await;
@@ -246,6 +250,9 @@ async fn byte_limit_rejects_new_requests() {
         let sent = expect_publish(connection.recv().await);
         assert_eq!(topic_of(&sent), name);
     }
+    let stats = client.stats().await.unwrap();
+    assert_eq!(stats.queued_bytes, 0);
+    assert!(stats.connected);
     for task in queued {
         assert!(outcome(task).await.is_ok());
     }

@@ -464,8 +464,14 @@ pub struct Stats {
     pub inflight_out: usize,
     /// Inbound QoS 1 and 2 messages not yet fully acknowledged.
     pub inflight_in: usize,
+    /// `true` once the broker has accepted the current connection with CONNACK, `false`
+    /// while the client connects, waits to reconnect or has stopped.
+    pub connected: bool,
     /// Requests queued and not yet sent.
     pub queued_requests: usize,
+    /// Estimated bytes of the queued requests, the sum that
+    /// [`ClientOptions::max_queued_bytes`](crate::ClientOptions::max_queued_bytes) limits.
+    pub queued_bytes: usize,
     /// Bytes read from the broker.
     pub bytes_in: u64,
     /// Bytes written to the broker.
