@@ -2050,3 +2050,106 @@ async fn mosquitto_restart_without_session_resubscribes() {
         assert_actors_back_to(baseline).await;
     }
 }
+
+/// A recipient with a mailbox of one message whose handler holds the first message
+/// until the test releases it, so later messages wait for room in its mailbox.
+struct Gate {
+    release: Option<tokio::sync::oneshot::Receiver<()>>,
+    seen: tokio::sync::mpsc::UnboundedSender<bytes::Bytes>,
+}
+
+impl actix::Actor for Gate {
+    type Context = actix::Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(1);
+    }
+}
+
+impl actix::Handler<mqttlink::Message> for Gate {
+    type Result = ();
+
+    fn handle(&mut self, message: mqttlink::Message, ctx: &mut Self::Context) {
+        use actix::{AsyncContext, WrapFuture};
+
+        let _ = self.seen.send(message.payload);
+        if let Some(release) = self.release.take() {
+            ctx.wait(async move { drop(release.await) }.into_actor(self));
+        }
+    }
+}
+
+/// Checks that a QoS 2 message still waiting for room in a full mailbox when the
+/// connection is cut reaches the recipient. The client counts it as delivered from
+/// the moment it waits there, so the copy the broker sends on the resumed session only
+/// gets PUBREC.
+#[actix_rt::test]
+async fn qos2_waiting_for_room_survives_cut() {
+    use actix::Actor;
+
+    let _serial = SERIAL.lock().await;
+    let baseline = live_actor_count();
+    let broker = ScriptedBroker::bind().await;
+    let options = options(broker.port())
+        .protocol(ProtocolVersion::V5)
+        .clean_start(false);
+    let (client, mut events) = start(options);
+    let (release, released) = tokio::sync::oneshot::channel();
+    let (seen, mut seen_rx) = tokio::sync::mpsc::unbounded_channel();
+    let gate = Gate {
+        release: Some(released),
+        seen,
+    }
+    .start();
+    client.set_default_recipient(gate.recipient());
+    let mut first = broker.accept().await;
+    first.accept_connect(false).await;
+    expect_connected(&mut events, false).await;
+
+    // The gate blocks on "a", and "b" fills its mailbox, so both count as delivered.
+    let ids: Vec<PacketId> = (1..=3).map(|id| PacketId::try_from(id).unwrap()).collect();
+    first.send(&qos2_publish(ids[0], false, "a")).await;
+    expect_pubrec(&mut first, ids[0], "a, held by the gate").await;
+    assert_eq!(next(&mut seen_rx).await, "a");
+    first.send(&qos2_publish(ids[1], false, "b")).await;
+    expect_pubrec(&mut first, ids[1], "b, in the mailbox").await;
+
+    // "c" has to wait for room. PUBREL for "a" in the same write shows by its PUBCOMP
+    // that the client read "c" first.
+    let mut write = first.encode(&qos2_publish(ids[2], false, "c"));
+    write.extend_from_slice(&first.encode(&pubrel(ids[0])));
+    first.send_raw(&write).await;
+    expect_pubcomp(&mut first, ids[0], PubCompReason::Success, "a released").await;
+    first.cut();
+    expect_reconnecting(&mut events).await;
+
+    // On the resumed session the broker sends "c" again, because it got no PUBREC for
+    // it, and releases "b".
+    let mut second = broker.accept().await;
+    second.accept_connect(true).await;
+    expect_connected(&mut events, true).await;
+    second.send(&qos2_publish(ids[2], true, "c")).await;
+    expect_pubrec(&mut second, ids[2], "c, resent").await;
+    second.send(&pubrel(ids[1])).await;
+    expect_pubcomp(&mut second, ids[1], PubCompReason::Success, "b released").await;
+    second.send(&pubrel(ids[2])).await;
+    expect_pubcomp(&mut second, ids[2], PubCompReason::Success, "c released").await;
+
+    release.send(()).unwrap();
+    second.send(&qos0_publish("exactly/once", "marker")).await;
+    let mut payloads = Vec::new();
+    for _ in 0..4 {
+        let payload = next(&mut seen_rx).await;
+        let marker = payload == "marker";
+        payloads.push(payload);
+        if marker {
+            break;
+        }
+    }
+    assert_eq!(payloads, ["b", "c", "marker"], "each message exactly once");
+
+    disconnect(&client).await;
+    expect_only_disconnect(&mut second).await;
+    drop(client);
+    assert_actors_back_to(baseline).await;
+}

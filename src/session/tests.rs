@@ -1276,6 +1276,35 @@ fn receive_maximum_exceeded_is_violation() {
     assert_violation(&mut session, DisconnectReason::ReceiveMaximumExceeded);
 }
 
+/// A QoS 2 message waiting for room in a full mailbox is one unacknowledged message of
+/// the broker, although the session records its identifier before PUBREC.
+#[test]
+fn handed_over_qos2_counted_once() {
+    let now = Instant::now();
+    let mut limited = config(ProtocolVersion::V5);
+    limited.receive_maximum = NonZeroU16::new(2).unwrap();
+    let mut session = connected_with(limited, Properties::default(), now);
+    session.handle_packet(qos2(false), now);
+    let Some(SessionEvent::Message { ack: Some(ack), .. }) = session.poll_event() else {
+        panic!("expected a message with an ack");
+    };
+    session.handle_handed_over(ack);
+
+    // The broker may send a second message within a Receive Maximum of 2.
+    session.handle_packet(
+        inbound_publish(
+            Delivery::AtLeastOnce(id(7)),
+            Some("t"),
+            Properties::default(),
+        ),
+        now,
+    );
+    let events = events(&mut session);
+    assert_eq!(closed_reason(&events), None, "second message accepted");
+    assert!(matches!(&events[..], [SessionEvent::Message { .. }]));
+    assert_eq!(session.inflight_in(), 2);
+}
+
 #[test]
 fn disconnect_waits_for_inflight_acks() {
     let now = Instant::now();
