@@ -459,6 +459,78 @@ async fn slow_recipient_delays_ack_until_delivered() {
         .unwrap();
 }
 
+/// Checks that a QoS 2 message waiting for room in a full mailbox counts as one of the
+/// broker's unacknowledged messages, so the broker may send one more within a Receive
+/// Maximum of 2 without being disconnected.
+#[actix_rt::test]
+async fn receive_maximum_counts_waiting_qos2_once() {
+    let _serial = SERIAL.lock().await;
+    let baseline = live_actor_count();
+    let broker = FakeBroker::bind().await;
+    let client = ClientOptions::from_url(&broker.url())
+        .unwrap()
+        .client_id("waiting-qos2")
+        .receive_maximum(2)
+        .start()
+        .unwrap();
+    let (release, released) = tokio::sync::oneshot::channel();
+    let (seen, mut seen_rx) = tokio::sync::mpsc::unbounded_channel();
+    let gate = Gate {
+        release: Some(released),
+        seen,
+    }
+    .start();
+    client.set_default_recipient(gate.recipient());
+    let mut connection = broker.accept().await;
+    connection.handshake().await;
+
+    // The gate blocks on "a", and "b" fills its mailbox, so both are acknowledged.
+    connection
+        .send(&inbound(Delivery::AtLeastOnce(id(1)), "g", b"a"))
+        .await;
+    assert!(matches!(connection.recv().await, Packet::PubAck(a) if a.packet_id == id(1)));
+    assert_eq!(&next(&mut seen_rx).await[..], b"a");
+    connection
+        .send(&inbound(Delivery::AtLeastOnce(id(2)), "g", b"b"))
+        .await;
+    assert!(matches!(connection.recv().await, Packet::PubAck(a) if a.packet_id == id(2)));
+
+    // "c" waits for room and "d" behind it, which makes two unacknowledged messages.
+    // The PUBCOMP for a PUBREL of an unknown identifier shows that the client read both
+    // and kept the connection.
+    connection
+        .send(&inbound(Delivery::ExactlyOnce(id(3)), "g", b"c"))
+        .await;
+    connection
+        .send(&inbound(Delivery::AtLeastOnce(id(4)), "g", b"d"))
+        .await;
+    let unknown = PubRel {
+        packet_id: id(99),
+        reason: PubCompReason::Success,
+        properties: Properties::default().into(),
+    };
+    connection.send(&Packet::PubRel(unknown)).await;
+    let reply = connection.recv().await;
+    if !matches!(&reply, Packet::PubComp(c) if c.packet_id == id(99)) {
+        // A client that closed the connection stops by itself. Waiting for that keeps
+        // its actors out of the counts of the next test.
+        assert_actors_back_to(baseline).await;
+        panic!("expected PUBCOMP, got {reply:?}");
+    }
+
+    release.send(()).unwrap();
+    assert!(matches!(connection.recv().await, Packet::PubRec(r) if r.packet_id == id(3)));
+    assert!(matches!(connection.recv().await, Packet::PubAck(a) if a.packet_id == id(4)));
+    for payload in [&b"b"[..], b"c", b"d"] {
+        assert_eq!(&next(&mut seen_rx).await[..], payload);
+    }
+    client
+        .disconnect(mqttlink::Disconnect::new())
+        .await
+        .unwrap();
+    assert_actors_back_to(baseline).await;
+}
+
 #[actix_rt::test]
 async fn overlapping_copies_routed_by_automatic_identifier() {
     let _serial = SERIAL.lock().await;

@@ -2051,7 +2051,7 @@ async fn mosquitto_restart_without_session_resubscribes() {
     }
 }
 
-/// A recipient with a mailbox of one message whose handler holds the first message
+/// A recipient with a mailbox of one message whose handler blocks on the first message
 /// until the test releases it, so later messages wait for room in its mailbox.
 struct Gate {
     release: Option<tokio::sync::oneshot::Receiver<()>>,
@@ -2079,47 +2079,99 @@ impl actix::Handler<mqttlink::Message> for Gate {
     }
 }
 
-/// Checks that a QoS 2 message still waiting for room in a full mailbox when the
-/// connection is cut reaches the recipient. The client counts it as delivered from
-/// the moment it waits there, so the copy the broker sends on the resumed session only
-/// gets PUBREC.
-#[actix_rt::test]
-async fn qos2_waiting_for_room_survives_cut() {
+/// A client whose messages all go to a [`Gate`], connected to a broker with a new
+/// session, with the test's handles.
+struct GatedClient {
+    client: Client,
+    events: UnboundedReceiver<Event>,
+    /// Lets the gate handle the messages behind the first one.
+    release: tokio::sync::oneshot::Sender<()>,
+    /// The payloads the gate handled, in order.
+    seen: tokio::sync::mpsc::UnboundedReceiver<bytes::Bytes>,
+    connection: Connection,
+}
+
+/// Starts a client with clean start 0 whose messages all go to a new [`Gate`], and
+/// connects it to `broker` with a new session.
+async fn connect_gated(broker: &ScriptedBroker, version: ProtocolVersion) -> GatedClient {
     use actix::Actor;
 
-    let _serial = SERIAL.lock().await;
-    let baseline = live_actor_count();
-    let broker = ScriptedBroker::bind().await;
-    let options = options(broker.port())
-        .protocol(ProtocolVersion::V5)
-        .clean_start(false);
+    let options = options(broker.port()).protocol(version).clean_start(false);
     let (client, mut events) = start(options);
     let (release, released) = tokio::sync::oneshot::channel();
-    let (seen, mut seen_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (seen, seen_rx) = tokio::sync::mpsc::unbounded_channel();
     let gate = Gate {
         release: Some(released),
         seen,
     }
     .start();
     client.set_default_recipient(gate.recipient());
-    let mut first = broker.accept().await;
-    first.accept_connect(false).await;
+    let mut connection = broker.accept().await;
+    connection.accept_connect(false).await;
     expect_connected(&mut events, false).await;
+    GatedClient {
+        client,
+        events,
+        release,
+        seen: seen_rx,
+        connection,
+    }
+}
+
+/// Returns the payloads the gate handles up to and including "marker", at most four.
+async fn payloads_until_marker(
+    seen: &mut tokio::sync::mpsc::UnboundedReceiver<bytes::Bytes>,
+) -> Vec<bytes::Bytes> {
+    let mut payloads = Vec::new();
+    for _ in 0..4 {
+        let payload = next(seen).await;
+        let marker = payload == "marker";
+        payloads.push(payload);
+        if marker {
+            break;
+        }
+    }
+    payloads
+}
+
+/// Cuts the connection while a QoS 2 message waits for room in a full mailbox, lets
+/// the broker send it again on the resumed session, and returns the payloads the gate
+/// handled after the first message. The client counts the waiting message as delivered
+/// from the moment it waits there, so the copy only gets PUBREC. The client is
+/// disconnected and its actors stopped before this returns, so a failed check of the
+/// payloads leaves nothing running for the next test.
+async fn payloads_after_cut_waiting_for_room(version: ProtocolVersion) -> Vec<bytes::Bytes> {
+    let what = format!("{version:?}");
+    let baseline = live_actor_count();
+    let broker = ScriptedBroker::bind().await;
+    let GatedClient {
+        client,
+        mut events,
+        release,
+        mut seen,
+        connection: mut first,
+    } = connect_gated(&broker, version).await;
 
     // The gate blocks on "a", and "b" fills its mailbox, so both count as delivered.
     let ids: Vec<PacketId> = (1..=3).map(|id| PacketId::try_from(id).unwrap()).collect();
     first.send(&qos2_publish(ids[0], false, "a")).await;
-    expect_pubrec(&mut first, ids[0], "a, held by the gate").await;
-    assert_eq!(next(&mut seen_rx).await, "a");
+    expect_pubrec(&mut first, ids[0], &format!("{what}: a, held by the gate")).await;
+    assert_eq!(next(&mut seen).await, "a", "{what}");
     first.send(&qos2_publish(ids[1], false, "b")).await;
-    expect_pubrec(&mut first, ids[1], "b, in the mailbox").await;
+    expect_pubrec(&mut first, ids[1], &format!("{what}: b, in the mailbox")).await;
 
     // "c" has to wait for room. PUBREL for "a" in the same write shows by its PUBCOMP
     // that the client read "c" first.
     let mut write = first.encode(&qos2_publish(ids[2], false, "c"));
     write.extend_from_slice(&first.encode(&pubrel(ids[0])));
     first.send_raw(&write).await;
-    expect_pubcomp(&mut first, ids[0], PubCompReason::Success, "a released").await;
+    expect_pubcomp(
+        &mut first,
+        ids[0],
+        PubCompReason::Success,
+        &format!("{what}: a released"),
+    )
+    .await;
     first.cut();
     expect_reconnecting(&mut events).await;
 
@@ -2129,24 +2181,117 @@ async fn qos2_waiting_for_room_survives_cut() {
     second.accept_connect(true).await;
     expect_connected(&mut events, true).await;
     second.send(&qos2_publish(ids[2], true, "c")).await;
-    expect_pubrec(&mut second, ids[2], "c, resent").await;
+    expect_pubrec(&mut second, ids[2], &format!("{what}: c, resent")).await;
     second.send(&pubrel(ids[1])).await;
-    expect_pubcomp(&mut second, ids[1], PubCompReason::Success, "b released").await;
+    expect_pubcomp(
+        &mut second,
+        ids[1],
+        PubCompReason::Success,
+        &format!("{what}: b released"),
+    )
+    .await;
     second.send(&pubrel(ids[2])).await;
-    expect_pubcomp(&mut second, ids[2], PubCompReason::Success, "c released").await;
+    expect_pubcomp(
+        &mut second,
+        ids[2],
+        PubCompReason::Success,
+        &format!("{what}: c released"),
+    )
+    .await;
 
     release.send(()).unwrap();
     second.send(&qos0_publish("exactly/once", "marker")).await;
-    let mut payloads = Vec::new();
-    for _ in 0..4 {
-        let payload = next(&mut seen_rx).await;
-        let marker = payload == "marker";
-        payloads.push(payload);
-        if marker {
-            break;
-        }
+    let payloads = payloads_until_marker(&mut seen).await;
+
+    disconnect(&client).await;
+    expect_only_disconnect(&mut second).await;
+    drop(client);
+    assert_actors_back_to(baseline).await;
+    payloads
+}
+
+#[actix_rt::test]
+async fn qos2_waiting_for_room_survives_cut() {
+    let _serial = SERIAL.lock().await;
+    let v3 = payloads_after_cut_waiting_for_room(ProtocolVersion::V3_1_1).await;
+    let v5 = payloads_after_cut_waiting_for_room(ProtocolVersion::V5).await;
+    assert_eq!(v3, ["b", "c", "marker"], "3.1.1: each message once");
+    assert_eq!(v5, ["b", "c", "marker"], "5.0: each message once");
+}
+
+fn qos1_publish(packet_id: PacketId, dup: bool, payload: &'static str) -> Packet {
+    Packet::Publish(mqttlink::codec::Publish {
+        dup,
+        delivery: Delivery::AtLeastOnce(packet_id),
+        retain: false,
+        topic: Some(topic("at/least/once")),
+        properties: Properties::default().into(),
+        payload: payload.into(),
+    })
+}
+
+async fn expect_puback(connection: &mut Connection, packet_id: PacketId, what: &str) {
+    match connection.recv().await {
+        Packet::PubAck(ack) => assert_eq!(ack.packet_id, packet_id, "{what}"),
+        other => panic!("{what}: expected PUBACK, got {other:?}"),
     }
-    assert_eq!(payloads, ["b", "c", "marker"], "each message exactly once");
+}
+
+/// Checks that a QoS 1 message still waiting for room in a full mailbox when the
+/// connection is cut reaches the recipient at least once. The copy the broker sends on
+/// the resumed session is acknowledged only once the gate has room for it.
+#[actix_rt::test]
+async fn qos1_waiting_for_room_survives_cut() {
+    let _serial = SERIAL.lock().await;
+    let baseline = live_actor_count();
+    let broker = ScriptedBroker::bind().await;
+    let GatedClient {
+        client,
+        mut events,
+        release,
+        mut seen,
+        connection: mut first,
+    } = connect_gated(&broker, ProtocolVersion::V5).await;
+
+    // The gate blocks on "a", and "b" fills its mailbox, so both are acknowledged.
+    let ids: Vec<PacketId> = (1..=3).map(|id| PacketId::try_from(id).unwrap()).collect();
+    first.send(&qos1_publish(ids[0], false, "a")).await;
+    expect_puback(&mut first, ids[0], "a, held by the gate").await;
+    assert_eq!(next(&mut seen).await, "a");
+    first.send(&qos1_publish(ids[1], false, "b")).await;
+    expect_puback(&mut first, ids[1], "b, in the mailbox").await;
+
+    // "c" has to wait for room. A PUBREL for an unknown identifier in the same write
+    // shows by its PUBCOMP that the client read "c" first and sent no PUBACK for it.
+    let unknown = PacketId::try_from(99).unwrap();
+    let mut write = first.encode(&qos1_publish(ids[2], false, "c"));
+    write.extend_from_slice(&first.encode(&pubrel(unknown)));
+    first.send_raw(&write).await;
+    let not_found = PubCompReason::PacketIdentifierNotFound;
+    expect_pubcomp(&mut first, unknown, not_found, "read after c").await;
+    first.cut();
+    expect_reconnecting(&mut events).await;
+
+    // The broker got no PUBACK for "c", so it sends it again on the resumed session.
+    // The gate still blocks, so that copy waits for room too.
+    let mut second = broker.accept().await;
+    second.accept_connect(true).await;
+    expect_connected(&mut events, true).await;
+    let mut write = second.encode(&qos1_publish(ids[2], true, "c"));
+    write.extend_from_slice(&second.encode(&pubrel(unknown)));
+    second.send_raw(&write).await;
+    expect_pubcomp(&mut second, unknown, not_found, "read after resent c").await;
+
+    release.send(()).unwrap();
+    expect_puback(&mut second, ids[2], "c, once the gate has room").await;
+    second.send(&qos0_publish("at/least/once", "marker")).await;
+    let payloads = payloads_until_marker(&mut seen).await;
+    assert_eq!(payloads.first().map(|p| &p[..]), Some(&b"b"[..]));
+    assert!(
+        payloads.iter().any(|payload| payload == "c"),
+        "c lost: {payloads:?}"
+    );
+    assert_eq!(payloads.last().map(|p| &p[..]), Some(&b"marker"[..]));
 
     disconnect(&client).await;
     expect_only_disconnect(&mut second).await;
