@@ -192,6 +192,9 @@ struct Connection {
     aliases: HashMap<u16, TopicName>,
     /// Inbound QoS 1 and 2 messages handed out for delivery and not yet acknowledged.
     delivering: id_hash::PacketIdMap<QoS>,
+    /// Entries of `delivering` whose QoS 2 identifier the store already records, because
+    /// the message waits in a full mailbox. `inflight_in` counts each of them once.
+    handed_over: usize,
     /// Whether the request at the head of the queue waits for room in the in-flight
     /// window or for a free packet identifier. Only a completed outbound flow can
     /// change that, so requests queued meanwhile do not try the queue again.
@@ -276,7 +279,10 @@ impl<S: Store> Session<S> {
 
     /// Returns the number of inbound QoS 1 and 2 messages not yet fully acknowledged.
     pub fn inflight_in(&self) -> usize {
-        self.connection().map_or(0, |c| c.delivering.len()) + self.store.inbound_len()
+        let delivering = self
+            .connection()
+            .map_or(0, |c| c.delivering.len().saturating_sub(c.handed_over));
+        delivering + self.store.inbound_len()
     }
 
     /// Returns the next packet to write.
@@ -380,13 +386,19 @@ impl<S: Store> Session<S> {
     /// PUBREC is sent. A copy the broker sends again, also after a reconnect, then gets
     /// PUBREC and is not delivered twice. Other QoS levels are ignored.
     pub fn handle_handed_over(&mut self, ack: InboundAck) {
-        if ack.qos == QoS::ExactlyOnce {
-            self.store.insert_inbound(ack.packet_id);
+        if ack.qos != QoS::ExactlyOnce || !self.store.insert_inbound(ack.packet_id) {
+            return;
+        }
+        if let Some(connection) = self.connection_mut() {
+            if connection.delivering.contains_key(&ack.packet_id) {
+                connection.handed_over += 1;
+            }
         }
     }
 
     /// Acknowledges an inbound message now that it reached the application.
     pub fn handle_delivered(&mut self, ack: InboundAck, now: Instant) {
+        let handed_over = ack.qos == QoS::ExactlyOnce && self.store.contains_inbound(ack.packet_id);
         let Some(connection) = self.connection_mut() else {
             // The connection closed after the message arrived, for example on a
             // DISCONNECT read with it. The broker sends the message again on a resumed
@@ -394,7 +406,9 @@ impl<S: Store> Session<S> {
             self.handle_handed_over(ack);
             return;
         };
-        connection.delivering.remove(&ack.packet_id);
+        if connection.delivering.remove(&ack.packet_id).is_some() && handed_over {
+            connection.handed_over = connection.handed_over.saturating_sub(1);
+        }
         self.send_inbound_ack(ack, now);
     }
 
@@ -511,6 +525,7 @@ impl<S: Store> Session<S> {
             ping: Ping::Idle,
             aliases: HashMap::new(),
             delivering: id_hash::PacketIdMap::default(),
+            handed_over: 0,
             head_blocked: false,
         });
         tracing::debug!(
