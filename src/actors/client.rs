@@ -31,8 +31,8 @@ use crate::store::{
 use crate::transport::Endpoint;
 
 use super::group::{
-    actor_started, actor_stopped, now, Counters, RequestsQueued, SessionUpdate, StartDisconnect,
-    Wire, Written,
+    actor_started, actor_stopped, now, Counters, DeliveryEnded, RequestsQueued, SessionUpdate,
+    StartDisconnect, WaitForRoom, Wire, Written,
 };
 use super::keep_alive::KeepAliveActor;
 use super::link::{GroupDown, Link};
@@ -646,6 +646,37 @@ impl Handler<SubscribeEvents> for ClientActor {
 
     fn handle(&mut self, SubscribeEvents(recipient): SubscribeEvents, _: &mut Self::Context) {
         self.listeners.push(recipient);
+    }
+}
+
+impl Handler<WaitForRoom> for ClientActor {
+    type Result = ();
+
+    fn handle(&mut self, wait: WaitForRoom, ctx: &mut Self::Context) {
+        let WaitForRoom {
+            message,
+            recipients,
+            ack,
+            session,
+        } = wait;
+        // Each recipient here is a clone with a sender of its own, which is not blocked,
+        // so `send` puts the message into the full mailbox now. Dropping a request
+        // would make actix skip the message, so the wait lives here, not in the group.
+        let requests: Vec<_> = recipients
+            .into_iter()
+            .map(|recipient| recipient.send(message.clone()))
+            .collect();
+        drop(message);
+        let wait_for_room = async move {
+            for request in requests {
+                // An error means the recipient stopped; the others still get it.
+                let _ = request.await;
+            }
+            if let Some(session) = session.upgrade() {
+                session.do_send(DeliveryEnded(ack));
+            }
+        };
+        ctx.spawn(wait_for_room.into_actor(self));
     }
 }
 

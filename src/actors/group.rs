@@ -8,9 +8,11 @@ use std::time::Instant;
 use actix::prelude::*;
 
 use crate::codec::Properties;
-use crate::session::{Outcome, RequestError};
+use crate::session::{InboundAck, Outcome, RequestError};
 use crate::store::RequestToken;
+use crate::Message as InboundMessage;
 
+use super::session::SessionActor;
 use super::socket::{PacketReader, PacketWriter};
 
 static LIVE_ACTORS: AtomicUsize = AtomicUsize::new(0);
@@ -118,6 +120,26 @@ pub(crate) enum SessionUpdate {
     /// Queued requests completed, in the order the session completed them.
     Completed(Vec<(RequestToken, Result<Outcome, RequestError>)>),
 }
+
+/// Session to supervisor: `message` goes to `recipients`, whose mailboxes are full.
+/// The supervisor puts it into each mailbox and waits for them to take it. That wait
+/// must outlive the group, because its QoS 2 identifier already counts as delivered.
+/// When all have it, the supervisor sends [`DeliveryEnded`] to `session` if that actor
+/// still runs.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct WaitForRoom {
+    pub message: InboundMessage,
+    pub recipients: Vec<Recipient<InboundMessage>>,
+    pub ack: Option<InboundAck>,
+    pub session: actix::WeakAddr<SessionActor>,
+}
+
+/// Supervisor to session: every recipient of a [`WaitForRoom`] has its message, so
+/// the session may acknowledge it and deliver the messages behind it.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub(crate) struct DeliveryEnded(pub Option<InboundAck>);
 
 /// Socket to supervisor: the packets of these QoS 0 publishes are written.
 #[derive(Debug, Message)]

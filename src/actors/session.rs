@@ -23,8 +23,9 @@ use crate::Message;
 
 use super::client::ClientActor;
 use super::group::{
-    actor_started, actor_stopped, now, ArmTimer, Counters, FlushPending, RequestsQueued,
-    SessionUpdate, StartDisconnect, TimerFired, TransportConnected, Wire,
+    actor_started, actor_stopped, now, ArmTimer, Counters, DeliveryEnded, FlushPending,
+    RequestsQueued, SessionUpdate, StartDisconnect, TimerFired, TransportConnected, WaitForRoom,
+    Wire,
 };
 use super::keep_alive::KeepAliveActor;
 use super::link::{stop_with_link, Link};
@@ -63,8 +64,9 @@ pub(crate) struct SessionActor {
     counters: Rc<Counters>,
     /// Messages waiting for a recipient with a full mailbox, in arrival order.
     backlog: VecDeque<Delivery>,
-    /// The delivery waiting for room in a recipient's mailbox, if any.
-    blocked_delivery: Option<SpawnHandle>,
+    /// `true` while a delivery waits for room in a recipient's mailbox, until
+    /// [`DeliveryEnded`] arrives.
+    delivery_blocked: bool,
     /// The recipients of the message being routed, kept to reuse its allocation.
     recipients: Vec<Rc<Recipient<Message>>>,
     /// Requests completed in this step, sent to the supervisor in one message after
@@ -111,7 +113,7 @@ impl SessionActor {
             router: parts.router,
             counters: parts.counters,
             backlog: VecDeque::new(),
-            blocked_delivery: None,
+            delivery_blocked: false,
             recipients: Vec::new(),
             completed: Vec::new(),
             armed: None,
@@ -444,9 +446,13 @@ impl SessionActor {
         }
     }
 
-    fn notify_client(&self, update: SessionUpdate) {
+    fn notify_client<M>(&self, message: M)
+    where
+        M: actix::Message<Result = ()> + Send + 'static,
+        ClientActor: Handler<M>,
+    {
         if let Some(client) = self.client.upgrade() {
-            client.do_send(update);
+            client.do_send(message);
         }
     }
 
@@ -474,7 +480,7 @@ impl SessionActor {
 
         // The common case: nothing waits, so the message goes out now and the
         // recipient list is reused for the next one.
-        if self.backlog.is_empty() && self.blocked_delivery.is_none() {
+        if self.backlog.is_empty() && !self.delivery_blocked {
             self.deliver(message, recipients.drain(..), ack, now, ctx);
             self.recipients = recipients;
             return;
@@ -502,7 +508,7 @@ impl SessionActor {
     /// mailbox blocks the messages behind it until it has room, so each recipient sees
     /// messages in the order they arrived.
     fn pump_deliveries(&mut self, now: Instant, ctx: &mut Context<Self>) {
-        while self.blocked_delivery.is_none() {
+        while !self.delivery_blocked {
             let Some(delivery) = self.backlog.pop_front() else {
                 return;
             };
@@ -561,8 +567,9 @@ impl SessionActor {
         }
     }
 
-    /// Sends `message` to the recipients whose mailbox was full, waiting for room in
-    /// each, and acknowledges it afterwards. Later deliveries wait until then.
+    /// Has the supervisor send `message` to the recipients whose mailbox was full and
+    /// wait for room in each. Later deliveries wait until [`DeliveryEnded`] comes back,
+    /// and the message is acknowledged then.
     fn wait_for_room(
         &mut self,
         message: Message,
@@ -570,34 +577,22 @@ impl SessionActor {
         ack: Option<InboundAck>,
         ctx: &mut Context<Self>,
     ) {
-        // A clone of a recipient has its own sender, which is not blocked, so its `send`
-        // puts the message into the full mailbox now. The message then reaches every
-        // recipient even if the connection ends while it waits there, so a QoS 2
-        // message counts as delivered from this moment: a copy the broker sends again
-        // gets PUBREC, not a second delivery. PUBREC itself still waits for room.
-        let requests: Vec<_> = full
-            .iter()
-            .map(|recipient| Recipient::clone(recipient).send(message.clone()))
-            .collect();
-        drop(message);
+        // The supervisor puts the message into every mailbox, even if this group ends
+        // first, so a QoS 2 message counts as delivered from now: a copy the broker
+        // sends again gets PUBREC, not a second delivery. PUBREC itself waits for room.
         if let Some(ack) = ack {
             self.session.handle_handed_over(ack);
         }
-        let wait_for_room = async move {
-            for request in requests {
-                // An error means the recipient stopped; the others still get it.
-                let _ = request.await;
-            }
-        };
-        let handle = ctx.spawn(wait_for_room.into_actor(self).map(move |(), actor, ctx| {
-            actor.blocked_delivery = None;
-            if actor.link.is_down() {
-                return;
-            }
-            actor.acknowledge(ack, now());
-            actor.drive(ctx);
-        }));
-        self.blocked_delivery = Some(handle);
+        self.delivery_blocked = true;
+        self.notify_client(WaitForRoom {
+            message,
+            recipients: full
+                .iter()
+                .map(|recipient| Recipient::clone(recipient))
+                .collect(),
+            ack,
+            session: ctx.address().downgrade(),
+        });
     }
 
     fn acknowledge(&mut self, ack: Option<InboundAck>, now: Instant) {
@@ -640,6 +635,19 @@ macro_rules! session_input {
             }
         }
     };
+}
+
+impl Handler<DeliveryEnded> for SessionActor {
+    type Result = ();
+
+    fn handle(&mut self, DeliveryEnded(ack): DeliveryEnded, ctx: &mut Self::Context) {
+        self.delivery_blocked = false;
+        if self.link.is_down() {
+            return;
+        }
+        self.acknowledge(ack, now());
+        self.drive(ctx);
+    }
 }
 
 impl Handler<TransportConnected> for SessionActor {
