@@ -31,8 +31,8 @@ use crate::store::{
 use crate::transport::Endpoint;
 
 use super::group::{
-    actor_started, actor_stopped, now, Counters, DeliveryEnded, RequestsQueued, SessionUpdate,
-    StartDisconnect, WaitForRoom, Wire, Written,
+    actor_started, actor_stopped, now, Counters, KeepDelivering, RequestsQueued, SessionUpdate,
+    StartDisconnect, Wire, Written,
 };
 use super::keep_alive::KeepAliveActor;
 use super::link::{GroupDown, Link};
@@ -649,34 +649,17 @@ impl Handler<SubscribeEvents> for ClientActor {
     }
 }
 
-impl Handler<WaitForRoom> for ClientActor {
+impl Handler<KeepDelivering> for ClientActor {
     type Result = ();
 
-    fn handle(&mut self, wait: WaitForRoom, ctx: &mut Self::Context) {
-        let WaitForRoom {
-            message,
-            recipients,
-            ack,
-            session,
-        } = wait;
-        // Each recipient here is a clone with a sender of its own, which is not blocked,
-        // so `send` puts the message into the full mailbox now. Dropping a request
-        // would make actix skip the message, so the wait lives here, not in the group.
-        let requests: Vec<_> = recipients
-            .into_iter()
-            .map(|recipient| recipient.send(message.clone()))
-            .collect();
-        drop(message);
-        let wait_for_room = async move {
-            for request in requests {
+    fn handle(&mut self, KeepDelivering(requests): KeepDelivering, ctx: &mut Self::Context) {
+        let keep_delivering = async move {
+            for request in requests.0 {
                 // An error means the recipient stopped; the others still get it.
                 let _ = request.await;
             }
-            if let Some(session) = session.upgrade() {
-                session.do_send(DeliveryEnded(ack));
-            }
         };
-        ctx.spawn(wait_for_room.into_actor(self));
+        ctx.spawn(keep_delivering.into_actor(self));
     }
 }
 

@@ -2,17 +2,18 @@
 //! and the process-wide count of live actors.
 
 use std::cell::{Cell, RefCell};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
+use actix::dev::RecipientRequest;
 use actix::prelude::*;
 
 use crate::codec::Properties;
-use crate::session::{InboundAck, Outcome, RequestError};
+use crate::session::{Outcome, RequestError};
 use crate::store::RequestToken;
 use crate::Message as InboundMessage;
 
-use super::session::SessionActor;
 use super::socket::{PacketReader, PacketWriter};
 
 static LIVE_ACTORS: AtomicUsize = AtomicUsize::new(0);
@@ -121,25 +122,23 @@ pub(crate) enum SessionUpdate {
     Completed(Vec<(RequestToken, Result<Outcome, RequestError>)>),
 }
 
-/// Session to supervisor: `message` goes to `recipients`, whose mailboxes are full.
-/// The supervisor puts it into each mailbox and waits for them to take it. That wait
-/// must outlive the group, because its QoS 2 identifier already counts as delivered.
-/// When all have it, the supervisor sends [`DeliveryEnded`] to `session` if that actor
-/// still runs.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub(crate) struct WaitForRoom {
-    pub message: InboundMessage,
-    pub recipients: Vec<Recipient<InboundMessage>>,
-    pub ack: Option<InboundAck>,
-    pub session: actix::WeakAddr<SessionActor>,
+/// Sends of an inbound message into full mailboxes, each resolving once its recipient
+/// has handled the message.
+#[derive(Default)]
+pub(crate) struct RoomRequests(pub Vec<Pin<Box<RecipientRequest<InboundMessage>>>>);
+
+impl std::fmt::Debug for RoomRequests {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} sends waiting for room", self.0.len())
+    }
 }
 
-/// Supervisor to session: every recipient of a [`WaitForRoom`] has its message, so
-/// the session may acknowledge it and deliver the messages behind it.
-#[derive(Debug, Message)]
+/// Session to supervisor, as the session stops: keep waiting on these sends. actix
+/// skips a queued message whose send is no longer awaited, and the message may already
+/// count as delivered, so the wait must outlive the group.
+#[derive(Message)]
 #[rtype(result = "()")]
-pub(crate) struct DeliveryEnded(pub Option<InboundAck>);
+pub(crate) struct KeepDelivering(pub RoomRequests);
 
 /// Socket to supervisor: the packets of these QoS 0 publishes are written.
 #[derive(Debug, Message)]

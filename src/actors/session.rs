@@ -7,6 +7,7 @@
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
+use std::future::Future;
 use std::io;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -23,8 +24,8 @@ use crate::Message;
 
 use super::client::ClientActor;
 use super::group::{
-    actor_started, actor_stopped, now, ArmTimer, Counters, DeliveryEnded, FlushPending,
-    RequestsQueued, SessionUpdate, StartDisconnect, TimerFired, TransportConnected, WaitForRoom,
+    actor_started, actor_stopped, now, ArmTimer, Counters, FlushPending, KeepDelivering,
+    RequestsQueued, RoomRequests, SessionUpdate, StartDisconnect, TimerFired, TransportConnected,
     Wire,
 };
 use super::keep_alive::KeepAliveActor;
@@ -64,9 +65,10 @@ pub(crate) struct SessionActor {
     counters: Rc<Counters>,
     /// Messages waiting for a recipient with a full mailbox, in arrival order.
     backlog: VecDeque<Delivery>,
-    /// `true` while a delivery waits for room in a recipient's mailbox, until
-    /// [`DeliveryEnded`] arrives.
-    delivery_blocked: bool,
+    /// The delivery waiting for room in a recipient's mailbox, if any.
+    blocked_delivery: Option<SpawnHandle>,
+    /// The sends of that delivery into full mailboxes that have not resolved yet.
+    room_requests: RoomRequests,
     /// The recipients of the message being routed, kept to reuse its allocation.
     recipients: Vec<Rc<Recipient<Message>>>,
     /// Requests completed in this step, sent to the supervisor in one message after
@@ -113,7 +115,8 @@ impl SessionActor {
             router: parts.router,
             counters: parts.counters,
             backlog: VecDeque::new(),
-            delivery_blocked: false,
+            blocked_delivery: None,
+            room_requests: RoomRequests::default(),
             recipients: Vec::new(),
             completed: Vec::new(),
             armed: None,
@@ -446,13 +449,9 @@ impl SessionActor {
         }
     }
 
-    fn notify_client<M>(&self, message: M)
-    where
-        M: actix::Message<Result = ()> + Send + 'static,
-        ClientActor: Handler<M>,
-    {
+    fn notify_client(&self, update: SessionUpdate) {
         if let Some(client) = self.client.upgrade() {
-            client.do_send(message);
+            client.do_send(update);
         }
     }
 
@@ -480,7 +479,7 @@ impl SessionActor {
 
         // The common case: nothing waits, so the message goes out now and the
         // recipient list is reused for the next one.
-        if self.backlog.is_empty() && !self.delivery_blocked {
+        if self.backlog.is_empty() && self.blocked_delivery.is_none() {
             self.deliver(message, recipients.drain(..), ack, now, ctx);
             self.recipients = recipients;
             return;
@@ -508,7 +507,7 @@ impl SessionActor {
     /// mailbox blocks the messages behind it until it has room, so each recipient sees
     /// messages in the order they arrived.
     fn pump_deliveries(&mut self, now: Instant, ctx: &mut Context<Self>) {
-        while !self.delivery_blocked {
+        while self.blocked_delivery.is_none() {
             let Some(delivery) = self.backlog.pop_front() else {
                 return;
             };
@@ -567,9 +566,8 @@ impl SessionActor {
         }
     }
 
-    /// Has the supervisor send `message` to the recipients whose mailbox was full and
-    /// wait for room in each. Later deliveries wait until [`DeliveryEnded`] comes back,
-    /// and the message is acknowledged then.
+    /// Sends `message` to the recipients whose mailbox was full, waiting for room in
+    /// each, and acknowledges it afterwards. Later deliveries wait until then.
     fn wait_for_room(
         &mut self,
         message: Message,
@@ -577,22 +575,28 @@ impl SessionActor {
         ack: Option<InboundAck>,
         ctx: &mut Context<Self>,
     ) {
-        // The supervisor puts the message into every mailbox, even if this group ends
-        // first, so a QoS 2 message counts as delivered from now: a copy the broker
-        // sends again gets PUBREC, not a second delivery. PUBREC itself waits for room.
+        // A clone of a recipient has its own sender, which is not blocked, so its `send`
+        // puts the message into the full mailbox now. The sends stay awaited even if
+        // the group ends first, because `stopped` hands them to the supervisor. So a
+        // QoS 2 message counts as delivered from this moment: a copy the broker sends
+        // again gets PUBREC, not a second delivery. PUBREC itself still waits for room.
+        self.room_requests.0 = full
+            .iter()
+            .map(|recipient| Box::pin(Recipient::clone(recipient).send(message.clone())))
+            .collect();
+        drop(message);
         if let Some(ack) = ack {
             self.session.handle_handed_over(ack);
         }
-        self.delivery_blocked = true;
-        self.notify_client(WaitForRoom {
-            message,
-            recipients: full
-                .iter()
-                .map(|recipient| Recipient::clone(recipient))
-                .collect(),
-            ack,
-            session: ctx.address().downgrade(),
-        });
+        let handle = ctx.spawn(RoomFound.map(move |(), actor, ctx| {
+            actor.blocked_delivery = None;
+            if actor.link.is_down() {
+                return;
+            }
+            actor.acknowledge(ack, now());
+            actor.drive(ctx);
+        }));
+        self.blocked_delivery = Some(handle);
     }
 
     fn acknowledge(&mut self, ack: Option<InboundAck>, now: Instant) {
@@ -615,6 +619,39 @@ impl Actor for SessionActor {
         actor_stopped();
         self.link
             .take_down(DisconnectCause::Failed(crate::ClientError::Stopped));
+        if !self.room_requests.0.is_empty() {
+            let requests = std::mem::take(&mut self.room_requests);
+            if let Some(client) = self.client.upgrade() {
+                client.do_send(KeepDelivering(requests));
+            }
+        }
+    }
+}
+
+/// Future that resolves once every send in [`SessionActor::room_requests`] has
+/// resolved. The sends live in the actor rather than in this future, so that `stopped`
+/// can hand them over.
+struct RoomFound;
+
+impl ActorFuture<SessionActor> for RoomFound {
+    type Output = ();
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        actor: &mut SessionActor,
+        _: &mut Context<SessionActor>,
+        task: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        // An error means the recipient stopped; the others still get the message.
+        actor
+            .room_requests
+            .0
+            .retain_mut(|request| Future::poll(request.as_mut(), task).is_pending());
+        if actor.room_requests.0.is_empty() {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
     }
 }
 
@@ -635,19 +672,6 @@ macro_rules! session_input {
             }
         }
     };
-}
-
-impl Handler<DeliveryEnded> for SessionActor {
-    type Result = ();
-
-    fn handle(&mut self, DeliveryEnded(ack): DeliveryEnded, ctx: &mut Self::Context) {
-        self.delivery_blocked = false;
-        if self.link.is_down() {
-            return;
-        }
-        self.acknowledge(ack, now());
-        self.drive(ctx);
-    }
 }
 
 impl Handler<TransportConnected> for SessionActor {
