@@ -15,8 +15,9 @@ mod actor_broker;
 use std::num::NonZeroU32;
 use std::time::Duration;
 
-use actix::prelude::*;
-use actor_broker::{assert_actors_back_to, forward, next, BrokerConnection, FakeBroker, STEP};
+use actor_broker::{
+    assert_actors_back_to, forward, next, BrokerConnection, FakeBroker, Gate, STEP,
+};
 use bytes::Bytes;
 use mqttlink::codec::{
     ConnectReason, Delivery, Disconnect, DisconnectReason, Packet, PacketId, Properties,
@@ -375,31 +376,6 @@ async fn try_publish_fails_when_queue_full() {
     assert_actors_back_to(baseline).await;
 }
 
-/// A recipient whose handler holds each message until the test releases it.
-struct Gate {
-    release: Option<tokio::sync::oneshot::Receiver<()>>,
-    seen: tokio::sync::mpsc::UnboundedSender<Bytes>,
-}
-
-impl Actor for Gate {
-    type Context = Context<Self>;
-
-    fn started(&mut self, ctx: &mut Context<Self>) {
-        ctx.set_mailbox_capacity(1);
-    }
-}
-
-impl Handler<Message> for Gate {
-    type Result = ();
-
-    fn handle(&mut self, message: Message, ctx: &mut Context<Self>) {
-        let _ = self.seen.send(message.payload);
-        if let Some(release) = self.release.take() {
-            ctx.wait(async move { drop(release.await) }.into_actor(self));
-        }
-    }
-}
-
 #[actix_rt::test]
 async fn slow_recipient_delays_ack_until_delivered() {
     let _serial = SERIAL.lock().await;
@@ -409,13 +385,7 @@ async fn slow_recipient_delays_ack_until_delivered() {
         .client_id("slow")
         .start()
         .unwrap();
-    let (release, released) = tokio::sync::oneshot::channel();
-    let (seen, mut seen_rx) = tokio::sync::mpsc::unbounded_channel();
-    let gate = Gate {
-        release: Some(released),
-        seen,
-    }
-    .start();
+    let (gate, release, mut seen_rx) = Gate::start_closed();
     client.set_default_recipient(gate.recipient());
     let mut connection = broker.accept().await;
     connection.handshake().await;
@@ -473,13 +443,7 @@ async fn receive_maximum_counts_waiting_qos2_once() {
         .receive_maximum(2)
         .start()
         .unwrap();
-    let (release, released) = tokio::sync::oneshot::channel();
-    let (seen, mut seen_rx) = tokio::sync::mpsc::unbounded_channel();
-    let gate = Gate {
-        release: Some(released),
-        seen,
-    }
-    .start();
+    let (gate, release, mut seen_rx) = Gate::start_closed();
     client.set_default_recipient(gate.recipient());
     let mut connection = broker.accept().await;
     connection.handshake().await;

@@ -21,7 +21,7 @@ mod reconnect_broker;
 
 use std::time::Duration;
 
-use actor_broker::{assert_actors_back_to, forward, next, STEP};
+use actor_broker::{assert_actors_back_to, forward, next, Gate, STEP};
 use mqttlink::codec::{
     ConnectReason, Delivery, DisconnectReason, Packet, PacketId, Properties, ProtocolVersion,
     PubAck, PubAckReason, PubComp, PubCompReason, PubRec, QoS, SubAck, SubAckReason,
@@ -2051,34 +2051,6 @@ async fn mosquitto_restart_without_session_resubscribes() {
     }
 }
 
-/// A recipient with a mailbox of one message whose handler blocks on the first message
-/// until the test releases it, so later messages wait for room in its mailbox.
-struct Gate {
-    release: Option<tokio::sync::oneshot::Receiver<()>>,
-    seen: tokio::sync::mpsc::UnboundedSender<bytes::Bytes>,
-}
-
-impl actix::Actor for Gate {
-    type Context = actix::Context<Self>;
-
-    fn started(&mut self, ctx: &mut Self::Context) {
-        ctx.set_mailbox_capacity(1);
-    }
-}
-
-impl actix::Handler<mqttlink::Message> for Gate {
-    type Result = ();
-
-    fn handle(&mut self, message: mqttlink::Message, ctx: &mut Self::Context) {
-        use actix::{AsyncContext, WrapFuture};
-
-        let _ = self.seen.send(message.payload);
-        if let Some(release) = self.release.take() {
-            ctx.wait(async move { drop(release.await) }.into_actor(self));
-        }
-    }
-}
-
 /// A client whose messages all go to a [`Gate`], connected to a broker with a new
 /// session, with the test's handles.
 struct GatedClient {
@@ -2094,17 +2066,9 @@ struct GatedClient {
 /// Starts a client with clean start 0 whose messages all go to a new [`Gate`], and
 /// connects it to `broker` with a new session.
 async fn connect_gated(broker: &ScriptedBroker, version: ProtocolVersion) -> GatedClient {
-    use actix::Actor;
-
     let options = options(broker.port()).protocol(version).clean_start(false);
     let (client, mut events) = start(options);
-    let (release, released) = tokio::sync::oneshot::channel();
-    let (seen, seen_rx) = tokio::sync::mpsc::unbounded_channel();
-    let gate = Gate {
-        release: Some(released),
-        seen,
-    }
-    .start();
+    let (gate, release, seen_rx) = Gate::start_closed();
     client.set_default_recipient(gate.recipient());
     let mut connection = broker.accept().await;
     connection.accept_connect(false).await;

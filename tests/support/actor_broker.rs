@@ -246,6 +246,51 @@ where
     (Forward(sender).start(), receiver)
 }
 
+/// A recipient with a mailbox of one message whose handler blocks on the first message
+/// until the test releases it, so later messages wait for room in its mailbox.
+pub struct Gate {
+    release: Option<tokio::sync::oneshot::Receiver<()>>,
+    seen: mpsc::UnboundedSender<bytes::Bytes>,
+}
+
+impl Gate {
+    /// Starts a gate and returns its address, the sender that releases it, and the
+    /// channel of the payloads it handles, in order.
+    pub fn start_closed() -> (
+        Addr<Gate>,
+        tokio::sync::oneshot::Sender<()>,
+        mpsc::UnboundedReceiver<bytes::Bytes>,
+    ) {
+        let (release, released) = tokio::sync::oneshot::channel();
+        let (seen, seen_rx) = mpsc::unbounded_channel();
+        let gate = Gate {
+            release: Some(released),
+            seen,
+        }
+        .start();
+        (gate, release, seen_rx)
+    }
+}
+
+impl Actor for Gate {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.set_mailbox_capacity(1);
+    }
+}
+
+impl Handler<mqttlink::Message> for Gate {
+    type Result = ();
+
+    fn handle(&mut self, message: mqttlink::Message, ctx: &mut Context<Self>) {
+        let _ = self.seen.send(message.payload);
+        if let Some(release) = self.release.take() {
+            ctx.wait(async move { drop(release.await) }.into_actor(self));
+        }
+    }
+}
+
 /// Returns the next item of a channel, failing the test after `STEP`.
 pub async fn next<T>(receiver: &mut mpsc::UnboundedReceiver<T>) -> T {
     tokio::time::timeout(STEP, receiver.recv())
