@@ -220,7 +220,11 @@ impl<S: Store> Session<S> {
             return self.violate(violation, now);
         }
         if let Some(connection) = self.connection_mut() {
-            connection.delivering.insert(packet_id, qos);
+            let entry = super::Delivering {
+                qos,
+                handed_over: false,
+            };
+            connection.delivering.insert(packet_id, entry);
         }
         self.events.push_back(SessionEvent::Message {
             message,
@@ -236,7 +240,8 @@ impl<S: Store> Session<S> {
     fn inbound_id_use(&self, packet_id: PacketId, qos: QoS, dup: bool) -> InboundId {
         let delivering = self
             .connection()
-            .and_then(|connection| connection.delivering.get(&packet_id).copied());
+            .and_then(|connection| connection.delivering.get(&packet_id))
+            .map(|entry| entry.qos);
         match delivering {
             Some(QoS::ExactlyOnce) if qos == QoS::ExactlyOnce => InboundId::Redelivery,
             Some(QoS::AtLeastOnce)

@@ -181,6 +181,15 @@ enum Ping {
     AwaitingPingResp { deadline: Instant },
 }
 
+/// An inbound message handed out for delivery and not yet acknowledged.
+#[derive(Debug, Clone, Copy)]
+struct Delivering {
+    qos: QoS,
+    /// `true` once the message waits in a full mailbox and its QoS 2 identifier is
+    /// recorded in the store as delivered.
+    handed_over: bool,
+}
+
 /// Per-connection state after CONNACK.
 #[derive(Debug)]
 struct Connection {
@@ -191,9 +200,9 @@ struct Connection {
     /// Topic aliases the broker defined on this connection.
     aliases: HashMap<u16, TopicName>,
     /// Inbound QoS 1 and 2 messages handed out for delivery and not yet acknowledged.
-    delivering: id_hash::PacketIdMap<QoS>,
-    /// Entries of `delivering` whose QoS 2 identifier the store already records, because
-    /// the message waits in a full mailbox. `inflight_in` counts each of them once.
+    delivering: id_hash::PacketIdMap<Delivering>,
+    /// Entries of `delivering` that are handed over, whose QoS 2 identifier the store
+    /// records too. `inflight_in` counts each of them once.
     handed_over: usize,
     /// Whether the request at the head of the queue waits for room in the in-flight
     /// window or for a free packet identifier. Only a completed outbound flow can
@@ -386,19 +395,22 @@ impl<S: Store> Session<S> {
     /// PUBREC is sent. A copy the broker sends again, also after a reconnect, then gets
     /// PUBREC and is not delivered twice. Other QoS levels are ignored.
     pub fn handle_handed_over(&mut self, ack: InboundAck) {
-        if ack.qos != QoS::ExactlyOnce || !self.store.insert_inbound(ack.packet_id) {
+        if ack.qos != QoS::ExactlyOnce {
             return;
         }
+        self.store.insert_inbound(ack.packet_id);
         if let Some(connection) = self.connection_mut() {
-            if connection.delivering.contains_key(&ack.packet_id) {
-                connection.handed_over += 1;
+            if let Some(entry) = connection.delivering.get_mut(&ack.packet_id) {
+                if !entry.handed_over {
+                    entry.handed_over = true;
+                    connection.handed_over += 1;
+                }
             }
         }
     }
 
     /// Acknowledges an inbound message now that it reached the application.
     pub fn handle_delivered(&mut self, ack: InboundAck, now: Instant) {
-        let handed_over = ack.qos == QoS::ExactlyOnce && self.store.contains_inbound(ack.packet_id);
         let Some(connection) = self.connection_mut() else {
             // The connection closed after the message arrived, for example on a
             // DISCONNECT read with it. The broker sends the message again on a resumed
@@ -406,7 +418,8 @@ impl<S: Store> Session<S> {
             self.handle_handed_over(ack);
             return;
         };
-        if connection.delivering.remove(&ack.packet_id).is_some() && handed_over {
+        let removed = connection.delivering.remove(&ack.packet_id);
+        if removed.is_some_and(|entry| entry.handed_over) {
             connection.handed_over = connection.handed_over.saturating_sub(1);
         }
         self.send_inbound_ack(ack, now);
