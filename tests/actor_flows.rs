@@ -636,3 +636,57 @@ async fn malformed_packet_closes_with_reason_per_version() {
     }
     assert_actors_back_to(baseline).await;
 }
+
+/// Checks that connect and disconnect cycles, each leaving a message waiting for room
+/// in a recipient that never drains its mailbox, end every time with the broker seeing
+/// the connection closed and the live actor count back at its baseline.
+#[actix_rt::test]
+async fn cycles_with_full_mailbox_leak_nothing() {
+    let _serial = SERIAL.lock().await;
+    let baseline = live_actor_count();
+    let broker = FakeBroker::bind().await;
+    for cycle in 0..5 {
+        let client = ClientOptions::from_url(&broker.url())
+            .unwrap()
+            .client_id("full-mailbox-cycles")
+            .start()
+            .unwrap();
+        let (gate, _release, mut seen_rx) = Gate::start_closed();
+        client.set_default_recipient(gate.recipient());
+        let mut connection = broker.accept().await;
+        connection.handshake().await;
+
+        // The gate blocks on "a" and "b" fills its mailbox, so "c" waits for room.
+        connection
+            .send(&inbound(Delivery::AtLeastOnce(id(1)), "g", b"a"))
+            .await;
+        assert!(matches!(connection.recv().await, Packet::PubAck(a) if a.packet_id == id(1)));
+        assert_eq!(&next(&mut seen_rx).await[..], b"a");
+        connection
+            .send(&inbound(Delivery::AtLeastOnce(id(2)), "g", b"b"))
+            .await;
+        assert!(matches!(connection.recv().await, Packet::PubAck(a) if a.packet_id == id(2)));
+        connection
+            .send(&inbound(Delivery::AtLeastOnce(id(3)), "g", b"c"))
+            .await;
+        let held = async {
+            while client.stats().await.unwrap().inflight_in != 1 {
+                tokio::task::yield_now().await;
+            }
+        };
+        let held = tokio::time::timeout(STEP, held).await;
+        assert!(held.is_ok(), "cycle {cycle}: c does not wait for room");
+
+        let disconnected =
+            tokio::time::timeout(STEP, client.disconnect(mqttlink::Disconnect::new()))
+                .await
+                .expect("disconnect resolves in time");
+        assert!(disconnected.is_ok(), "cycle {cycle}: {disconnected:?}");
+        let rest = connection.until_closed().await;
+        assert!(
+            matches!(rest.as_slice(), [Packet::Disconnect(_)]),
+            "cycle {cycle}: expected only DISCONNECT, got {rest:?}"
+        );
+        assert_actors_back_to(baseline).await;
+    }
+}

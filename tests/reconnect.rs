@@ -2262,3 +2262,189 @@ async fn qos1_waiting_for_room_survives_cut() {
     drop(client);
     assert_actors_back_to(baseline).await;
 }
+
+/// Waits a bounded time for the live actor count to return to `baseline` and returns
+/// whether it did, so a test can clean up before it fails.
+async fn actors_returned_to(baseline: usize, wait: Duration) -> bool {
+    let settled = async {
+        while live_actor_count() != baseline {
+            tokio::task::yield_now().await;
+        }
+    };
+    tokio::time::timeout(wait, settled).await.is_ok()
+}
+
+/// Checks that dropping every handle stops a reconnected client whose supervisor still
+/// waits on a send handed over by the previous connection, to a recipient that does not
+/// drain its mailbox. A supervisor whose pending send keeps it from stopping leaves the
+/// connection open and its actors running for as long as the recipient is blocked.
+#[actix_rt::test]
+async fn dropped_handles_stop_despite_handed_over_send() {
+    let _serial = SERIAL.lock().await;
+    let baseline = live_actor_count();
+    let broker = ScriptedBroker::bind().await;
+    let GatedClient {
+        client,
+        mut events,
+        release,
+        seen: mut gate_seen,
+        connection: mut first,
+    } = connect_gated(&broker, ProtocolVersion::V5).await;
+
+    // The gate blocks on "a" and "b" fills its mailbox. "c" waits for room, and the
+    // PUBCOMP for an unknown identifier shows that the client read it.
+    let ids: Vec<PacketId> = (1..=3).map(|id| PacketId::try_from(id).unwrap()).collect();
+    first.send(&qos1_publish(ids[0], false, "a")).await;
+    expect_puback(&mut first, ids[0], "a, held by the gate").await;
+    assert_eq!(next(&mut gate_seen).await, "a");
+    first.send(&qos1_publish(ids[1], false, "b")).await;
+    expect_puback(&mut first, ids[1], "b, in the mailbox").await;
+    let unknown = PacketId::try_from(99).unwrap();
+    let mut write = first.encode(&qos1_publish(ids[2], false, "c"));
+    write.extend_from_slice(&first.encode(&pubrel(unknown)));
+    first.send_raw(&write).await;
+    let not_found = PubCompReason::PacketIdentifierNotFound;
+    expect_pubcomp(&mut first, unknown, not_found, "read after c").await;
+
+    // The cut hands the send of "c" over to the supervisor, which then reconnects.
+    first.cut();
+    expect_reconnecting(&mut events).await;
+    let mut second = broker.accept().await;
+    second.accept_connect(true).await;
+    expect_connected(&mut events, true).await;
+
+    drop(client);
+    let wait = Duration::from_secs(2);
+    let closed = tokio::time::timeout(wait, second.until_closed()).await;
+    let stopped = actors_returned_to(baseline, wait).await;
+
+    // Opening the gate lets the handed-over send resolve, which stops a leaked client
+    // before the checks below fail.
+    let _ = release.send(());
+    assert_actors_back_to(baseline).await;
+    assert!(
+        closed.is_ok(),
+        "the connection stayed open after every handle was dropped"
+    );
+    assert!(
+        stopped,
+        "actors still running after every handle was dropped: {} over the baseline",
+        live_actor_count() - baseline
+    );
+}
+
+/// Checks that a disconnect during the reconnect backoff ends the client while its
+/// supervisor waits on a send handed over to a recipient that never drains its mailbox,
+/// and that the statistics meanwhile report no connection.
+#[actix_rt::test]
+async fn backoff_disconnect_with_handed_over_send() {
+    let _serial = SERIAL.lock().await;
+    let baseline = live_actor_count();
+    let broker = ScriptedBroker::bind().await;
+    let long_wait = Duration::from_secs(600);
+    let options = options(broker.port())
+        .clean_start(false)
+        .reconnect_backoff(long_wait, long_wait);
+    let (client, mut events) = start(options);
+    let (gate, _release, mut gate_seen) = Gate::start_closed();
+    client.set_default_recipient(gate.recipient());
+    let mut first = broker.accept().await;
+    first.accept_connect(false).await;
+    expect_connected(&mut events, false).await;
+
+    // The gate blocks on "a" and "b" fills its mailbox, so "c" waits for room.
+    let ids: Vec<PacketId> = (1..=3).map(|id| PacketId::try_from(id).unwrap()).collect();
+    first.send(&qos1_publish(ids[0], false, "a")).await;
+    expect_puback(&mut first, ids[0], "a, held by the gate").await;
+    assert_eq!(next(&mut gate_seen).await, "a");
+    first.send(&qos1_publish(ids[1], false, "b")).await;
+    expect_puback(&mut first, ids[1], "b, in the mailbox").await;
+    let unknown = PacketId::try_from(99).unwrap();
+    let mut write = first.encode(&qos1_publish(ids[2], false, "c"));
+    write.extend_from_slice(&first.encode(&pubrel(unknown)));
+    first.send_raw(&write).await;
+    let not_found = PubCompReason::PacketIdentifierNotFound;
+    expect_pubcomp(&mut first, unknown, not_found, "read after c").await;
+    let stats = client.stats().await.unwrap();
+    assert!(stats.connected, "connected while c waits for room");
+    assert_eq!(stats.inflight_in, 1, "c waits for room unacknowledged");
+
+    first.cut();
+    expect_reconnecting(&mut events).await;
+    let stats = client.stats().await.unwrap();
+    assert!(!stats.connected, "connected reported during the backoff");
+    assert_eq!(stats.live_actors, baseline + 1, "only the supervisor runs");
+
+    disconnect(&client).await;
+    assert_actors_back_to(baseline).await;
+    assert!(matches!(client.stats().await, Err(ClientError::Stopped)));
+}
+
+/// Checks that cuts while a QoS 1 message waits for room in a recipient that stays
+/// blocked do not pile up copies of it. Each cut hands the waiting send to the
+/// supervisor, and the broker's copy on the next connection waits for room again. At
+/// most two copies, the first and one resend, may reach the recipient. One more copy per
+/// cut means that its bounded mailbox grows with the number of reconnects.
+#[actix_rt::test]
+async fn repeated_cuts_keep_mailbox_bounded() {
+    const CUTS: usize = 5;
+    let _serial = SERIAL.lock().await;
+    let baseline = live_actor_count();
+    let broker = ScriptedBroker::bind().await;
+    let GatedClient {
+        client,
+        mut events,
+        release,
+        seen: mut gate_seen,
+        mut connection,
+    } = connect_gated(&broker, ProtocolVersion::V5).await;
+
+    // The gate blocks on "a" and "b" fills its mailbox.
+    let ids: Vec<PacketId> = (1..=3).map(|id| PacketId::try_from(id).unwrap()).collect();
+    connection.send(&qos1_publish(ids[0], false, "a")).await;
+    expect_puback(&mut connection, ids[0], "a, held by the gate").await;
+    assert_eq!(next(&mut gate_seen).await, "a");
+    connection.send(&qos1_publish(ids[1], false, "b")).await;
+    expect_puback(&mut connection, ids[1], "b, in the mailbox").await;
+
+    // On each connection "c" arrives, waits for room, and the connection is cut. The
+    // PUBCOMP for an unknown identifier shows that the client read "c" first.
+    let unknown = PacketId::try_from(99).unwrap();
+    let not_found = PubCompReason::PacketIdentifierNotFound;
+    for cut in 0..CUTS {
+        let mut write = connection.encode(&qos1_publish(ids[2], cut > 0, "c"));
+        write.extend_from_slice(&connection.encode(&pubrel(unknown)));
+        connection.send_raw(&write).await;
+        let what = format!("cut {cut}: read after c");
+        expect_pubcomp(&mut connection, unknown, not_found, &what).await;
+        connection.cut();
+        expect_reconnecting(&mut events).await;
+        connection = broker.accept().await;
+        connection.accept_connect(true).await;
+        expect_connected(&mut events, true).await;
+    }
+
+    release.send(()).unwrap();
+    connection
+        .send(&qos0_publish("at/least/once", "marker"))
+        .await;
+    let mut payloads = Vec::new();
+    for _ in 0..=CUTS + 2 {
+        let payload = next(&mut gate_seen).await;
+        let marker = payload == "marker";
+        payloads.push(payload);
+        if marker {
+            break;
+        }
+    }
+    disconnect(&client).await;
+    expect_only_disconnect(&mut connection).await;
+    drop(client);
+    assert_actors_back_to(baseline).await;
+
+    let copies = payloads.iter().filter(|payload| *payload == "c").count();
+    assert!(
+        (1..=2).contains(&copies),
+        "{copies} copies of c after {CUTS} cuts: {payloads:?}"
+    );
+}

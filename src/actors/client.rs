@@ -31,7 +31,7 @@ use crate::store::{
 use crate::transport::Endpoint;
 
 use super::group::{
-    actor_started, actor_stopped, now, Counters, KeepDelivering, RequestsQueued, SessionUpdate,
+    actor_started, actor_stopped, now, Counters, RequestsQueued, RoomRequests, SessionUpdate,
     StartDisconnect, Wire, Written,
 };
 use super::keep_alive::KeepAliveActor;
@@ -142,6 +142,10 @@ pub struct ClientActor {
     local_session: LocalSession,
     /// Subscriptions the broker granted, restored after a reconnect without a session.
     granted: Granted,
+    /// Sends into full recipient mailboxes that stopped sessions left unresolved. They
+    /// are held here, not awaited, so that actix still delivers their messages while
+    /// they do not keep the client alive once its handles are gone.
+    handed_over: Rc<RefCell<RoomRequests>>,
 }
 
 impl ClientActor {
@@ -184,6 +188,7 @@ impl ClientActor {
             connected_before: false,
             local_session,
             granted: Granted::default(),
+            handed_over: Rc::default(),
         }
     }
 
@@ -231,6 +236,7 @@ impl ClientActor {
             keep_alive,
             router: Rc::clone(&self.router),
             counters: Rc::clone(&self.counters),
+            handed_over: Rc::clone(&self.handed_over),
             wire,
         }));
 
@@ -646,20 +652,6 @@ impl Handler<SubscribeEvents> for ClientActor {
 
     fn handle(&mut self, SubscribeEvents(recipient): SubscribeEvents, _: &mut Self::Context) {
         self.listeners.push(recipient);
-    }
-}
-
-impl Handler<KeepDelivering> for ClientActor {
-    type Result = ();
-
-    fn handle(&mut self, KeepDelivering(requests): KeepDelivering, ctx: &mut Self::Context) {
-        let keep_delivering = async move {
-            for request in requests.0 {
-                // An error means the recipient stopped; the others still get it.
-                let _ = request.await;
-            }
-        };
-        ctx.spawn(keep_delivering.into_actor(self));
     }
 }
 

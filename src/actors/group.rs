@@ -2,7 +2,9 @@
 //! and the process-wide count of live actors.
 
 use std::cell::{Cell, RefCell};
+use std::future::Future;
 use std::pin::Pin;
+use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
@@ -122,10 +124,52 @@ pub(crate) enum SessionUpdate {
     Completed(Vec<(RequestToken, Result<Outcome, RequestError>)>),
 }
 
-/// Sends of an inbound message into full mailboxes, each resolving once its recipient
-/// has handled the message.
+/// A send of an inbound message into the full mailbox of `recipient`, resolving once
+/// the recipient has handled the message.
+pub(crate) struct RoomRequest {
+    pub recipient: Rc<Recipient<InboundMessage>>,
+    pub request: Pin<Box<RecipientRequest<InboundMessage>>>,
+}
+
+/// Sends into full mailboxes. actix skips a queued message whose send is dropped, and
+/// such a message may already count as delivered, so the sends must stay held until
+/// their recipients have the message.
 #[derive(Default)]
-pub(crate) struct RoomRequests(pub Vec<Pin<Box<RecipientRequest<InboundMessage>>>>);
+pub(crate) struct RoomRequests(pub Vec<RoomRequest>);
+
+impl RoomRequests {
+    /// Polls every send once and keeps those still pending. An error means the
+    /// recipient stopped, which ends its send too.
+    pub fn retain_pending(&mut self, task: &mut std::task::Context<'_>) {
+        self.0
+            .retain_mut(|room| Future::poll(room.request.as_mut(), task).is_pending());
+    }
+
+    /// Drops the sends that have resolved, without registering for a wake-up.
+    pub fn prune(&mut self) {
+        let waker = std::task::Waker::from(std::sync::Arc::new(NoWake));
+        self.retain_pending(&mut std::task::Context::from_waker(&waker));
+    }
+
+    /// Moves the sends to any of `recipients` into `into`; returns `true` when there
+    /// were any.
+    pub fn move_for(
+        &mut self,
+        recipients: &[Rc<Recipient<InboundMessage>>],
+        into: &mut RoomRequests,
+    ) -> bool {
+        let (moved, kept): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.0).into_iter().partition(|room| {
+                recipients
+                    .iter()
+                    .any(|recipient| Rc::ptr_eq(recipient, &room.recipient))
+            });
+        self.0 = kept;
+        let any = !moved.is_empty();
+        into.0.extend(moved);
+        any
+    }
+}
 
 impl std::fmt::Debug for RoomRequests {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -133,12 +177,12 @@ impl std::fmt::Debug for RoomRequests {
     }
 }
 
-/// Session to supervisor, as the session stops: keep waiting on these sends. actix
-/// skips a queued message whose send is no longer awaited, and the message may already
-/// count as delivered, so the wait must outlive the group.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub(crate) struct KeepDelivering(pub RoomRequests);
+/// Waker for polls whose result is read at once: nothing waits to be woken.
+struct NoWake;
+
+impl std::task::Wake for NoWake {
+    fn wake(self: std::sync::Arc<Self>) {}
+}
 
 /// Socket to supervisor: the packets of these QoS 0 publishes are written.
 #[derive(Debug, Message)]

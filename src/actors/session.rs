@@ -7,7 +7,6 @@
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
-use std::future::Future;
 use std::io;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -24,8 +23,8 @@ use crate::Message;
 
 use super::client::ClientActor;
 use super::group::{
-    actor_started, actor_stopped, now, ArmTimer, Counters, FlushPending, KeepDelivering,
-    RequestsQueued, RoomRequests, SessionUpdate, StartDisconnect, TimerFired, TransportConnected,
+    actor_started, actor_stopped, now, ArmTimer, Counters, FlushPending, RequestsQueued,
+    RoomRequest, RoomRequests, SessionUpdate, StartDisconnect, TimerFired, TransportConnected,
     Wire,
 };
 use super::keep_alive::KeepAliveActor;
@@ -67,8 +66,12 @@ pub(crate) struct SessionActor {
     backlog: VecDeque<Delivery>,
     /// The delivery waiting for room in a recipient's mailbox, if any.
     blocked_delivery: Option<SpawnHandle>,
-    /// The sends of that delivery into full mailboxes that have not resolved yet.
+    /// The sends into full mailboxes that the blocked delivery waits for.
     room_requests: RoomRequests,
+    /// Sends into full mailboxes that earlier sessions of this client left unresolved,
+    /// kept by the supervisor. A delivery to one of their recipients waits for them
+    /// first, so that no mailbox gets more than one message beyond its capacity.
+    handed_over: Rc<RefCell<RoomRequests>>,
     /// The recipients of the message being routed, kept to reuse its allocation.
     recipients: Vec<Rc<Recipient<Message>>>,
     /// Requests completed in this step, sent to the supervisor in one message after
@@ -99,6 +102,8 @@ pub(crate) struct SessionParts {
     pub keep_alive: Addr<KeepAliveActor>,
     pub router: Rc<RefCell<Router>>,
     pub counters: Rc<Counters>,
+    /// Sends into full mailboxes that stopped sessions left, kept by the supervisor.
+    pub handed_over: Rc<RefCell<RoomRequests>>,
     /// The wire the socket was built with.
     pub wire: Rc<Wire>,
 }
@@ -117,6 +122,7 @@ impl SessionActor {
             backlog: VecDeque::new(),
             blocked_delivery: None,
             room_requests: RoomRequests::default(),
+            handed_over: parts.handed_over,
             recipients: Vec::new(),
             completed: Vec::new(),
             armed: None,
@@ -479,7 +485,10 @@ impl SessionActor {
 
         // The common case: nothing waits, so the message goes out now and the
         // recipient list is reused for the next one.
-        if self.backlog.is_empty() && self.blocked_delivery.is_none() {
+        if self.backlog.is_empty()
+            && self.blocked_delivery.is_none()
+            && !self.wait_for_earlier_sends(&recipients, ctx)
+        {
             self.deliver(message, recipients.drain(..), ack, now, ctx);
             self.recipients = recipients;
             return;
@@ -511,6 +520,10 @@ impl SessionActor {
             let Some(delivery) = self.backlog.pop_front() else {
                 return;
             };
+            if self.wait_for_earlier_sends(&delivery.recipients, ctx) {
+                self.backlog.push_front(delivery);
+                return;
+            }
             self.deliver(
                 delivery.message,
                 delivery.recipients.into_iter(),
@@ -576,18 +589,47 @@ impl SessionActor {
         ctx: &mut Context<Self>,
     ) {
         // A clone of a recipient has its own sender, which is not blocked, so its `send`
-        // puts the message into the full mailbox now. The sends stay awaited even if
-        // the group ends first, because `stopped` hands them to the supervisor. So a
+        // puts the message into the full mailbox now. The sends stay held even if the
+        // group ends first, because `stopped` hands them to the supervisor. So a
         // QoS 2 message counts as delivered from this moment: a copy the broker sends
         // again gets PUBREC, not a second delivery. PUBREC itself still waits for room.
-        self.room_requests.0 = full
-            .iter()
-            .map(|recipient| Box::pin(Recipient::clone(recipient).send(message.clone())))
-            .collect();
+        self.room_requests
+            .0
+            .extend(full.iter().map(|recipient| RoomRequest {
+                recipient: Rc::clone(recipient),
+                request: Box::pin(Recipient::clone(recipient).send(message.clone())),
+            }));
         drop(message);
         if let Some(ack) = ack {
             self.session.handle_handed_over(ack);
         }
+        self.block_until_room(ack, ctx);
+    }
+
+    /// Takes over the sends an earlier session left to any of `recipients` and blocks
+    /// deliveries until they resolve. Returns `false` when there are none, so the
+    /// delivery may go ahead.
+    fn wait_for_earlier_sends(
+        &mut self,
+        recipients: &[Rc<Recipient<Message>>],
+        ctx: &mut Context<Self>,
+    ) -> bool {
+        let mut handed_over = self.handed_over.borrow_mut();
+        if handed_over.0.is_empty() {
+            return false;
+        }
+        handed_over.prune();
+        if !handed_over.move_for(recipients, &mut self.room_requests) {
+            return false;
+        }
+        drop(handed_over);
+        self.block_until_room(None, ctx);
+        true
+    }
+
+    /// Blocks deliveries until every send in `room_requests` has resolved, then
+    /// acknowledges `ack` and delivers the messages behind.
+    fn block_until_room(&mut self, ack: Option<InboundAck>, ctx: &mut Context<Self>) {
         let handle = ctx.spawn(RoomFound.map(move |(), actor, ctx| {
             actor.blocked_delivery = None;
             if actor.link.is_down() {
@@ -619,11 +661,11 @@ impl Actor for SessionActor {
         actor_stopped();
         self.link
             .take_down(DisconnectCause::Failed(crate::ClientError::Stopped));
-        if !self.room_requests.0.is_empty() {
-            let requests = std::mem::take(&mut self.room_requests);
-            if let Some(client) = self.client.upgrade() {
-                client.do_send(KeepDelivering(requests));
-            }
+        let requests = std::mem::take(&mut self.room_requests);
+        if !requests.0.is_empty() {
+            let mut handed_over = self.handed_over.borrow_mut();
+            handed_over.prune();
+            handed_over.0.extend(requests.0);
         }
     }
 }
@@ -643,10 +685,7 @@ impl ActorFuture<SessionActor> for RoomFound {
         task: &mut std::task::Context<'_>,
     ) -> std::task::Poll<()> {
         // An error means the recipient stopped; the others still get the message.
-        actor
-            .room_requests
-            .0
-            .retain_mut(|request| Future::poll(request.as_mut(), task).is_pending());
+        actor.room_requests.retain_pending(task);
         if actor.room_requests.0.is_empty() {
             std::task::Poll::Ready(())
         } else {
