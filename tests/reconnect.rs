@@ -2448,3 +2448,60 @@ async fn repeated_cuts_keep_mailbox_bounded() {
         "{copies} copies of c after {CUTS} cuts: {payloads:?}"
     );
 }
+
+/// Checks a QoS 1 publish in flight when a reconnect finds no session (Session Present
+/// 0). The client promises to send the PUBLISH again with DUP and its packet identifier,
+/// so the message is not dropped, and the publish completes on that PUBACK.
+#[actix_rt::test]
+async fn lost_session_resends_qos1_publish() {
+    let _serial = SERIAL.lock().await;
+    let baseline = live_actor_count();
+    let broker = ScriptedBroker::bind().await;
+    let (client, mut events) = start(options(broker.port()));
+
+    let mut first = broker.accept().await;
+    first.accept_connect(false).await;
+    expect_connected(&mut events, false).await;
+    let in_flight = spawn_publish(&client, "t/kept", QoS::AtLeastOnce);
+    let sent = expect_publish(first.recv().await);
+    first.cut();
+    expect_reconnecting(&mut events).await;
+
+    let mut second = broker.accept().await;
+    let connect = second.accept_connect(false).await;
+    assert!(!connect.clean_start, "reconnect asks to resume");
+    expect_connected(&mut events, false).await;
+    let resent = expect_publish(second.recv().await);
+    assert!(resent.dup, "resent PUBLISH carries DUP");
+    assert_eq!(packet_id(&resent), packet_id(&sent));
+    assert_eq!(resent.topic, sent.topic);
+    assert_eq!(resent.payload, sent.payload);
+    second
+        .send(&Packet::PubAck(PubAck {
+            packet_id: packet_id(&resent),
+            reason: PubAckReason::Success,
+            properties: Properties::default().into(),
+        }))
+        .await;
+    let completed = outcome(in_flight).await.unwrap();
+    assert_eq!(completed.reason, Some(PubAckReason::Success));
+
+    // A publish made after the resend goes out as a new message.
+    let fresh = spawn_publish(&client, "t/fresh", QoS::AtLeastOnce);
+    let fresh_sent = expect_publish(second.recv().await);
+    assert!(!fresh_sent.dup);
+    assert_eq!(fresh_sent.topic, Some(topic("t/fresh")));
+    second
+        .send(&Packet::PubAck(PubAck {
+            packet_id: packet_id(&fresh_sent),
+            reason: PubAckReason::Success,
+            properties: Properties::default().into(),
+        }))
+        .await;
+    assert!(outcome(fresh).await.is_ok());
+
+    disconnect(&client).await;
+    expect_only_disconnect(&mut second).await;
+    drop(client);
+    assert_actors_back_to(baseline).await;
+}

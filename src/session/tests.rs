@@ -1938,3 +1938,118 @@ mod arbitrary_inputs {
         }
     }
 }
+
+/// Moves the store of `session` into a new session for the next connection, which the
+/// broker accepts with `session_present` and CONNACK `properties`; CONNECT and the
+/// events stay to be drained.
+fn reconnect_with(
+    session: &mut Session<MemoryStore>,
+    config: SessionConfig,
+    session_present: bool,
+    properties: Properties,
+    now: Instant,
+) -> Session<MemoryStore> {
+    let store = std::mem::replace(&mut session.store, MemoryStore::new(1));
+    let mut next = Session::new(config, store, now);
+    next.handle_transport_connected(now);
+    next.handle_packet(
+        connack(session_present, ConnectReason::Success, properties),
+        now,
+    );
+    next
+}
+
+/// Returns the PUBLISH packets among `sent`.
+fn publishes_in(sent: &[Packet]) -> Vec<&Publish> {
+    sent.iter()
+        .filter_map(|packet| match packet {
+            Packet::Publish(publish) => Some(publish),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn resume_resends_in_sent_order() {
+    let now = Instant::now();
+    let resuming = resuming_config(ProtocolVersion::V5);
+    let mut session = connected_with(resuming.clone(), Properties::default(), now);
+    session.store.set_packet_id_cursor(id(u16::MAX - 1));
+    let requests = [
+        (1, QoS::ExactlyOnce, b"a"),
+        (2, QoS::AtLeastOnce, b"b"),
+        (3, QoS::AtLeastOnce, b"c"),
+    ];
+    for (token, qos, payload) in requests {
+        queue(&mut session, publish_request(token, qos, payload), now);
+    }
+    packets(&mut session);
+
+    // The QoS 2 flow sent first moves on to PUBCOMP and keeps its place.
+    session.handle_packet(
+        Packet::PubRec(PubRec {
+            packet_id: id(u16::MAX - 1),
+            reason: PubAckReason::Success,
+            properties: Properties::default().into(),
+        }),
+        now,
+    );
+    assert!(matches!(&packets(&mut session)[..], [Packet::PubRel(_)]));
+
+    let mut next = resume(&mut session, resuming, now);
+    let sent = packets(&mut next);
+    let resent: Vec<(&str, u16)> = sent
+        .iter()
+        .map(|packet| match packet {
+            Packet::Connect(_) => ("CONNECT", 0),
+            Packet::PubRel(rel) => ("PUBREL", rel.packet_id.get()),
+            Packet::Publish(publish) => ("PUBLISH", publish.delivery.packet_id().unwrap().get()),
+            other => panic!("expected CONNECT, PUBREL or PUBLISH, got {other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        resent,
+        [
+            ("CONNECT", 0),
+            ("PUBREL", u16::MAX - 1),
+            ("PUBLISH", u16::MAX),
+            ("PUBLISH", 1),
+        ],
+        "resends follow the order of first sending across the identifier wrap"
+    );
+}
+
+#[test]
+fn resume_opens_larger_receive_maximum() {
+    let now = Instant::now();
+    let resuming = resuming_config(ProtocolVersion::V5);
+    let limited = Properties {
+        receive_maximum: NonZeroU16::new(1),
+        ..Properties::default()
+    };
+    let mut session = connected_with(resuming.clone(), limited, now);
+    for token in 1..=3 {
+        queue(
+            &mut session,
+            publish_request(token, QoS::AtLeastOnce, b"x"),
+            now,
+        );
+    }
+    assert_eq!(packets(&mut session).len(), 1, "the first broker allows 1");
+    assert_eq!(session.store.queued_len(), 2);
+
+    // The resumed broker allows 3, so the two waiting publishes follow the resend.
+    let generous = Properties {
+        receive_maximum: NonZeroU16::new(3),
+        ..Properties::default()
+    };
+    let mut next = reconnect_with(&mut session, resuming, true, generous, now);
+    let sent = packets(&mut next);
+    let publishes = publishes_in(&sent);
+    let order: Vec<(u16, bool)> = publishes
+        .iter()
+        .map(|publish| (publish.delivery.packet_id().unwrap().get(), publish.dup))
+        .collect();
+    assert_eq!(order, [(1, true), (2, false), (3, false)], "{sent:?}");
+    assert_eq!(next.store.queued_len(), 0);
+}
