@@ -33,14 +33,7 @@ fn resume(
     config: SessionConfig,
     now: Instant,
 ) -> Session<MemoryStore> {
-    let store = std::mem::replace(&mut session.store, MemoryStore::new(1));
-    let mut next = Session::new(config, store, now);
-    next.handle_transport_connected(now);
-    next.handle_packet(
-        connack(true, ConnectReason::Success, Properties::default()),
-        now,
-    );
-    next
+    reconnect_with(session, config, true, Properties::default(), now)
 }
 
 /// Returns the configuration of a client that asks to resume the session it holds.
