@@ -2505,3 +2505,111 @@ async fn lost_session_resends_qos1_publish() {
     drop(client);
     assert_actors_back_to(baseline).await;
 }
+
+/// Checks a QoS 2 publish past PUBREC when the reconnect finds no session (Session
+/// Present 0). The broker no longer has the message's flow, so the client must not
+/// release it with PUBREL [MQTT-3.2.2-5]. A broker without the flow replies to such a
+/// PUBREL with PUBCOMP 0x92, which must not turn into a successful publish.
+#[actix_rt::test]
+async fn lost_session_qos2_not_reported_ok() {
+    let _serial = SERIAL.lock().await;
+    let baseline = live_actor_count();
+    let broker = ScriptedBroker::bind().await;
+    let (client, mut events) = start(options(broker.port()));
+
+    let mut first = broker.accept().await;
+    first.accept_connect(false).await;
+    expect_connected(&mut events, false).await;
+    let in_flight = spawn_publish(&client, "t/exactly-once", QoS::ExactlyOnce);
+    let id = packet_id(&expect_publish(first.recv().await));
+    first
+        .send(&Packet::PubRec(PubRec {
+            packet_id: id,
+            reason: PubAckReason::Success,
+            properties: Properties::default().into(),
+        }))
+        .await;
+    assert!(matches!(first.recv().await, Packet::PubRel(_)));
+    first.cut();
+    expect_reconnecting(&mut events).await;
+
+    let mut second = broker.accept().await;
+    second.accept_connect(false).await;
+    expect_connected(&mut events, false).await;
+
+    // A publish made now marks the end of what the client sends on its own after
+    // CONNACK. A client may instead publish the old message again as a new QoS 2 flow,
+    // which this broker completes, so that the test accepts either way.
+    let marker = spawn_publish(&client, "t/marker", QoS::AtLeastOnce);
+    let mut old_pubrels = Vec::new();
+    let mut republished = None;
+    let mut republish_released = false;
+    let mut marker_id = None;
+    for _ in 0..8 {
+        match second.recv().await {
+            Packet::PubRel(rel) if Some(rel.packet_id) == republished => {
+                send_pubcomp(&mut second, rel.packet_id, PubCompReason::Success).await;
+                republish_released = true;
+            }
+            Packet::PubRel(rel) => {
+                let not_found = PubCompReason::PacketIdentifierNotFound;
+                send_pubcomp(&mut second, rel.packet_id, not_found).await;
+                old_pubrels.push(rel);
+            }
+            Packet::Publish(publish) if publish.topic == Some(topic("t/marker")) => {
+                marker_id = Some(packet_id(&publish));
+            }
+            Packet::Publish(publish) if publish.topic == Some(topic("t/exactly-once")) => {
+                let republished_id = packet_id(&publish);
+                second
+                    .send(&Packet::PubRec(PubRec {
+                        packet_id: republished_id,
+                        reason: PubAckReason::Success,
+                        properties: Properties::default().into(),
+                    }))
+                    .await;
+                republished = Some(republished_id);
+            }
+            other => panic!("expected PUBREL or PUBLISH, got {other:?}"),
+        }
+        if marker_id.is_some() && (republished.is_none() || republish_released) {
+            break;
+        }
+    }
+    let marker_id = marker_id.expect("marker PUBLISH within 8 packets");
+    second
+        .send(&Packet::PubAck(PubAck {
+            packet_id: marker_id,
+            reason: PubAckReason::Success,
+            properties: Properties::default().into(),
+        }))
+        .await;
+    assert!(outcome(marker).await.is_ok());
+
+    disconnect(&client).await;
+    expect_only_disconnect(&mut second).await;
+    let released = outcome(in_flight).await;
+    drop(client);
+    assert_actors_back_to(baseline).await;
+
+    assert!(
+        old_pubrels.is_empty(),
+        "PUBREL sent for a flow of the lost session: {old_pubrels:?}"
+    );
+    if republished.is_none() {
+        assert!(
+            released.is_err(),
+            "publish reported delivered after PUBCOMP 0x92: {released:?}"
+        );
+    }
+}
+
+async fn send_pubcomp(connection: &mut Connection, packet_id: PacketId, reason: PubCompReason) {
+    connection
+        .send(&Packet::PubComp(PubComp {
+            packet_id,
+            reason,
+            properties: Properties::default().into(),
+        }))
+        .await;
+}

@@ -144,14 +144,15 @@ impl<S: Store> Session<S> {
     /// PUBLISH with DUP set, and PUBREL for each QoS 2 flow past PUBREC
     /// [MQTT-4.4.0-1]. Without a resumed session the broker forgot the inbound QoS 2
     /// identifiers, so this client forgets them too.
+    ///
+    /// Outbound publishes of an earlier connection are sent again even when the broker
+    /// started a new session, so that no accepted QoS 1 or 2 message is dropped. A new
+    /// session has no QoS 2 flow to release, so a flow past PUBREC starts again with its
+    /// PUBLISH [MQTT-3.2.2-5]. The message may then arrive twice, and its caller gets Ok
+    /// only once the new flow completes.
     pub(super) fn resume_flows(&mut self, session_present: bool, now: Instant) {
         if !session_present {
             self.store.clear_inbound();
-            // NOTE: outbound flows of an earlier connection are resent below even when
-            // the broker started a new session, so no accepted QoS 1 or 2 message is
-            // dropped. A QoS 2 flow past PUBREC is released with PUBREL, which a new
-            // session answers with PUBCOMP 0x92; whether the broker delivered that
-            // message is then unknown.
         }
         for id in self.store.outbound_ids() {
             match self.store.outbound(id) {
@@ -160,6 +161,23 @@ impl<S: Store> Session<S> {
                     awaiting: AwaitedAck::PubAck | AwaitedAck::PubRec,
                     ..
                 }) => {
+                    let resent = Publish {
+                        dup: true,
+                        ..packet
+                    };
+                    self.transmit(Packet::Publish(resent), now);
+                }
+                Some(OutboundFlow::Publish {
+                    token,
+                    packet,
+                    awaiting: AwaitedAck::PubComp { .. },
+                }) if !session_present => {
+                    let flow = OutboundFlow::Publish {
+                        token,
+                        packet: packet.clone(),
+                        awaiting: AwaitedAck::PubRec,
+                    };
+                    self.store.insert_outbound(id, flow);
                     let resent = Publish {
                         dup: true,
                         ..packet

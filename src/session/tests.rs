@@ -2046,3 +2046,35 @@ fn resume_opens_larger_receive_maximum() {
     assert_eq!(order, [(1, true), (2, false), (3, false)], "{sent:?}");
     assert_eq!(next.store.queued_len(), 0);
 }
+
+#[test]
+fn fresh_session_sends_no_old_pubrel() {
+    let now = Instant::now();
+    let resuming = resuming_config(ProtocolVersion::V5);
+    let mut session = connected_with(resuming.clone(), Properties::default(), now);
+    queue(
+        &mut session,
+        publish_request(1, QoS::ExactlyOnce, b"x"),
+        now,
+    );
+    packets(&mut session);
+    session.handle_packet(
+        Packet::PubRec(PubRec {
+            packet_id: id(1),
+            reason: PubAckReason::Success,
+            properties: Properties::default().into(),
+        }),
+        now,
+    );
+    assert!(matches!(&packets(&mut session)[..], [Packet::PubRel(_)]));
+
+    // The broker lost the session, so it has no QoS 2 flow to release [MQTT-3.2.2-5].
+    let mut next = reconnect_with(&mut session, resuming, false, Properties::default(), now);
+    let sent = packets(&mut next);
+    assert!(
+        !sent
+            .iter()
+            .any(|packet| matches!(packet, Packet::PubRel(_))),
+        "PUBREL sent to a broker without the session: {sent:?}"
+    );
+}
