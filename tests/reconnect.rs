@@ -2613,3 +2613,59 @@ async fn send_pubcomp(connection: &mut Connection, packet_id: PacketId, reason: 
         }))
         .await;
 }
+
+/// Checks that the resends of a resumed session keep to the Receive Maximum of the new
+/// CONNACK, which may be lower than the one of the connection the flows started on
+/// (MQTT 5.0 section 4.9).
+#[actix_rt::test]
+async fn resume_keeps_new_receive_maximum() {
+    let _serial = SERIAL.lock().await;
+    let baseline = live_actor_count();
+    let broker = ScriptedBroker::bind().await;
+    let options = options(broker.port()).disconnect_timeout(Duration::from_millis(100));
+    let (client, mut events) = start(options);
+
+    let mut first = broker.accept().await;
+    first.accept_connect(false).await;
+    expect_connected(&mut events, false).await;
+    let in_flight: Vec<_> = ["t/1", "t/2", "t/3"]
+        .into_iter()
+        .map(|name| spawn_publish(&client, name, QoS::AtLeastOnce))
+        .collect();
+    let sent = first.recv_packets(3).await;
+    assert!(
+        sent.iter().all(|p| matches!(p, Packet::Publish(_))),
+        "{sent:?}"
+    );
+    first.cut();
+    expect_reconnecting(&mut events).await;
+
+    let mut second = broker.accept().await;
+    let limited = Properties {
+        receive_maximum: std::num::NonZeroU16::new(1),
+        ..Properties::default()
+    };
+    second.accept_connect_with(true, limited).await;
+    expect_connected(&mut events, true).await;
+    let resent = expect_publish(second.recv().await);
+    assert!(resent.dup);
+
+    // Nothing is acknowledged, so the client may send nothing more before DISCONNECT.
+    disconnect(&client).await;
+    let rest = second.until_closed().await;
+    for task in in_flight {
+        assert!(outcome(task).await.is_err(), "no publish was acknowledged");
+    }
+    drop(client);
+    assert_actors_back_to(baseline).await;
+
+    let extra: Vec<&Packet> = rest
+        .iter()
+        .filter(|packet| matches!(packet, Packet::Publish(_)))
+        .collect();
+    assert!(
+        extra.is_empty(),
+        "PUBLISH beyond Receive Maximum 1 after the resend of {:?}: {extra:?}",
+        resent.delivery
+    );
+}

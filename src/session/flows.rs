@@ -38,10 +38,11 @@ enum Dispatch {
 impl<S: Store> Session<S> {
     /// Sends queued requests in order until one must wait.
     pub(super) fn drain_queue(&mut self, now: Instant) {
+        self.resend_waiting_flows(now);
         let State::Connected(connection) = &self.state else {
             return;
         };
-        if connection.head_blocked {
+        if connection.head_blocked || !connection.resend_waiting.is_empty() {
             return;
         }
         let limits = connection.limits;
@@ -53,6 +54,48 @@ impl<S: Store> Session<S> {
                     connection.head_blocked = true;
                 }
                 break;
+            }
+        }
+    }
+
+    /// Returns the number of QoS 1 and 2 publishes that may be in flight on this
+    /// connection: the smaller of our limit and the broker's Receive Maximum.
+    fn window(&self) -> usize {
+        let receive_maximum = self
+            .connection()
+            .map_or(u16::MAX, |connection| connection.limits.receive_maximum);
+        usize::from(self.config.max_inflight.get().min(receive_maximum))
+    }
+
+    /// Sends again the publishes of an earlier connection that wait for room in this
+    /// connection's window, as far as the window allows now.
+    fn resend_waiting_flows(&mut self, now: Instant) {
+        let window = self.window();
+        loop {
+            let Some(connection) = self.connection() else {
+                return;
+            };
+            let waiting = connection.resend_waiting.len();
+            if waiting == 0 || self.store.outbound_publish_len().saturating_sub(waiting) >= window {
+                return;
+            }
+            let Some(id) = self
+                .connection_mut()
+                .and_then(|connection| connection.resend_waiting.pop_front())
+            else {
+                return;
+            };
+            if let Some(OutboundFlow::Publish {
+                packet,
+                awaiting: AwaitedAck::PubAck | AwaitedAck::PubRec,
+                ..
+            }) = self.store.outbound(id)
+            {
+                let resent = Publish {
+                    dup: true,
+                    ..packet
+                };
+                self.transmit(Packet::Publish(resent), now);
             }
         }
     }
@@ -72,7 +115,7 @@ impl<S: Store> Session<S> {
             self.complete(token, Err(error));
             return Dispatch::Done;
         }
-        let Some(packet_id) = self.reserve_packet_id(&queued.request, limits) else {
+        let Some(packet_id) = self.reserve_packet_id(&queued.request) else {
             return Dispatch::Blocked(queued);
         };
         if let Err(error) = count_down_expiry(&mut queued, now) {
@@ -99,7 +142,7 @@ impl<S: Store> Session<S> {
     /// Returns the packet identifier for `request`, or `None` when it must wait for room
     /// in the in-flight window or for a free identifier. QoS 0 publishes need neither and
     /// get a placeholder the packet does not carry.
-    fn reserve_packet_id(&self, request: &Request, limits: BrokerLimits) -> Option<PacketId> {
+    fn reserve_packet_id(&self, request: &Request) -> Option<PacketId> {
         let qos = match request {
             Request::Publish(publish) => publish.qos,
             Request::Subscribe { .. } | Request::Unsubscribe { .. } => {
@@ -109,8 +152,7 @@ impl<S: Store> Session<S> {
         if qos == QoS::AtMostOnce {
             return Some(PacketId::MIN);
         }
-        let window = usize::from(self.config.max_inflight.get().min(limits.receive_maximum));
-        if self.store.outbound_publish_len() >= window {
+        if self.store.outbound_publish_len() >= self.window() {
             return None;
         }
         self.allocate_packet_id()
@@ -150,17 +192,47 @@ impl<S: Store> Session<S> {
     /// session has no QoS 2 flow to release, so a flow past PUBREC starts again with its
     /// PUBLISH [MQTT-3.2.2-5]. The message may then arrive twice, and its caller gets Ok
     /// only once the new flow completes.
+    ///
+    /// The broker's Receive Maximum on this connection may be lower than on the last
+    /// one. Publishes beyond the window wait in `resend_waiting` and go as acknowledgements
+    /// free room, before any queued request.
     pub(super) fn resume_flows(&mut self, session_present: bool, now: Instant) {
         if !session_present {
             self.store.clear_inbound();
         }
-        for id in self.store.outbound_ids() {
+        let window = self.window();
+        let ids = self.store.outbound_ids();
+        // Flows past PUBREC stay in flight on a resumed session, so they take their
+        // place in the window first.
+        let mut in_flight = ids
+            .iter()
+            .filter(|&&id| {
+                session_present
+                    && matches!(
+                        self.store.outbound(id),
+                        Some(OutboundFlow::Publish {
+                            awaiting: AwaitedAck::PubComp { .. },
+                            ..
+                        })
+                    )
+            })
+            .count();
+        for id in ids {
             match self.store.outbound(id) {
+                Some(OutboundFlow::Publish {
+                    awaiting: AwaitedAck::PubAck | AwaitedAck::PubRec,
+                    ..
+                }) if in_flight >= window => {
+                    if let Some(connection) = self.connection_mut() {
+                        connection.resend_waiting.push_back(id);
+                    }
+                }
                 Some(OutboundFlow::Publish {
                     packet,
                     awaiting: AwaitedAck::PubAck | AwaitedAck::PubRec,
                     ..
                 }) => {
+                    in_flight += 1;
                     let resent = Publish {
                         dup: true,
                         ..packet
@@ -178,6 +250,13 @@ impl<S: Store> Session<S> {
                         awaiting: AwaitedAck::PubRec,
                     };
                     self.store.insert_outbound(id, flow);
+                    if in_flight >= window {
+                        if let Some(connection) = self.connection_mut() {
+                            connection.resend_waiting.push_back(id);
+                        }
+                        continue;
+                    }
+                    in_flight += 1;
                     let resent = Publish {
                         dup: true,
                         ..packet

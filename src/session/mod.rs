@@ -208,6 +208,9 @@ struct Connection {
     /// window or for a free packet identifier. Only a completed outbound flow can
     /// change that, so requests queued meanwhile do not try the queue again.
     head_blocked: bool,
+    /// Publishes of an earlier connection not sent again yet, because this connection's
+    /// in-flight window has no room for them, in the order they were first sent.
+    resend_waiting: VecDeque<PacketId>,
 }
 
 /// The session's state, named for what it waits on.
@@ -540,6 +543,7 @@ impl<S: Store> Session<S> {
             delivering: id_hash::PacketIdMap::default(),
             handed_over: 0,
             head_blocked: false,
+            resend_waiting: VecDeque::new(),
         });
         tracing::debug!(
             client_id = %self.config.client_id,

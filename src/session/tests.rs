@@ -2078,3 +2078,45 @@ fn fresh_session_sends_no_old_pubrel() {
         "PUBREL sent to a broker without the session: {sent:?}"
     );
 }
+
+#[test]
+fn resume_respects_new_receive_maximum() {
+    let now = Instant::now();
+    let resuming = resuming_config(ProtocolVersion::V5);
+    let mut session = connected_with(resuming.clone(), Properties::default(), now);
+    for token in 1..=3 {
+        queue(
+            &mut session,
+            publish_request(token, QoS::AtLeastOnce, b"x"),
+            now,
+        );
+    }
+    assert_eq!(packets(&mut session).len(), 3, "the first broker allows 3");
+
+    // The broker resumes the session but now allows one unacknowledged PUBLISH.
+    let broker = Properties {
+        receive_maximum: NonZeroU16::new(1),
+        ..Properties::default()
+    };
+    let mut next = reconnect_with(&mut session, resuming, true, broker, now);
+    let sent = packets(&mut next);
+    let resent = publishes_in(&sent);
+    assert_eq!(
+        resent.len(),
+        1,
+        "Receive Maximum 1 allows one PUBLISH: {sent:?}"
+    );
+    assert_eq!(resent[0].delivery, Delivery::AtLeastOnce(id(1)));
+    assert!(resent[0].dup);
+    assert!(!next.is_closed());
+
+    // Each PUBACK frees the room for the next resend, in the original order.
+    for (acked, following) in [(1, 2), (2, 3)] {
+        next.handle_packet(puback(id(acked), PubAckReason::Success), now);
+        let sent = packets(&mut next);
+        let resent = publishes_in(&sent);
+        assert_eq!(resent.len(), 1, "after PUBACK {acked}: {sent:?}");
+        assert_eq!(resent[0].delivery, Delivery::AtLeastOnce(id(following)));
+        assert!(resent[0].dup, "PUBLISH {following} is a resend");
+    }
+}
