@@ -91,11 +91,35 @@ impl<S: Store> Session<S> {
                 ..
             }) = self.store.outbound(id)
             {
-                let resent = Publish {
-                    dup: true,
-                    ..packet
-                };
-                self.transmit(Packet::Publish(resent), now);
+                self.resend_publish(id, packet, now);
+            }
+        }
+    }
+
+    /// Sends the PUBLISH of flow `id` again with DUP set, or fails the flow when this
+    /// connection's limits forbid it. A topic alias belongs to the connection that
+    /// defined it, so the alias is left out, and the packet carries its topic anyway.
+    fn resend_publish(&mut self, id: PacketId, packet: Publish, now: Instant) {
+        let mut resent = Publish {
+            dup: true,
+            ..packet
+        };
+        if resent.properties.topic_alias.is_some() {
+            resent.properties.topic_alias = None;
+        }
+        let Some(limits) = self.connection().map(|connection| connection.limits) else {
+            return;
+        };
+        let qos = resent.delivery.qos();
+        let retain = resent.retain;
+        let checked = check_publish_fields(qos, retain, &resent.properties, limits);
+        let resent = Packet::Publish(resent);
+        match checked.and_then(|()| self.check_size(&resent, limits)) {
+            Ok(()) => self.transmit(resent, now),
+            Err(error) => {
+                if let Some(flow) = self.store.remove_outbound(id) {
+                    self.complete(flow.token(), Err(error));
+                }
             }
         }
     }
@@ -233,11 +257,7 @@ impl<S: Store> Session<S> {
                     ..
                 }) => {
                     in_flight += 1;
-                    let resent = Publish {
-                        dup: true,
-                        ..packet
-                    };
-                    self.transmit(Packet::Publish(resent), now);
+                    self.resend_publish(id, packet, now);
                 }
                 Some(OutboundFlow::Publish {
                     token,
@@ -257,11 +277,7 @@ impl<S: Store> Session<S> {
                         continue;
                     }
                     in_flight += 1;
-                    let resent = Publish {
-                        dup: true,
-                        ..packet
-                    };
-                    self.transmit(Packet::Publish(resent), now);
+                    self.resend_publish(id, packet, now);
                 }
                 Some(OutboundFlow::Publish {
                     awaiting: AwaitedAck::PubComp { .. },
@@ -689,19 +705,30 @@ fn check_request(request: &Request, limits: BrokerLimits) -> Result<(), RequestE
 /// Refuses a publish that uses a feature the broker announced it lacks (MQTT 5.0
 /// section 3.2.2.3), before the publish takes a packet identifier.
 fn check_publish(publish: &OutgoingPublish, limits: BrokerLimits) -> Result<(), RequestError> {
-    if publish.qos > limits.maximum_qos {
+    check_publish_fields(publish.qos, publish.retain, &publish.properties, limits)
+}
+
+/// Refuses a publish with this QoS, retain flag and properties when the broker announced
+/// it lacks a feature they use. Also checks a PUBLISH sent again on a new connection.
+fn check_publish_fields(
+    qos: QoS,
+    retain: bool,
+    properties: &Properties,
+    limits: BrokerLimits,
+) -> Result<(), RequestError> {
+    if qos > limits.maximum_qos {
         return Err(RequestError::Invalid(format!(
             "QoS {} exceeds the broker's maximum QoS {}",
-            publish.qos.level(),
+            qos.level(),
             limits.maximum_qos.level()
         )));
     }
-    if publish.retain && !limits.retain_available {
+    if retain && !limits.retain_available {
         return Err(RequestError::Invalid(
             "broker does not support retained messages".to_owned(),
         ));
     }
-    if let Some(alias) = publish.properties.topic_alias {
+    if let Some(alias) = properties.topic_alias {
         if alias.get() > limits.topic_alias_maximum {
             return Err(RequestError::Invalid(format!(
                 "topic alias {alias} exceeds the broker's topic alias maximum {}",
@@ -710,7 +737,7 @@ fn check_publish(publish: &OutgoingPublish, limits: BrokerLimits) -> Result<(), 
         }
     }
     // A client must not send subscription identifiers in PUBLISH [MQTT-3.3.4-6].
-    if !publish.properties.subscription_identifiers.is_empty() {
+    if !properties.subscription_identifiers.is_empty() {
         return Err(RequestError::Invalid(
             "PUBLISH must not carry subscription identifiers".to_owned(),
         ));

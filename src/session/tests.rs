@@ -2120,3 +2120,140 @@ fn resume_respects_new_receive_maximum() {
         assert!(resent[0].dup, "PUBLISH {following} is a resend");
     }
 }
+
+/// A limit a broker announces in CONNACK, which the first broker did not set and a
+/// resumed session's resent PUBLISH must keep to.
+struct NewLimit {
+    name: &'static str,
+    /// Adjusts the publish made on the first connection.
+    request: fn(&mut OutgoingPublish),
+    /// The CONNACK properties of the first connection.
+    first: Properties,
+    /// The CONNACK properties of the resumed connection.
+    resumed: Properties,
+    /// Returns `true` when `publish` breaks the limit of `resumed`.
+    breaks: fn(&Publish) -> bool,
+}
+
+#[test]
+fn resume_keeps_to_new_connack_limits() {
+    let cases = [
+        NewLimit {
+            name: "Maximum Packet Size",
+            request: |publish| publish.payload = Bytes::from_static(&[0; 64]),
+            first: Properties::default(),
+            resumed: Properties {
+                maximum_packet_size: NonZeroU32::new(20),
+                ..Properties::default()
+            },
+            breaks: |publish| {
+                let size = crate::codec::encoded_len(
+                    &Packet::Publish(publish.clone()),
+                    ProtocolVersion::V5,
+                );
+                size.unwrap() > 20
+            },
+        },
+        NewLimit {
+            name: "Topic Alias Maximum",
+            request: |publish| publish.properties.topic_alias = NonZeroU16::new(3),
+            first: Properties {
+                topic_alias_maximum: Some(5),
+                ..Properties::default()
+            },
+            resumed: Properties::default(),
+            breaks: |publish| publish.properties.topic_alias.is_some(),
+        },
+        NewLimit {
+            name: "Maximum QoS",
+            request: |publish| publish.qos = QoS::ExactlyOnce,
+            first: Properties::default(),
+            resumed: Properties {
+                maximum_qos: Some(QoS::AtLeastOnce),
+                ..Properties::default()
+            },
+            breaks: |publish| publish.delivery.qos() == QoS::ExactlyOnce,
+        },
+        NewLimit {
+            name: "Retain Available",
+            request: |publish| publish.retain = true,
+            first: Properties::default(),
+            resumed: Properties {
+                retain_available: Some(false),
+                ..Properties::default()
+            },
+            breaks: |publish| publish.retain,
+        },
+    ];
+    let now = Instant::now();
+    let mut broken = Vec::new();
+    for case in cases {
+        let resuming = resuming_config(ProtocolVersion::V5);
+        let mut session = connected_with(resuming.clone(), case.first, now);
+        let mut request = publish_request(1, QoS::AtLeastOnce, b"x");
+        if let Request::Publish(publish) = &mut request.request {
+            (case.request)(publish);
+        }
+        queue(&mut session, request, now);
+        let first = packets(&mut session);
+        assert_eq!(publishes_in(&first).len(), 1, "{}: {first:?}", case.name);
+
+        let mut next = reconnect_with(&mut session, resuming, true, case.resumed, now);
+        let sent = packets(&mut next);
+        if publishes_in(&sent).into_iter().any(case.breaks) {
+            broken.push(case.name);
+        }
+        assert!(!next.is_closed(), "{}: session closed", case.name);
+    }
+    assert!(
+        broken.is_empty(),
+        "resent PUBLISH breaks the limit of the resumed connection: {broken:?}"
+    );
+}
+
+#[test]
+fn resume_fails_publish_new_limits_forbid() {
+    let now = Instant::now();
+    let resuming = resuming_config(ProtocolVersion::V5);
+    let first_limits = Properties {
+        topic_alias_maximum: Some(5),
+        ..Properties::default()
+    };
+    let mut session = connected_with(resuming.clone(), first_limits, now);
+    let exactly_once = publish_request(1, QoS::ExactlyOnce, b"x");
+    let mut aliased = publish_request(2, QoS::AtLeastOnce, b"y");
+    if let Request::Publish(publish) = &mut aliased.request {
+        publish.properties.topic_alias = NonZeroU16::new(3);
+    }
+    queue(&mut session, exactly_once, now);
+    queue(&mut session, aliased, now);
+    assert_eq!(publishes_in(&packets(&mut session)).len(), 2);
+
+    // The resumed broker allows QoS 1 at most and no topic aliases.
+    let resumed_limits = Properties {
+        maximum_qos: Some(QoS::AtLeastOnce),
+        ..Properties::default()
+    };
+    let mut next = reconnect_with(&mut session, resuming, true, resumed_limits, now);
+    let sent = packets(&mut next);
+    let resent = publishes_in(&sent);
+    assert_eq!(
+        resent.len(),
+        1,
+        "only the QoS 1 publish goes again: {sent:?}"
+    );
+    let Some(only) = resent.first() else {
+        unreachable!("one PUBLISH was checked above");
+    };
+    assert_eq!(only.delivery.packet_id(), Some(id(2)));
+    assert!(only.dup);
+    assert_eq!(
+        only.properties.topic_alias, None,
+        "alias of the old connection"
+    );
+    let done = completed(&events(&mut next));
+    assert!(
+        matches!(&done[..], [(token, Err(RequestError::Invalid(_)))] if token.0 == 1),
+        "the QoS 2 publish fails: {done:?}"
+    );
+}
