@@ -2098,10 +2098,39 @@ async fn payloads_until_marker(
     payloads
 }
 
+/// Makes QoS 2 message "c" wait for room in the gate's mailbox: the gate blocks on "a"
+/// and "b" fills its mailbox, so both count as delivered. PUBREL for "a" in the same
+/// write as "c" shows by its PUBCOMP that the client read "c" first. Returns the packet
+/// identifiers of "a", "b" and "c".
+async fn qos2_c_waits_for_room(
+    connection: &mut Connection,
+    seen: &mut tokio::sync::mpsc::UnboundedReceiver<bytes::Bytes>,
+    what: &str,
+) -> Vec<PacketId> {
+    let ids: Vec<PacketId> = (1..=3).map(|id| PacketId::try_from(id).unwrap()).collect();
+    connection.send(&qos2_publish(ids[0], false, "a")).await;
+    expect_pubrec(connection, ids[0], &format!("{what}: a, held by the gate")).await;
+    assert_eq!(next(seen).await, "a", "{what}");
+    connection.send(&qos2_publish(ids[1], false, "b")).await;
+    expect_pubrec(connection, ids[1], &format!("{what}: b, in the mailbox")).await;
+    let mut write = connection.encode(&qos2_publish(ids[2], false, "c"));
+    write.extend_from_slice(&connection.encode(&pubrel(ids[0])));
+    connection.send_raw(&write).await;
+    expect_pubcomp(
+        connection,
+        ids[0],
+        PubCompReason::Success,
+        &format!("{what}: a released"),
+    )
+    .await;
+    ids
+}
+
 /// Cuts the connection while a QoS 2 message waits for room in a full mailbox, lets
 /// the broker send it again on the resumed session, and returns the payloads the gate
 /// handled after the first message. The client counts the waiting message as delivered
-/// from the moment it waits there, so the copy only gets PUBREC. The client is
+/// from the moment it waits there, so the copy is not delivered again, and it gets
+/// PUBREC once the first copy has been delivered. The client is
 /// disconnected and its actors stopped before this returns, so a failed check of the
 /// payloads leaves nothing running for the next test.
 async fn payloads_after_cut_waiting_for_room(version: ProtocolVersion) -> Vec<bytes::Bytes> {
@@ -2116,36 +2145,17 @@ async fn payloads_after_cut_waiting_for_room(version: ProtocolVersion) -> Vec<by
         connection: mut first,
     } = connect_gated(&broker, version).await;
 
-    // The gate blocks on "a", and "b" fills its mailbox, so both count as delivered.
-    let ids: Vec<PacketId> = (1..=3).map(|id| PacketId::try_from(id).unwrap()).collect();
-    first.send(&qos2_publish(ids[0], false, "a")).await;
-    expect_pubrec(&mut first, ids[0], &format!("{what}: a, held by the gate")).await;
-    assert_eq!(next(&mut seen).await, "a", "{what}");
-    first.send(&qos2_publish(ids[1], false, "b")).await;
-    expect_pubrec(&mut first, ids[1], &format!("{what}: b, in the mailbox")).await;
-
-    // "c" has to wait for room. PUBREL for "a" in the same write shows by its PUBCOMP
-    // that the client read "c" first.
-    let mut write = first.encode(&qos2_publish(ids[2], false, "c"));
-    write.extend_from_slice(&first.encode(&pubrel(ids[0])));
-    first.send_raw(&write).await;
-    expect_pubcomp(
-        &mut first,
-        ids[0],
-        PubCompReason::Success,
-        &format!("{what}: a released"),
-    )
-    .await;
+    let ids = qos2_c_waits_for_room(&mut first, &mut seen, &what).await;
     first.cut();
     expect_reconnecting(&mut events).await;
 
     // On the resumed session the broker sends "c" again, because it got no PUBREC for
-    // it, and releases "b".
+    // it, and releases "b". The copy of "c" gets no PUBREC while the first copy still
+    // waits in the mailbox: PUBCOMP for "b" comes first.
     let mut second = broker.accept().await;
     second.accept_connect(true).await;
     expect_connected(&mut events, true).await;
     second.send(&qos2_publish(ids[2], true, "c")).await;
-    expect_pubrec(&mut second, ids[2], &format!("{what}: c, resent")).await;
     second.send(&pubrel(ids[1])).await;
     expect_pubcomp(
         &mut second,
@@ -2154,6 +2164,10 @@ async fn payloads_after_cut_waiting_for_room(version: ProtocolVersion) -> Vec<by
         &format!("{what}: b released"),
     )
     .await;
+
+    // Once the gate takes its mailbox, "c" is delivered and gets its PUBREC.
+    release.send(()).unwrap();
+    expect_pubrec(&mut second, ids[2], &format!("{what}: c, after delivery")).await;
     second.send(&pubrel(ids[2])).await;
     expect_pubcomp(
         &mut second,
@@ -2162,8 +2176,6 @@ async fn payloads_after_cut_waiting_for_room(version: ProtocolVersion) -> Vec<by
         &format!("{what}: c released"),
     )
     .await;
-
-    release.send(()).unwrap();
     second.send(&qos0_publish("exactly/once", "marker")).await;
     let payloads = payloads_until_marker(&mut seen).await;
 
@@ -2331,6 +2343,51 @@ async fn dropped_handles_stop_despite_handed_over_send() {
         "actors still running after every handle was dropped: {} over the baseline",
         live_actor_count() - baseline
     );
+}
+
+/// Checks that a disconnect while a QoS 2 message from before a cut still waits for
+/// room leaves that message with the broker: the copy the broker sent again on the
+/// resumed session got no PUBREC, so the broker keeps the message for the session.
+#[actix_rt::test]
+async fn disconnect_leaves_waiting_qos2_with_broker() {
+    let _serial = SERIAL.lock().await;
+    let baseline = live_actor_count();
+    let broker = ScriptedBroker::bind().await;
+    let GatedClient {
+        client,
+        mut events,
+        release,
+        seen: mut gate_seen,
+        connection: mut first,
+    } = connect_gated(&broker, ProtocolVersion::V5).await;
+
+    let ids = qos2_c_waits_for_room(&mut first, &mut gate_seen, "V5").await;
+    first.cut();
+    expect_reconnecting(&mut events).await;
+    let mut second = broker.accept().await;
+    second.accept_connect(true).await;
+    expect_connected(&mut events, true).await;
+    // PUBREL for an identifier with no flow comes after the copy of "c", so its
+    // PUBCOMP shows that the client read the copy and sent no PUBREC for it.
+    let unknown = PacketId::try_from(99).unwrap();
+    let mut write = second.encode(&qos2_publish(ids[2], true, "c"));
+    write.extend_from_slice(&second.encode(&pubrel(unknown)));
+    second.send_raw(&write).await;
+    expect_pubcomp(
+        &mut second,
+        unknown,
+        PubCompReason::PacketIdentifierNotFound,
+        "unknown identifier after the copy of c",
+    )
+    .await;
+
+    // Only DISCONNECT follows: "c" never left the mailbox wait, so it stays the
+    // broker's.
+    disconnect(&client).await;
+    expect_only_disconnect(&mut second).await;
+    drop(client);
+    assert_actors_back_to(baseline).await;
+    drop(release);
 }
 
 /// Checks that a disconnect during the reconnect backoff ends the client while its

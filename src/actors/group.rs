@@ -12,7 +12,7 @@ use actix::dev::RecipientRequest;
 use actix::prelude::*;
 
 use crate::codec::Properties;
-use crate::session::{Outcome, RequestError};
+use crate::session::{InboundAck, Outcome, RequestError};
 use crate::store::RequestToken;
 use crate::Message as InboundMessage;
 
@@ -129,6 +129,8 @@ pub(crate) enum SessionUpdate {
 pub(crate) struct RoomRequest {
     pub recipient: Rc<Recipient<InboundMessage>>,
     pub request: Pin<Box<RecipientRequest<InboundMessage>>>,
+    /// The acknowledgement the message owes the broker once delivered.
+    pub ack: Option<InboundAck>,
 }
 
 /// Sends into full mailboxes. actix skips a queued message whose send is dropped, and

@@ -598,12 +598,13 @@ impl SessionActor {
             .extend(full.iter().map(|recipient| RoomRequest {
                 recipient: Rc::clone(recipient),
                 request: Box::pin(Recipient::clone(recipient).send(message.clone())),
+                ack,
             }));
         drop(message);
         if let Some(ack) = ack {
             self.session.handle_handed_over(ack);
         }
-        self.block_until_room(ack, ctx);
+        self.block_until_room(ack.into_iter().collect(), ctx);
     }
 
     /// Takes over the sends an earlier session left to any of `recipients` and blocks
@@ -623,22 +624,55 @@ impl SessionActor {
             return false;
         }
         drop(handed_over);
-        self.block_until_room(None, ctx);
+        self.block_until_room(Vec::new(), ctx);
         true
     }
 
     /// Blocks deliveries until every send in `room_requests` has resolved, then
-    /// acknowledges `ack` and delivers the messages behind.
-    fn block_until_room(&mut self, ack: Option<InboundAck>, ctx: &mut Context<Self>) {
+    /// acknowledges `acks` and delivers the messages behind.
+    fn block_until_room(&mut self, acks: Vec<InboundAck>, ctx: &mut Context<Self>) {
         let handle = ctx.spawn(RoomFound.map(move |(), actor, ctx| {
             actor.blocked_delivery = None;
             if actor.link.is_down() {
                 return;
             }
-            actor.acknowledge(ack, now());
+            let now = now();
+            for ack in acks {
+                actor.session.handle_delivered(ack, now);
+            }
             actor.drive(ctx);
         }));
         self.blocked_delivery = Some(handle);
+    }
+
+    /// Takes over the sends of QoS 2 messages an earlier session left in full
+    /// mailboxes. Until they resolve, a copy the broker sends again on this connection
+    /// is not acknowledged, so a message lost with the client is still the broker's.
+    fn adopt_pending_qos2(&mut self, ctx: &mut Context<Self>) {
+        let mut handed_over = self.handed_over.borrow_mut();
+        if handed_over.0.is_empty() {
+            return;
+        }
+        handed_over.prune();
+        let (qos2, others): (Vec<_>, Vec<_>) = std::mem::take(&mut handed_over.0)
+            .into_iter()
+            .partition(|room| room.ack.is_some_and(InboundAck::is_exactly_once));
+        handed_over.0 = others;
+        drop(handed_over);
+        if qos2.is_empty() {
+            return;
+        }
+        let mut acks: Vec<InboundAck> = Vec::new();
+        for ack in qos2.iter().filter_map(|room| room.ack) {
+            if !acks.contains(&ack) {
+                acks.push(ack);
+            }
+        }
+        for &ack in &acks {
+            self.session.handle_delivery_pending(ack);
+        }
+        self.room_requests.0.extend(qos2);
+        self.block_until_room(acks, ctx);
     }
 
     fn acknowledge(&mut self, ack: Option<InboundAck>, now: Instant) {
@@ -654,6 +688,7 @@ impl Actor for SessionActor {
     fn started(&mut self, ctx: &mut Self::Context) {
         actor_started();
         stop_with_link(&self.link, self, ctx);
+        self.adopt_pending_qos2(ctx);
         self.drive(ctx);
     }
 

@@ -70,6 +70,13 @@ pub struct InboundAck {
     qos: QoS,
 }
 
+impl InboundAck {
+    /// Returns `true` for the acknowledgement of a QoS 2 message (PUBREC).
+    pub(crate) fn is_exactly_once(self) -> bool {
+        self.qos == QoS::ExactlyOnce
+    }
+}
+
 /// Result of a completed publish.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct PublishOutcome {
@@ -250,6 +257,9 @@ pub struct Session<S> {
     last_sent: Instant,
     transmits: VecDeque<Transmit>,
     events: VecDeque<SessionEvent>,
+    /// Inbound QoS 2 identifiers whose message an earlier connection still waits to put
+    /// into a full mailbox; on a resumed session they start as being delivered.
+    delivery_pending: Vec<PacketId>,
 }
 
 impl<S: Store> Session<S> {
@@ -265,6 +275,21 @@ impl<S: Store> Session<S> {
             last_sent: now,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
+            delivery_pending: Vec::new(),
+        }
+    }
+
+    /// Records that the inbound QoS 2 message of `ack`, from an earlier connection,
+    /// still waits to be delivered. On a resumed session a copy the broker sends again
+    /// then waits for [`Session::handle_delivered`] before it gets PUBREC, instead of
+    /// getting it at once. Call before CONNACK arrives; other QoS levels are ignored.
+    pub fn handle_delivery_pending(&mut self, ack: InboundAck) {
+        let packet_id = ack.packet_id;
+        if ack.is_exactly_once()
+            && self.store.contains_inbound(packet_id)
+            && !self.delivery_pending.contains(&packet_id)
+        {
+            self.delivery_pending.push(packet_id);
         }
     }
 
@@ -414,6 +439,7 @@ impl<S: Store> Session<S> {
 
     /// Acknowledges an inbound message now that it reached the application.
     pub fn handle_delivered(&mut self, ack: InboundAck, now: Instant) {
+        self.delivery_pending.retain(|&id| id != ack.packet_id);
         let Some(connection) = self.connection_mut() else {
             // The connection closed after the message arrived, for example on a
             // DISCONNECT read with it. The broker sends the message again on a resumed
@@ -421,8 +447,12 @@ impl<S: Store> Session<S> {
             self.handle_handed_over(ack);
             return;
         };
-        let removed = connection.delivering.remove(&ack.packet_id);
-        if removed.is_some_and(|entry| entry.handed_over) {
+        // A message this connection did not hand out owes it nothing: one an earlier
+        // connection left in a mailbox after the broker started a new session.
+        let Some(entry) = connection.delivering.remove(&ack.packet_id) else {
+            return;
+        };
+        if entry.handed_over {
             connection.handed_over = connection.handed_over.saturating_sub(1);
         }
         self.send_inbound_ack(ack, now);
@@ -545,6 +575,19 @@ impl<S: Store> Session<S> {
             head_blocked: false,
             resend_waiting: VecDeque::new(),
         });
+        let pending = std::mem::take(&mut self.delivery_pending);
+        if connack.session_present {
+            if let Some(connection) = self.connection_mut() {
+                for packet_id in pending {
+                    let entry = Delivering {
+                        qos: QoS::ExactlyOnce,
+                        handed_over: true,
+                    };
+                    connection.delivering.insert(packet_id, entry);
+                    connection.handed_over += 1;
+                }
+            }
+        }
         tracing::debug!(
             client_id = %self.config.client_id,
             session_present = connack.session_present,

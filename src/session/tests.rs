@@ -2257,3 +2257,37 @@ fn resume_fails_publish_new_limits_forbid() {
         "the QoS 2 publish fails: {done:?}"
     );
 }
+
+#[test]
+fn pending_qos2_copy_acked_after_delivery() {
+    let now = Instant::now();
+    let resuming = resuming_config(ProtocolVersion::V5);
+    let mut session = connected_with(resuming.clone(), Properties::default(), now);
+    session.handle_packet(qos2(false), now);
+    let Some(SessionEvent::Message { ack: Some(ack), .. }) = session.poll_event() else {
+        panic!("expected a message with an ack");
+    };
+    // The message waits in a full mailbox when the connection ends.
+    session.handle_handed_over(ack);
+
+    let store = std::mem::replace(&mut session.store, MemoryStore::new(1));
+    let mut next = Session::new(resuming, store, now);
+    next.handle_delivery_pending(ack);
+    next.handle_transport_connected(now);
+    next.handle_packet(
+        connack(true, ConnectReason::Success, Properties::default()),
+        now,
+    );
+    packets(&mut next);
+    events(&mut next);
+    next.handle_packet(qos2(true), now);
+    assert!(events(&mut next).is_empty(), "the copy is not delivered");
+    assert!(
+        transmits(&mut next).is_empty(),
+        "no PUBREC while the first copy waits"
+    );
+
+    next.handle_delivered(ack, now);
+    assert!(matches!(&packets(&mut next)[..], [Packet::PubRec(r)] if r.packet_id == id(6)));
+    assert_eq!(next.inflight_in(), 1, "awaiting PUBREL");
+}
