@@ -2098,6 +2098,33 @@ async fn payloads_until_marker(
     payloads
 }
 
+/// Has the gate block on QoS 1 message "a" and fills its mailbox with "b", both
+/// acknowledged. Returns the packet identifiers for "a", "b" and "c".
+async fn qos1_gate_full(
+    connection: &mut Connection,
+    seen: &mut tokio::sync::mpsc::UnboundedReceiver<bytes::Bytes>,
+) -> Vec<PacketId> {
+    let ids: Vec<PacketId> = (1..=3).map(|id| PacketId::try_from(id).unwrap()).collect();
+    connection.send(&qos1_publish(ids[0], false, "a")).await;
+    expect_puback(connection, ids[0], "a, held by the gate").await;
+    assert_eq!(next(seen).await, "a");
+    connection.send(&qos1_publish(ids[1], false, "b")).await;
+    expect_puback(connection, ids[1], "b, in the mailbox").await;
+    ids
+}
+
+/// Sends QoS 1 message "c" with identifier `id`, and in the same write PUBREL for an
+/// identifier with no flow. Its PUBCOMP 0x92 shows that the client read "c" first and
+/// sent no PUBACK for it, because "c" waits for room.
+async fn send_c_then_probe(connection: &mut Connection, id: PacketId, dup: bool, what: &str) {
+    let unknown = PacketId::try_from(99).unwrap();
+    let mut write = connection.encode(&qos1_publish(id, dup, "c"));
+    write.extend_from_slice(&connection.encode(&pubrel(unknown)));
+    connection.send_raw(&write).await;
+    let not_found = PubCompReason::PacketIdentifierNotFound;
+    expect_pubcomp(connection, unknown, not_found, what).await;
+}
+
 /// Makes QoS 2 message "c" wait for room in the gate's mailbox: the gate blocks on "a"
 /// and "b" fills its mailbox, so both count as delivered. PUBREL for "a" in the same
 /// write as "c" shows by its PUBCOMP that the client read "c" first. Returns the packet
@@ -2230,21 +2257,11 @@ async fn qos1_waiting_for_room_survives_cut() {
     } = connect_gated(&broker, ProtocolVersion::V5).await;
 
     // The gate blocks on "a", and "b" fills its mailbox, so both are acknowledged.
-    let ids: Vec<PacketId> = (1..=3).map(|id| PacketId::try_from(id).unwrap()).collect();
-    first.send(&qos1_publish(ids[0], false, "a")).await;
-    expect_puback(&mut first, ids[0], "a, held by the gate").await;
-    assert_eq!(next(&mut seen).await, "a");
-    first.send(&qos1_publish(ids[1], false, "b")).await;
-    expect_puback(&mut first, ids[1], "b, in the mailbox").await;
+    let ids = qos1_gate_full(&mut first, &mut seen).await;
 
     // "c" has to wait for room. A PUBREL for an unknown identifier in the same write
     // shows by its PUBCOMP that the client read "c" first and sent no PUBACK for it.
-    let unknown = PacketId::try_from(99).unwrap();
-    let mut write = first.encode(&qos1_publish(ids[2], false, "c"));
-    write.extend_from_slice(&first.encode(&pubrel(unknown)));
-    first.send_raw(&write).await;
-    let not_found = PubCompReason::PacketIdentifierNotFound;
-    expect_pubcomp(&mut first, unknown, not_found, "read after c").await;
+    send_c_then_probe(&mut first, ids[2], false, "read after c").await;
     first.cut();
     expect_reconnecting(&mut events).await;
 
@@ -2253,10 +2270,7 @@ async fn qos1_waiting_for_room_survives_cut() {
     let mut second = broker.accept().await;
     second.accept_connect(true).await;
     expect_connected(&mut events, true).await;
-    let mut write = second.encode(&qos1_publish(ids[2], true, "c"));
-    write.extend_from_slice(&second.encode(&pubrel(unknown)));
-    second.send_raw(&write).await;
-    expect_pubcomp(&mut second, unknown, not_found, "read after resent c").await;
+    send_c_then_probe(&mut second, ids[2], true, "read after resent c").await;
 
     release.send(()).unwrap();
     expect_puback(&mut second, ids[2], "c, once the gate has room").await;
@@ -2305,18 +2319,8 @@ async fn dropped_handles_stop_despite_handed_over_send() {
 
     // The gate blocks on "a" and "b" fills its mailbox. "c" waits for room, and the
     // PUBCOMP for an unknown identifier shows that the client read it.
-    let ids: Vec<PacketId> = (1..=3).map(|id| PacketId::try_from(id).unwrap()).collect();
-    first.send(&qos1_publish(ids[0], false, "a")).await;
-    expect_puback(&mut first, ids[0], "a, held by the gate").await;
-    assert_eq!(next(&mut gate_seen).await, "a");
-    first.send(&qos1_publish(ids[1], false, "b")).await;
-    expect_puback(&mut first, ids[1], "b, in the mailbox").await;
-    let unknown = PacketId::try_from(99).unwrap();
-    let mut write = first.encode(&qos1_publish(ids[2], false, "c"));
-    write.extend_from_slice(&first.encode(&pubrel(unknown)));
-    first.send_raw(&write).await;
-    let not_found = PubCompReason::PacketIdentifierNotFound;
-    expect_pubcomp(&mut first, unknown, not_found, "read after c").await;
+    let ids = qos1_gate_full(&mut first, &mut gate_seen).await;
+    send_c_then_probe(&mut first, ids[2], false, "read after c").await;
 
     // The cut hands the send of "c" over to the supervisor, which then reconnects.
     first.cut();
@@ -2410,18 +2414,8 @@ async fn backoff_disconnect_with_handed_over_send() {
     expect_connected(&mut events, false).await;
 
     // The gate blocks on "a" and "b" fills its mailbox, so "c" waits for room.
-    let ids: Vec<PacketId> = (1..=3).map(|id| PacketId::try_from(id).unwrap()).collect();
-    first.send(&qos1_publish(ids[0], false, "a")).await;
-    expect_puback(&mut first, ids[0], "a, held by the gate").await;
-    assert_eq!(next(&mut gate_seen).await, "a");
-    first.send(&qos1_publish(ids[1], false, "b")).await;
-    expect_puback(&mut first, ids[1], "b, in the mailbox").await;
-    let unknown = PacketId::try_from(99).unwrap();
-    let mut write = first.encode(&qos1_publish(ids[2], false, "c"));
-    write.extend_from_slice(&first.encode(&pubrel(unknown)));
-    first.send_raw(&write).await;
-    let not_found = PubCompReason::PacketIdentifierNotFound;
-    expect_pubcomp(&mut first, unknown, not_found, "read after c").await;
+    let ids = qos1_gate_full(&mut first, &mut gate_seen).await;
+    send_c_then_probe(&mut first, ids[2], false, "read after c").await;
     let stats = client.stats().await.unwrap();
     assert!(stats.connected, "connected while c waits for room");
     assert_eq!(stats.inflight_in, 1, "c waits for room unacknowledged");
@@ -2457,23 +2451,12 @@ async fn repeated_cuts_keep_mailbox_bounded() {
     } = connect_gated(&broker, ProtocolVersion::V5).await;
 
     // The gate blocks on "a" and "b" fills its mailbox.
-    let ids: Vec<PacketId> = (1..=3).map(|id| PacketId::try_from(id).unwrap()).collect();
-    connection.send(&qos1_publish(ids[0], false, "a")).await;
-    expect_puback(&mut connection, ids[0], "a, held by the gate").await;
-    assert_eq!(next(&mut gate_seen).await, "a");
-    connection.send(&qos1_publish(ids[1], false, "b")).await;
-    expect_puback(&mut connection, ids[1], "b, in the mailbox").await;
+    let ids = qos1_gate_full(&mut connection, &mut gate_seen).await;
 
-    // On each connection "c" arrives, waits for room, and the connection is cut. The
-    // PUBCOMP for an unknown identifier shows that the client read "c" first.
-    let unknown = PacketId::try_from(99).unwrap();
-    let not_found = PubCompReason::PacketIdentifierNotFound;
+    // On each connection "c" arrives, waits for room, and the connection is cut.
     for cut in 0..CUTS {
-        let mut write = connection.encode(&qos1_publish(ids[2], cut > 0, "c"));
-        write.extend_from_slice(&connection.encode(&pubrel(unknown)));
-        connection.send_raw(&write).await;
         let what = format!("cut {cut}: read after c");
-        expect_pubcomp(&mut connection, unknown, not_found, &what).await;
+        send_c_then_probe(&mut connection, ids[2], cut > 0, &what).await;
         connection.cut();
         expect_reconnecting(&mut events).await;
         connection = broker.accept().await;
