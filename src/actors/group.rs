@@ -153,23 +153,19 @@ impl RoomRequests {
         self.retain_pending(&mut std::task::Context::from_waker(&waker));
     }
 
-    /// Moves the sends to any of `recipients` into `into`; returns `true` when there
-    /// were any.
-    pub fn move_for(
+    /// Drops the sends that have resolved, then removes and returns those for which
+    /// `selected` is `true`.
+    pub fn take_pending_where(
         &mut self,
-        recipients: &[Rc<Recipient<InboundMessage>>],
-        into: &mut RoomRequests,
-    ) -> bool {
-        let (moved, kept): (Vec<_>, Vec<_>) =
-            std::mem::take(&mut self.0).into_iter().partition(|room| {
-                recipients
-                    .iter()
-                    .any(|recipient| Rc::ptr_eq(recipient, &room.recipient))
-            });
+        selected: impl FnMut(&RoomRequest) -> bool,
+    ) -> Vec<RoomRequest> {
+        if self.0.is_empty() {
+            return Vec::new();
+        }
+        self.prune();
+        let (taken, kept) = std::mem::take(&mut self.0).into_iter().partition(selected);
         self.0 = kept;
-        let any = !moved.is_empty();
-        into.0.extend(moved);
-        any
+        taken
     }
 }
 

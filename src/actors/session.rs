@@ -615,15 +615,15 @@ impl SessionActor {
         recipients: &[Rc<Recipient<Message>>],
         ctx: &mut Context<Self>,
     ) -> bool {
-        let mut handed_over = self.handed_over.borrow_mut();
-        if handed_over.0.is_empty() {
+        let earlier = self.handed_over.borrow_mut().take_pending_where(|room| {
+            recipients
+                .iter()
+                .any(|recipient| Rc::ptr_eq(recipient, &room.recipient))
+        });
+        if earlier.is_empty() {
             return false;
         }
-        handed_over.prune();
-        if !handed_over.move_for(recipients, &mut self.room_requests) {
-            return false;
-        }
-        drop(handed_over);
+        self.room_requests.0.extend(earlier);
         self.block_until_room(Vec::new(), ctx);
         true
     }
@@ -649,16 +649,10 @@ impl SessionActor {
     /// mailboxes. Until they resolve, a copy the broker sends again on this connection
     /// is not acknowledged, so a message lost with the client is still the broker's.
     fn adopt_pending_qos2(&mut self, ctx: &mut Context<Self>) {
-        let mut handed_over = self.handed_over.borrow_mut();
-        if handed_over.0.is_empty() {
-            return;
-        }
-        handed_over.prune();
-        let (qos2, others): (Vec<_>, Vec<_>) = std::mem::take(&mut handed_over.0)
-            .into_iter()
-            .partition(|room| room.ack.is_some_and(InboundAck::is_exactly_once));
-        handed_over.0 = others;
-        drop(handed_over);
+        let qos2 = self
+            .handed_over
+            .borrow_mut()
+            .take_pending_where(|room| room.ack.is_some_and(InboundAck::is_exactly_once));
         if qos2.is_empty() {
             return;
         }

@@ -223,67 +223,62 @@ impl<S: Store> Session<S> {
     pub(super) fn resume_flows(&mut self, session_present: bool, now: Instant) {
         if !session_present {
             self.store.clear_inbound();
+            self.restart_released_flows();
         }
         let window = self.window();
         let ids = self.store.outbound_ids();
-        // Flows past PUBREC stay in flight on a resumed session, so they take their
-        // place in the window first.
+        // Flows past PUBREC stay in flight, so they take their place in the window first.
         let mut in_flight = ids
             .iter()
             .filter(|&&id| {
-                session_present
-                    && matches!(
-                        self.store.outbound(id),
-                        Some(OutboundFlow::Publish {
-                            awaiting: AwaitedAck::PubComp { .. },
-                            ..
-                        })
-                    )
+                matches!(
+                    self.store.outbound(id),
+                    Some(OutboundFlow::Publish {
+                        awaiting: AwaitedAck::PubComp { .. },
+                        ..
+                    })
+                )
             })
             .count();
         for id in ids {
             match self.store.outbound(id) {
                 Some(OutboundFlow::Publish {
-                    awaiting: AwaitedAck::PubAck | AwaitedAck::PubRec,
-                    ..
-                }) if in_flight >= window => {
-                    if let Some(connection) = self.connection_mut() {
-                        connection.resend_waiting.push_back(id);
-                    }
-                }
-                Some(OutboundFlow::Publish {
                     packet,
                     awaiting: AwaitedAck::PubAck | AwaitedAck::PubRec,
                     ..
                 }) => {
-                    in_flight += 1;
-                    self.resend_publish(id, packet, now);
-                }
-                Some(OutboundFlow::Publish {
-                    token,
-                    packet,
-                    awaiting: AwaitedAck::PubComp { .. },
-                }) if !session_present => {
-                    let flow = OutboundFlow::Publish {
-                        token,
-                        packet: packet.clone(),
-                        awaiting: AwaitedAck::PubRec,
-                    };
-                    self.store.insert_outbound(id, flow);
-                    if in_flight >= window {
-                        if let Some(connection) = self.connection_mut() {
-                            connection.resend_waiting.push_back(id);
-                        }
-                        continue;
+                    if in_flight < window {
+                        in_flight += 1;
+                        self.resend_publish(id, packet, now);
+                    } else if let Some(connection) = self.connection_mut() {
+                        connection.resend_waiting.push_back(id);
                     }
-                    in_flight += 1;
-                    self.resend_publish(id, packet, now);
                 }
                 Some(OutboundFlow::Publish {
                     awaiting: AwaitedAck::PubComp { .. },
                     ..
                 }) => self.transmit(pubrel(id, PubCompReason::Success), now),
                 _ => {}
+            }
+        }
+    }
+
+    /// Sets every QoS 2 flow past PUBREC back to awaiting PUBREC, for a broker that
+    /// started a new session and has no such flow to release.
+    fn restart_released_flows(&mut self) {
+        for id in self.store.outbound_ids() {
+            if let Some(OutboundFlow::Publish {
+                token,
+                packet,
+                awaiting: AwaitedAck::PubComp { .. },
+            }) = self.store.outbound(id)
+            {
+                let flow = OutboundFlow::Publish {
+                    token,
+                    packet,
+                    awaiting: AwaitedAck::PubRec,
+                };
+                self.store.insert_outbound(id, flow);
             }
         }
     }
