@@ -235,9 +235,24 @@ fn record(message: &Message, tallies: &mut [Tally; 2]) -> bool {
 }
 
 /// Returns the Session Present flag of every CONNACK a client received, in order.
-fn sessions_present(events: &mut UnboundedReceiver<Event>) -> Vec<bool> {
+///
+/// A CONNACK's event travels through the supervisor and may arrive after the messages
+/// of that connection, so this waits up to `STEP` per event until `expected` CONNACKs
+/// are in, then takes whatever else has arrived.
+async fn sessions_present(events: &mut UnboundedReceiver<Event>, expected: usize) -> Vec<bool> {
     let mut present = Vec::new();
-    while let Ok(event) = events.try_recv() {
+    loop {
+        let event = if present.len() < expected {
+            match tokio::time::timeout(STEP, events.recv()).await {
+                Ok(Some(event)) => event,
+                Ok(None) | Err(_) => break,
+            }
+        } else {
+            match events.try_recv() {
+                Ok(event) => event,
+                Err(_) => break,
+            }
+        };
         if let Event::Connected {
             session_present, ..
         } = event
@@ -497,8 +512,8 @@ async fn run(version: ProtocolVersion) {
         ),
     )
     .await;
-    let publisher_sessions = sessions_present(&mut publisher.events);
-    let subscriber_sessions = sessions_present(&mut subscriber.events);
+    let publisher_sessions = sessions_present(&mut publisher.events, RESTARTS + 1).await;
+    let subscriber_sessions = sessions_present(&mut subscriber.events, RESTARTS + 1).await;
     let restarts = collected.as_ref().map_or(0, |(restarts, _)| *restarts);
     print_counts(
         version,
