@@ -376,6 +376,34 @@ async fn try_publish_fails_when_queue_full() {
     assert_actors_back_to(baseline).await;
 }
 
+/// Fills a gate from [`Gate::start_closed`]: it blocks on QoS 1 message "a" and "b"
+/// fills its mailbox. Both get their PUBACK.
+async fn fill_gate(
+    connection: &mut BrokerConnection,
+    seen_rx: &mut tokio::sync::mpsc::UnboundedReceiver<Bytes>,
+) {
+    connection
+        .send(&inbound(Delivery::AtLeastOnce(id(1)), "g", b"a"))
+        .await;
+    assert!(matches!(connection.recv().await, Packet::PubAck(a) if a.packet_id == id(1)));
+    assert_eq!(&next(seen_rx).await[..], b"a");
+    connection
+        .send(&inbound(Delivery::AtLeastOnce(id(2)), "g", b"b"))
+        .await;
+    assert!(matches!(connection.recv().await, Packet::PubAck(a) if a.packet_id == id(2)));
+}
+
+/// Returns `true` once the client reports `expected` unacknowledged inbound messages,
+/// or `false` when that does not happen within `STEP`.
+async fn inflight_in_reaches(client: &mqttlink::Client, expected: usize) -> bool {
+    let reached = async {
+        while client.stats().await.unwrap().inflight_in != expected {
+            tokio::task::yield_now().await;
+        }
+    };
+    tokio::time::timeout(STEP, reached).await.is_ok()
+}
+
 #[actix_rt::test]
 async fn slow_recipient_delays_ack_until_delivered() {
     let _serial = SERIAL.lock().await;
@@ -408,14 +436,8 @@ async fn slow_recipient_delays_ack_until_delivered() {
     }
     assert_eq!(acked, [1, 2]);
     // Once the third message arrived it stays unacknowledged until the gate opens.
-    let held = async {
-        while client.stats().await.unwrap().inflight_in != 1 {
-            tokio::task::yield_now().await;
-        }
-    };
-    let held = tokio::time::timeout(STEP, held).await;
     assert!(
-        held.is_ok(),
+        inflight_in_reaches(&client, 1).await,
         "the third message is not held for the slow recipient"
     );
 
@@ -448,16 +470,7 @@ async fn receive_maximum_counts_waiting_qos2_once() {
     let mut connection = broker.accept().await;
     connection.handshake().await;
 
-    // The gate blocks on "a", and "b" fills its mailbox, so both are acknowledged.
-    connection
-        .send(&inbound(Delivery::AtLeastOnce(id(1)), "g", b"a"))
-        .await;
-    assert!(matches!(connection.recv().await, Packet::PubAck(a) if a.packet_id == id(1)));
-    assert_eq!(&next(&mut seen_rx).await[..], b"a");
-    connection
-        .send(&inbound(Delivery::AtLeastOnce(id(2)), "g", b"b"))
-        .await;
-    assert!(matches!(connection.recv().await, Packet::PubAck(a) if a.packet_id == id(2)));
+    fill_gate(&mut connection, &mut seen_rx).await;
 
     // "c" waits for room and "d" behind it, which makes two unacknowledged messages.
     // The PUBCOMP for a PUBREL of an unknown identifier shows that the client read both
@@ -656,26 +669,15 @@ async fn cycles_with_full_mailbox_leak_nothing() {
         let mut connection = broker.accept().await;
         connection.handshake().await;
 
-        // The gate blocks on "a" and "b" fills its mailbox, so "c" waits for room.
-        connection
-            .send(&inbound(Delivery::AtLeastOnce(id(1)), "g", b"a"))
-            .await;
-        assert!(matches!(connection.recv().await, Packet::PubAck(a) if a.packet_id == id(1)));
-        assert_eq!(&next(&mut seen_rx).await[..], b"a");
-        connection
-            .send(&inbound(Delivery::AtLeastOnce(id(2)), "g", b"b"))
-            .await;
-        assert!(matches!(connection.recv().await, Packet::PubAck(a) if a.packet_id == id(2)));
+        // With the gate full, "c" waits for room.
+        fill_gate(&mut connection, &mut seen_rx).await;
         connection
             .send(&inbound(Delivery::AtLeastOnce(id(3)), "g", b"c"))
             .await;
-        let held = async {
-            while client.stats().await.unwrap().inflight_in != 1 {
-                tokio::task::yield_now().await;
-            }
-        };
-        let held = tokio::time::timeout(STEP, held).await;
-        assert!(held.is_ok(), "cycle {cycle}: c does not wait for room");
+        assert!(
+            inflight_in_reaches(&client, 1).await,
+            "cycle {cycle}: c does not wait for room"
+        );
 
         let disconnected =
             tokio::time::timeout(STEP, client.disconnect(mqttlink::Disconnect::new()))

@@ -189,13 +189,7 @@ async fn qos1_publish_resent_with_dup_after_cut() {
     assert_ne!(packet_id(&fresh), packet_id(&sent));
 
     for id in [packet_id(&resent), packet_id(&fresh)] {
-        second
-            .send(&Packet::PubAck(PubAck {
-                packet_id: id,
-                reason: PubAckReason::Success,
-                properties: Properties::default().into(),
-            }))
-            .await;
+        send_puback(&mut second, id).await;
     }
     let first_outcome = outcome(in_flight).await.unwrap();
     assert_eq!(first_outcome.reason, Some(PubAckReason::Success));
@@ -415,13 +409,7 @@ async fn server_busy_retries_with_growing_backoff() {
     accepted.accept_connect(false).await;
     expect_connected(&mut events, false).await;
     let sent = expect_publish(accepted.recv().await);
-    accepted
-        .send(&Packet::PubAck(PubAck {
-            packet_id: packet_id(&sent),
-            reason: PubAckReason::Success,
-            properties: Properties::default().into(),
-        }))
-        .await;
+    send_puback(&mut accepted, packet_id(&sent)).await;
     assert!(outcome(pending).await.is_ok());
 
     disconnect(&client).await;
@@ -730,13 +718,7 @@ async fn expect_puback_completes(
     task: tokio::task::JoinHandle<Result<PublishOutcome, ClientError>>,
     sent: &mqttlink::codec::Publish,
 ) {
-    connection
-        .send(&Packet::PubAck(PubAck {
-            packet_id: packet_id(sent),
-            reason: PubAckReason::Success,
-            properties: Properties::default().into(),
-        }))
-        .await;
+    send_puback(connection, packet_id(sent)).await;
     let completed = outcome(task).await.unwrap();
     assert_eq!(completed.reason, Some(PubAckReason::Success));
 }
@@ -1876,13 +1858,7 @@ async fn connack_delayed_past_timeout_retries() {
         .await;
     expect_connected(&mut events, false).await;
     let sent = expect_publish(accepted.recv().await);
-    accepted
-        .send(&Packet::PubAck(PubAck {
-            packet_id: packet_id(&sent),
-            reason: PubAckReason::Success,
-            properties: Properties::default().into(),
-        }))
-        .await;
+    send_puback(&mut accepted, packet_id(&sent)).await;
     assert!(outcome(in_flight).await.is_ok());
 
     disconnect(&client).await;
@@ -2349,8 +2325,8 @@ async fn dropped_handles_stop_despite_handed_over_send() {
     );
 }
 
-/// Checks that a disconnect while a QoS 2 message from before a cut still waits for
-/// room leaves that message with the broker: the copy the broker sent again on the
+/// Checks that a disconnect leaves a QoS 2 message with the broker while its first
+/// copy, from before a cut, still waits for room. The copy the broker sent again on the
 /// resumed session got no PUBREC, so the broker keeps the message for the session.
 #[actix_rt::test]
 async fn disconnect_leaves_waiting_qos2_with_broker() {
@@ -2516,13 +2492,7 @@ async fn lost_session_resends_qos1_publish() {
     assert_eq!(packet_id(&resent), packet_id(&sent));
     assert_eq!(resent.topic, sent.topic);
     assert_eq!(resent.payload, sent.payload);
-    second
-        .send(&Packet::PubAck(PubAck {
-            packet_id: packet_id(&resent),
-            reason: PubAckReason::Success,
-            properties: Properties::default().into(),
-        }))
-        .await;
+    send_puback(&mut second, packet_id(&resent)).await;
     let completed = outcome(in_flight).await.unwrap();
     assert_eq!(completed.reason, Some(PubAckReason::Success));
 
@@ -2531,13 +2501,7 @@ async fn lost_session_resends_qos1_publish() {
     let fresh_sent = expect_publish(second.recv().await);
     assert!(!fresh_sent.dup);
     assert_eq!(fresh_sent.topic, Some(topic("t/fresh")));
-    second
-        .send(&Packet::PubAck(PubAck {
-            packet_id: packet_id(&fresh_sent),
-            reason: PubAckReason::Success,
-            properties: Properties::default().into(),
-        }))
-        .await;
+    send_puback(&mut second, packet_id(&fresh_sent)).await;
     assert!(outcome(fresh).await.is_ok());
 
     disconnect(&client).await;
@@ -2617,13 +2581,7 @@ async fn lost_session_qos2_not_reported_ok() {
         }
     }
     let marker_id = marker_id.expect("marker PUBLISH within 8 packets");
-    second
-        .send(&Packet::PubAck(PubAck {
-            packet_id: marker_id,
-            reason: PubAckReason::Success,
-            properties: Properties::default().into(),
-        }))
-        .await;
+    send_puback(&mut second, marker_id).await;
     assert!(outcome(marker).await.is_ok());
 
     disconnect(&client).await;
@@ -2642,6 +2600,16 @@ async fn lost_session_qos2_not_reported_ok() {
             "publish reported delivered after PUBCOMP 0x92: {released:?}"
         );
     }
+}
+
+async fn send_puback(connection: &mut Connection, packet_id: PacketId) {
+    connection
+        .send(&Packet::PubAck(PubAck {
+            packet_id,
+            reason: PubAckReason::Success,
+            properties: Properties::default().into(),
+        }))
+        .await;
 }
 
 async fn send_pubcomp(connection: &mut Connection, packet_id: PacketId, reason: PubCompReason) {

@@ -258,7 +258,7 @@ pub struct Session<S> {
     transmits: VecDeque<Transmit>,
     events: VecDeque<SessionEvent>,
     /// Inbound QoS 2 identifiers whose message an earlier connection still waits to put
-    /// into a full mailbox; on a resumed session they start as being delivered.
+    /// into a full mailbox. On a resumed session they start as being delivered.
     delivery_pending: Vec<PacketId>,
 }
 

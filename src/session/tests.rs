@@ -144,6 +144,13 @@ fn queue(session: &mut Session<MemoryStore>, request: QueuedRequest, now: Instan
     session.handle_requests_queued(now);
 }
 
+/// Queues publishes with tokens 1 to `count` at `qos`, each with payload `x`.
+fn queue_publishes(session: &mut Session<MemoryStore>, count: u64, qos: QoS, now: Instant) {
+    for token in 1..=count {
+        queue(session, publish_request(token, qos, b"x"), now);
+    }
+}
+
 fn inbound_publish(delivery: Delivery, topic: Option<&str>, properties: Properties) -> Packet {
     Packet::Publish(Publish {
         dup: false,
@@ -845,13 +852,7 @@ fn inflight_window_uses_smaller_limit() {
         ..Properties::default()
     };
     let mut session = connected_with(limited.clone(), broker, now);
-    for token in 1..=4 {
-        queue(
-            &mut session,
-            publish_request(token, QoS::AtLeastOnce, b"x"),
-            now,
-        );
-    }
+    queue_publishes(&mut session, 4, QoS::AtLeastOnce, now);
     assert_eq!(packets(&mut session).len(), 2, "broker allows 2");
     assert_eq!(session.store.queued_len(), 2);
 
@@ -863,13 +864,7 @@ fn inflight_window_uses_smaller_limit() {
         ..Properties::default()
     };
     let mut session = connected_with(limited, generous, now);
-    for token in 1..=4 {
-        queue(
-            &mut session,
-            publish_request(token, QoS::AtLeastOnce, b"x"),
-            now,
-        );
-    }
+    queue_publishes(&mut session, 4, QoS::AtLeastOnce, now);
     assert_eq!(packets(&mut session).len(), 3, "configured maximum 3");
 }
 
@@ -2021,13 +2016,7 @@ fn resume_opens_larger_receive_maximum() {
         ..Properties::default()
     };
     let mut session = connected_with(resuming.clone(), limited, now);
-    for token in 1..=3 {
-        queue(
-            &mut session,
-            publish_request(token, QoS::AtLeastOnce, b"x"),
-            now,
-        );
-    }
+    queue_publishes(&mut session, 3, QoS::AtLeastOnce, now);
     assert_eq!(packets(&mut session).len(), 1, "the first broker allows 1");
     assert_eq!(session.store.queued_len(), 2);
 
@@ -2084,13 +2073,7 @@ fn resume_respects_new_receive_maximum() {
     let now = Instant::now();
     let resuming = resuming_config(ProtocolVersion::V5);
     let mut session = connected_with(resuming.clone(), Properties::default(), now);
-    for token in 1..=3 {
-        queue(
-            &mut session,
-            publish_request(token, QoS::AtLeastOnce, b"x"),
-            now,
-        );
-    }
+    queue_publishes(&mut session, 3, QoS::AtLeastOnce, now);
     assert_eq!(packets(&mut session).len(), 3, "the first broker allows 3");
 
     // The broker resumes the session but now allows one unacknowledged PUBLISH.
