@@ -76,6 +76,14 @@ async fn expect_publish(peer: &mut Peer) -> Option<PacketId> {
     }
 }
 
+/// Expects a PUBREL for `packet_id` with `reason`.
+async fn expect_pubrel(peer: &mut Peer, packet_id: PacketId, reason: PubCompReason) {
+    match peer.recv().await {
+        Packet::PubRel(rel) => assert_eq!((rel.packet_id, rel.reason), (packet_id, reason)),
+        other => panic!("expected PUBREL, got {other:?}"),
+    }
+}
+
 fn is_violation(error: &ClientError) -> bool {
     matches!(error, ClientError::ProtocolViolation(_))
 }
@@ -221,6 +229,8 @@ async fn unknown_and_repeated_acks_tolerated() {
     for packet in [puback(id(900)), pubrec(id(901)), pubcomp(id(902))] {
         peer.send(&packet).await;
     }
+    // Only the PUBREC gets a reply, because the broker waits for a PUBREL after it.
+    expect_pubrel(&mut peer, id(901), PubCompReason::PacketIdentifierNotFound).await;
 
     let reply = started
         .client
@@ -666,7 +676,7 @@ async fn qos2_duplicate_delivered_once() {
 }
 
 #[actix_rt::test]
-async fn pubrel_for_unknown_id_answered() {
+async fn unknown_qos2_ids_answered() {
     let _serial = SERIAL.lock().await;
     for (protocol, expected) in [
         (ProtocolVersion::V5, PubCompReason::PacketIdentifierNotFound),
@@ -686,6 +696,8 @@ async fn pubrel_for_unknown_id_answered() {
             }
             other => panic!("expected PUBCOMP, got {other:?}"),
         }
+        peer.send(&pubrec(id(78))).await;
+        expect_pubrel(&mut peer, id(78), expected).await;
         within(started.client.disconnect(Disconnect::new()))
             .await
             .unwrap();

@@ -483,8 +483,31 @@ impl<S: Store> Session<S> {
                 ..
             }) => self.transmit(pubrel(id, PubCompReason::Success), now),
             Some(_) => self.violate(other_flow(PacketType::PubRec, id), now),
-            None => self.ignore_unknown_ack(PacketType::PubRec, id),
+            None => self.release_unknown(&rec, now),
         }
+    }
+
+    /// Sends PUBREL for a successful PUBREC whose identifier has no flow here, with
+    /// reason Packet Identifier Not Found in v5. The broker keeps that identifier in
+    /// use until a PUBREL arrives, so without one it stays taken while the broker's
+    /// session lives. A failed PUBREC has already ended the flow (MQTT 5.0 section
+    /// 4.3.3), so it gets no PUBREL.
+    fn release_unknown(&mut self, rec: &PubRec, now: Instant) {
+        tracing::warn!(
+            client_id = %self.config.client_id,
+            packet_id = rec.packet_id.get(),
+            reason = ?rec.reason,
+            "PUBREC for unknown packet id"
+        );
+        if !rec.reason.is_success() {
+            return;
+        }
+        let reason = if self.config.protocol.is_v5() {
+            PubCompReason::PacketIdentifierNotFound
+        } else {
+            PubCompReason::Success
+        };
+        self.transmit(pubrel(rec.packet_id, reason), now);
     }
 
     pub(super) fn on_pubcomp(&mut self, comp: PubComp, now: Instant) {

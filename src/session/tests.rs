@@ -1137,6 +1137,34 @@ fn unknown_publish_acks_tolerated() {
 }
 
 #[test]
+fn unknown_pubrec_gets_pubrel() {
+    let now = Instant::now();
+    let pubrec = |value, reason| {
+        Packet::PubRec(PubRec {
+            packet_id: id(value),
+            reason,
+            properties: Properties::default().into(),
+        })
+    };
+    for (protocol, released) in [
+        (ProtocolVersion::V3_1_1, PubCompReason::Success),
+        (ProtocolVersion::V5, PubCompReason::PacketIdentifierNotFound),
+    ] {
+        let mut session = connected(protocol, now);
+        session.handle_packet(pubrec(7, PubAckReason::Success), now);
+        assert!(matches!(
+            &packets(&mut session)[..],
+            [Packet::PubRel(rel)] if rel.packet_id == id(7) && rel.reason == released
+        ));
+        // A failed PUBREC ended the broker's flow; nothing answers it.
+        session.handle_packet(pubrec(8, PubAckReason::UnspecifiedError), now);
+        assert!(packets(&mut session).is_empty());
+        assert!(events(&mut session).is_empty());
+        assert!(!session.is_closed());
+    }
+}
+
+#[test]
 fn ack_for_other_flow_is_violation() {
     let now = Instant::now();
     let mut session = connected(ProtocolVersion::V5, now);
