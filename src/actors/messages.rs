@@ -49,7 +49,7 @@ pub struct Publish {
     pub(crate) payload: Bytes,
     pub(crate) qos: QoS,
     pub(crate) retain: bool,
-    pub(crate) properties: Properties,
+    pub(crate) properties: BoxedProperties,
     /// Room in the client's request queue, taken by [`Client::publish`](crate::Client::publish)
     /// before sending; a message without one takes it on arrival or fails with `QueueFull`.
     pub(crate) permit: Option<OwnedSemaphorePermit>,
@@ -64,7 +64,7 @@ impl Publish {
             payload: payload.into(),
             qos: QoS::AtMostOnce,
             retain: false,
-            properties: Properties::default(),
+            properties: BoxedProperties::default(),
             permit: None,
         }
     }
@@ -87,7 +87,7 @@ impl Publish {
     /// fails with [`ClientError::InvalidRequest`].
     #[must_use]
     pub fn properties(mut self, properties: Properties) -> Self {
-        self.properties = properties;
+        self.properties = properties.into();
         self
     }
 }
@@ -146,7 +146,7 @@ impl actix::Message for Publish {
 pub struct Subscribe {
     pub(crate) recipient: Recipient<crate::Message>,
     pub(crate) filters: Vec<(TopicFilter, SubscriptionOptions)>,
-    pub(crate) properties: Properties,
+    pub(crate) properties: BoxedProperties,
     pub(crate) permit: Option<OwnedSemaphorePermit>,
 }
 
@@ -158,7 +158,7 @@ impl Subscribe {
         Self {
             recipient,
             filters: Vec::new(),
-            properties: Properties::default(),
+            properties: BoxedProperties::default(),
             permit: None,
         }
     }
@@ -174,7 +174,7 @@ impl Subscribe {
     /// messages carrying it to this recipient only.
     #[must_use]
     pub fn properties(mut self, properties: Properties) -> Self {
-        self.properties = properties;
+        self.properties = properties.into();
         self
     }
 
@@ -211,7 +211,7 @@ impl actix::Message for Subscribe {
 #[derive(Default)]
 pub struct Unsubscribe {
     pub(crate) filters: Vec<TopicFilter>,
-    pub(crate) properties: Properties,
+    pub(crate) properties: BoxedProperties,
     pub(crate) permit: Option<OwnedSemaphorePermit>,
 }
 
@@ -232,7 +232,7 @@ impl Unsubscribe {
     /// Sets the UNSUBSCRIBE properties (v5).
     #[must_use]
     pub fn properties(mut self, properties: Properties) -> Self {
-        self.properties = properties;
+        self.properties = properties.into();
         self
     }
 }

@@ -642,7 +642,7 @@ fn build_packet(queued: QueuedRequest, packet_id: PacketId) -> (Packet, Option<O
                 delivery,
                 retain: publish.retain,
                 topic: Some(publish.topic),
-                properties: publish.properties.into(),
+                properties: publish.properties,
                 payload: publish.payload,
             };
             let flow = awaiting.map(|awaiting| OutboundFlow::Publish {
@@ -664,7 +664,7 @@ fn build_packet(queued: QueuedRequest, packet_id: PacketId) -> (Packet, Option<O
             let packet = Subscribe {
                 packet_id,
                 filters,
-                properties: properties.into(),
+                properties,
             };
             (Packet::Subscribe(packet), Some(flow))
         }
@@ -679,7 +679,7 @@ fn build_packet(queued: QueuedRequest, packet_id: PacketId) -> (Packet, Option<O
             let packet = Unsubscribe {
                 packet_id,
                 filters,
-                properties: properties.into(),
+                properties,
             };
             (Packet::Unsubscribe(packet), Some(flow))
         }

@@ -107,7 +107,7 @@ fn publish_request(token: u64, qos: QoS, payload: &'static [u8]) -> QueuedReques
             payload: Bytes::from_static(payload),
             qos,
             retain: false,
-            properties: Properties::default(),
+            properties: BoxedProperties::default(),
         }),
         queued_at: Instant::now(),
     }
@@ -121,7 +121,7 @@ fn subscribe_request(token: u64, filters: &[&str]) -> QueuedRequest {
                 .iter()
                 .map(|f| (f.parse().unwrap(), SubscriptionOptions::default()))
                 .collect(),
-            properties: Properties::default(),
+            properties: BoxedProperties::default(),
             automatic_identifier: None,
         },
         queued_at: Instant::now(),
@@ -133,7 +133,7 @@ fn unsubscribe_request(token: u64) -> QueuedRequest {
         token: RequestToken(token),
         request: Request::Unsubscribe {
             filters: vec!["a/#".parse().unwrap()],
-            properties: Properties::default(),
+            properties: BoxedProperties::default(),
         },
         queued_at: Instant::now(),
     }

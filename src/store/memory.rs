@@ -313,6 +313,16 @@ impl Store for SharedStore {
 )]
 mod tests {
     use super::*;
+
+    #[test]
+    fn queued_requests_stay_small() {
+        // Every publish moves several times between the caller and the session: into
+        // the supervisor's mailbox, the queue and the packet.
+        let request = std::mem::size_of::<QueuedRequest>();
+        let publish = std::mem::size_of::<crate::Publish>();
+        assert!(request <= 128, "QueuedRequest is {request} bytes");
+        assert!(publish <= 128, "Publish is {publish} bytes");
+    }
     use crate::store::{Request, RequestToken};
 
     fn unsubscribe(token: u64) -> QueuedRequest {
@@ -320,7 +330,7 @@ mod tests {
             token: RequestToken(token),
             request: Request::Unsubscribe {
                 filters: vec!["a/b".parse().unwrap()],
-                properties: crate::codec::Properties::default(),
+                properties: crate::codec::BoxedProperties::default(),
             },
             queued_at: std::time::Instant::now(),
         }
@@ -334,7 +344,7 @@ mod tests {
                 payload: bytes::Bytes::from_static(payload),
                 qos: crate::codec::QoS::AtLeastOnce,
                 retain: false,
-                properties: crate::codec::Properties::default(),
+                properties: crate::codec::BoxedProperties::default(),
             }),
             queued_at: std::time::Instant::now(),
         }

@@ -16,7 +16,8 @@ use std::time::Instant;
 use bytes::Bytes;
 
 use crate::codec::{
-    PacketId, Properties, PubAckReason, Publish, QoS, SubscriptionOptions, TopicFilter, TopicName,
+    BoxedProperties, PacketId, Properties, PubAckReason, Publish, QoS, SubscriptionOptions,
+    TopicFilter, TopicName,
 };
 
 pub use memory::{MemoryStore, SharedStore};
@@ -39,8 +40,8 @@ pub struct OutgoingPublish {
     pub qos: QoS,
     /// Whether the broker should retain the message.
     pub retain: bool,
-    /// PUBLISH properties (v5).
-    pub properties: Properties,
+    /// PUBLISH properties (v5), on the heap only when one is set.
+    pub properties: BoxedProperties,
 }
 
 /// A request waiting in the queue until the session can send it.
@@ -53,7 +54,7 @@ pub enum Request {
         /// Filters with their options, in the order of the SUBSCRIBE.
         filters: Vec<(TopicFilter, SubscriptionOptions)>,
         /// SUBSCRIBE properties (v5).
-        properties: Properties,
+        properties: BoxedProperties,
         /// The subscription identifier the client added on its own to route messages
         /// exactly; it is removed again when the broker does not support identifiers.
         automatic_identifier: Option<NonZeroU32>,
@@ -63,7 +64,7 @@ pub enum Request {
         /// Filters to remove.
         filters: Vec<TopicFilter>,
         /// UNSUBSCRIBE properties (v5).
-        properties: Properties,
+        properties: BoxedProperties,
     },
 }
 

@@ -4,7 +4,9 @@
 
 use std::num::NonZeroU32;
 
-use crate::codec::{Properties, SubAckReason, SubscriptionOptions, TopicFilter, UnsubAckReason};
+use crate::codec::{
+    BoxedProperties, SubAckReason, SubscriptionOptions, TopicFilter, UnsubAckReason,
+};
 use crate::store::Request;
 
 /// One granted filter with the options and properties it was subscribed with.
@@ -12,7 +14,7 @@ use crate::store::Request;
 struct Entry {
     filter: TopicFilter,
     options: SubscriptionOptions,
-    properties: Properties,
+    properties: BoxedProperties,
     automatic_identifier: Option<NonZeroU32>,
 }
 
@@ -104,7 +106,7 @@ impl Granted {
 )]
 mod tests {
     use super::*;
-    use crate::codec::QoS;
+    use crate::codec::{Properties, QoS};
 
     fn subscribe(filters: &[&str], identifier: Option<u32>) -> Request {
         Request::Subscribe {
@@ -121,7 +123,8 @@ mod tests {
                     .into_iter()
                     .collect(),
                 ..Properties::default()
-            },
+            }
+            .into(),
             automatic_identifier: identifier.and_then(NonZeroU32::new),
         }
     }
