@@ -90,6 +90,9 @@ pub(crate) struct SessionActor {
     /// acknowledgements, are written after the recipients have had their turn, so a
     /// delivered message does not wait for a write call.
     reading: bool,
+    /// Set while a drain of the request queue waits for the runtime's next turn; see
+    /// the `RequestsQueued` handler.
+    drain_scheduled: bool,
 }
 
 /// The parts a session actor is built from.
@@ -130,6 +133,7 @@ impl SessionActor {
             reader: None,
             closing: None,
             reading: false,
+            drain_scheduled: false,
         }
     }
 
@@ -196,6 +200,12 @@ impl SessionActor {
             self.fail(ClosedBy::EncodeFailed(error.to_string()), ctx);
         }
         encoded > 0
+    }
+
+    /// Moves the queued requests into the session, which encodes those it may send.
+    fn drain_requests(&mut self) {
+        self.drain_scheduled = false;
+        self.session.handle_requests_queued(now());
     }
 
     /// Writes the encoded packets as far as the stream takes them now, and leaves the
@@ -760,12 +770,41 @@ session_input!(TimerFired, |actor, _| {
     actor.armed = None;
     actor.session.handle_timeout(now());
 });
-session_input!(RequestsQueued, |actor, _| actor
-    .session
-    .handle_requests_queued(now()));
-session_input!(StartDisconnect, |actor, StartDisconnect(disconnect)| actor
-    .session
-    .handle_disconnect(disconnect, now()));
+/// Drains the request queue after the thread's other ready tasks have run and tokio
+/// has polled its I/O driver, not at once. Requests that other tasks queue in the
+/// same turn then go out in the same write, and the thread has little left to do
+/// after it. In docs/benchmarks.md this raised publish throughput to the sink by 7 to
+/// 12 %, and where client and broker share a core, the median QoS 0 round trip
+/// through Mosquitto at 1,000 msg/s fell from about 33 to 23 µs.
+// NOTE: tokio wakes a yielded task after its next driver poll, but does not promise
+// to. Without that the drain comes one task switch later, which is still correct.
+impl Handler<RequestsQueued> for SessionActor {
+    type Result = ();
+
+    fn handle(&mut self, _: RequestsQueued, ctx: &mut Self::Context) {
+        if self.link.is_down() || self.drain_scheduled {
+            return;
+        }
+        self.drain_scheduled = true;
+        let drain = tokio::task::yield_now()
+            .into_actor(self)
+            .map(|(), actor, ctx| {
+                if actor.drain_scheduled && !actor.link.is_down() {
+                    actor.drain_requests();
+                    actor.drive(ctx);
+                }
+            });
+        ctx.spawn(drain);
+    }
+}
+
+session_input!(StartDisconnect, |actor, StartDisconnect(disconnect)| {
+    // Requests queued before the disconnect go out before it, as without the wait.
+    if actor.drain_scheduled {
+        actor.drain_requests();
+    }
+    actor.session.handle_disconnect(disconnect, now());
+});
 
 /// Returns `true` when the timer armed for `armed` must be moved to `deadline`: when
 /// the deadline is earlier, or when there is none. A later deadline keeps the armed
