@@ -64,6 +64,7 @@ const CPU_GOAL: f64 = 2.0 / 3.0;
     about = "Benchmarks mqttlink against rumqttc: throughput and CPU to a sink, latency through Mosquitto, memory and churn",
     args_conflicts_with_subcommands = true
 )]
+#[allow(clippy::struct_excessive_bools)] // Each bool is one command-line switch.
 struct Cli {
     #[command(subcommand)]
     internal: Option<Internal>,
@@ -136,6 +137,12 @@ struct Cli {
     /// two runs first, and that choice can decide the median (see docs/benchmarks.md).
     #[arg(long)]
     latency_pin: bool,
+
+    /// In the latency workload, let the publisher task yield once after each publish
+    /// call, on both sides. The client then writes the message before the publisher
+    /// arms the timer for its next one, instead of after (see docs/benchmarks.md).
+    #[arg(long)]
+    latency_yield: bool,
 }
 
 /// Modes the benchmark re-executes itself in; not for direct use.
@@ -423,6 +430,7 @@ impl Bench<'_> {
                     duration: Duration::from_secs_f64(
                         self.cli.latency_seconds / f64::from(windows),
                     ),
+                    yield_after_publish: self.cli.latency_yield,
                 };
                 let name = format!("latency-qos{qos}-{rate}/s");
                 self.repeat_in_turns(

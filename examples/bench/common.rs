@@ -121,6 +121,8 @@ pub struct LatencyPlan {
     pub qos: u8,
     pub rate: u64,
     pub duration: Duration,
+    /// Whether the publisher yields once after each publish call.
+    pub yield_after_publish: bool,
 }
 
 impl LatencyPlan {

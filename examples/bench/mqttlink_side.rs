@@ -153,6 +153,9 @@ pub fn latency(plan: LatencyPlan, settings: &Settings) -> BenchResult<LatencyRun
                         Err(error) => return Err(error.into()),
                     }
                 }
+                if plan.yield_after_publish {
+                    tokio::task::yield_now().await;
+                }
             }
             BenchResult::Ok(started)
         });

@@ -128,6 +128,9 @@ pub fn latency(plan: LatencyPlan, settings: &Settings) -> BenchResult<LatencyRun
                 publisher_client
                     .publish_bytes(topic, level, false, timestamped_payload())
                     .await?;
+                if plan.yield_after_publish {
+                    tokio::task::yield_now().await;
+                }
             }
             Ok::<_, rumqttc::ClientError>(())
         });
