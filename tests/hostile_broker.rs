@@ -704,6 +704,48 @@ async fn unknown_qos2_ids_answered() {
     }
 }
 
+/// Checks the PUBCOMP a broker sends in reply to the PUBREL for an unknown PUBREC. That
+/// identifier had no flow on the client, so the client may give it to its next publish
+/// at once. A broker that reads this PUBLISH before it replies then sends a PUBCOMP for
+/// an identifier in use by a QoS 1 flow. The PUBCOMP belongs to the released
+/// identifier, so the connection must stay up and the publish must complete.
+#[actix_rt::test]
+async fn pubcomp_for_released_id_after_reuse() {
+    let _serial = SERIAL.lock().await;
+    let (_broker, mut started, mut peer) =
+        connected(ProtocolVersion::V5, Properties::default(), |o| o).await;
+
+    peer.send(&pubrec(id(1))).await;
+    expect_pubrel(&mut peer, id(1), PubCompReason::PacketIdentifierNotFound).await;
+
+    let reply = started
+        .client
+        .try_publish(Publish::new(topic("t"), "after release").qos(QoS::AtLeastOnce))
+        .unwrap();
+    let packet_id = expect_publish(&mut peer).await.unwrap();
+    assert_eq!(
+        packet_id,
+        id(1),
+        "the client reuses the released identifier"
+    );
+
+    // The PUBCOMP for the PUBREL crosses the new PUBLISH on the wire.
+    peer.send(&pubcomp(id(1))).await;
+    peer.send(&puback(packet_id)).await;
+    let outcome = within(reply).await;
+    assert!(outcome.is_ok(), "publish failed: {outcome:?}");
+    assert!(
+        started.events.try_recv().is_err(),
+        "no event expected while the connection stays up"
+    );
+
+    within(started.client.disconnect(Disconnect::new()))
+        .await
+        .unwrap();
+    peer.expect_disconnect_with(DisconnectReason::NormalDisconnection)
+        .await;
+}
+
 // ---------------------------------------------------------------------------------------
 // Flow control
 // ---------------------------------------------------------------------------------------
