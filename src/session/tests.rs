@@ -1164,6 +1164,46 @@ fn unknown_pubrec_gets_pubrel() {
     }
 }
 
+/// After the PUBREL for an unknown PUBREC, the broker still owes a PUBCOMP for that
+/// identifier. A SUBSCRIBE queued meanwhile may take the same identifier, and the
+/// PUBCOMP arriving then must not close the session.
+#[test]
+fn pubcomp_for_released_id_reused_by_subscribe() {
+    let now = Instant::now();
+    for protocol in [ProtocolVersion::V3_1_1, ProtocolVersion::V5] {
+        let mut session = connected(protocol, now);
+        let pubrec = PubRec {
+            packet_id: id(1),
+            reason: PubAckReason::Success,
+            properties: Properties::default().into(),
+        };
+        session.handle_packet(Packet::PubRec(pubrec), now);
+        assert!(matches!(
+            &packets(&mut session)[..],
+            [Packet::PubRel(rel)] if rel.packet_id == id(1)
+        ));
+
+        queue(&mut session, subscribe_request(1, &["a"]), now);
+        assert!(matches!(
+            &packets(&mut session)[..],
+            [Packet::Subscribe(subscribe)] if subscribe.packet_id == id(1)
+        ));
+
+        let pubcomp = PubComp {
+            packet_id: id(1),
+            reason: PubCompReason::Success,
+            properties: Properties::default().into(),
+        };
+        session.handle_packet(Packet::PubComp(pubcomp), now);
+        let closed = events(&mut session);
+        assert!(
+            closed_reason(&closed).is_none(),
+            "{protocol:?}: session closed: {closed:?}"
+        );
+        assert!(!session.is_closed(), "{protocol:?}");
+    }
+}
+
 #[test]
 fn ack_for_other_flow_is_violation() {
     let now = Instant::now();
