@@ -970,6 +970,100 @@ async fn publish_burst_in_order(version: ProtocolVersion, qos: QoS) {
     disconnect(&subscriber).await;
 }
 
+#[actix_rt::test]
+async fn replies_from_recipient_in_order_v5() {
+    replies_from_recipient_in_order(ProtocolVersion::V5).await;
+}
+
+/// Checks a recipient that publishes a reply from its handler for every message it
+/// receives, with both clients and both recipients on one thread. The replies are
+/// queued while the replying client's session is still reading requests, and each
+/// must reach the broker once, in the order of the requests, with its user property.
+async fn replies_from_recipient_in_order(version: ProtocolVersion) {
+    const REQUESTS: usize = 100;
+    let Some(broker) = Mosquitto::start() else {
+        return;
+    };
+    let replier = connect(&broker, version, "reply-server");
+    let requester = connect(&broker, version, "reply-requester");
+    let (reply_recipient, mut replies) = collector("reply-requester");
+    subscribe(&requester, reply_recipient, "reply/+", QoS::AtLeastOnce).await;
+    let (results, mut reply_results) = mpsc::unbounded_channel();
+    let echo = Echo {
+        client: replier.clone(),
+        results,
+    }
+    .start();
+    subscribe(&replier, echo.recipient(), "request/+", QoS::AtLeastOnce).await;
+
+    let mut pending = VecDeque::new();
+    for index in 0..REQUESTS {
+        let request = Publish::new(topic(&format!("request/{index}")), index.to_string())
+            .qos(QoS::AtLeastOnce);
+        pending.push_back(requester.try_publish(request).unwrap());
+    }
+    while let Some(acknowledged) = pending.pop_front() {
+        within("request PUBACK", acknowledged).await.unwrap();
+    }
+
+    for index in 0..REQUESTS {
+        let reply = replies.next().await;
+        assert_eq!(reply.topic.as_str(), format!("reply/{index}"));
+        assert_eq!(reply.payload, index.to_string(), "reply {index} in order");
+        assert_eq!(
+            reply.properties.user_properties,
+            vec![(
+                ByteString::from("request"),
+                ByteString::from(index.to_string())
+            )]
+        );
+    }
+    for index in 0..REQUESTS {
+        let result = within("reply PUBACK", reply_results.recv()).await.unwrap();
+        assert!(result.is_ok(), "reply {index}: {result:?}");
+    }
+    publish_marker(&replier, "reply/marker").await;
+    assert!(replies.until_marker().await.is_empty(), "no duplicates");
+
+    disconnect(&requester).await;
+    disconnect(&replier).await;
+}
+
+/// Publishes a reply to `reply/<n>` for every message on `request/<n>`, from its
+/// handler, and sends the reply's result to `results`.
+struct Echo {
+    client: Client,
+    results: mpsc::UnboundedSender<Result<mqttlink::PublishOutcome, ClientError>>,
+}
+
+impl Actor for Echo {
+    type Context = Context<Self>;
+}
+
+impl Handler<Message> for Echo {
+    type Result = ();
+
+    fn handle(&mut self, message: Message, _: &mut Context<Self>) {
+        let index = message.topic.as_str().trim_start_matches("request/");
+        let payload = String::from_utf8(message.payload.to_vec()).unwrap();
+        let properties = Properties {
+            user_properties: vec![(
+                ByteString::from("request"),
+                ByteString::from(payload.as_str()),
+            )],
+            ..Properties::default()
+        };
+        let reply = Publish::new(topic(&format!("reply/{index}")), payload)
+            .qos(QoS::AtLeastOnce)
+            .properties(properties);
+        let acknowledged = self.client.try_publish(reply).unwrap();
+        let results = self.results.clone();
+        actix_rt::spawn(async move {
+            let _ = results.send(acknowledged.await);
+        });
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Keep-alive
 
