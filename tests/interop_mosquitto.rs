@@ -984,17 +984,23 @@ async fn replies_from_recipient_in_order(version: ProtocolVersion) {
     let Some(broker) = Mosquitto::start() else {
         return;
     };
-    let replier = connect(&broker, version, "reply-server");
+    let reply_client = connect(&broker, version, "reply-server");
     let requester = connect(&broker, version, "reply-requester");
     let (reply_recipient, mut replies) = collector("reply-requester");
     subscribe(&requester, reply_recipient, "reply/+", QoS::AtLeastOnce).await;
     let (results, mut reply_results) = mpsc::unbounded_channel();
     let echo = Echo {
-        client: replier.clone(),
+        client: reply_client.clone(),
         results,
     }
     .start();
-    subscribe(&replier, echo.recipient(), "request/+", QoS::AtLeastOnce).await;
+    subscribe(
+        &reply_client,
+        echo.recipient(),
+        "request/+",
+        QoS::AtLeastOnce,
+    )
+    .await;
 
     let mut pending = VecDeque::new();
     for index in 0..REQUESTS {
@@ -1022,11 +1028,11 @@ async fn replies_from_recipient_in_order(version: ProtocolVersion) {
         let result = within("reply PUBACK", reply_results.recv()).await.unwrap();
         assert!(result.is_ok(), "reply {index}: {result:?}");
     }
-    publish_marker(&replier, "reply/marker").await;
+    publish_marker(&reply_client, "reply/marker").await;
     assert!(replies.until_marker().await.is_empty(), "no duplicates");
 
     disconnect(&requester).await;
-    disconnect(&replier).await;
+    disconnect(&reply_client).await;
 }
 
 /// Publishes a reply to `reply/<n>` for every message on `request/<n>`, from its
