@@ -481,6 +481,62 @@ async fn reset_mid_write_completes_every_caller() {
     baseline.assert_back().await;
 }
 
+/// Checks publishes queued just before the broker resets the connection, when the
+/// session may not have taken them from the queue yet. After the reconnect, each
+/// reaches the broker once and in order, and each caller gets one result.
+#[actix_rt::test]
+async fn publishes_queued_before_reset_sent_once() {
+    const PUBLISHES: usize = 8;
+    let _serial = SERIAL.lock().await;
+    let baseline = Resources::now();
+    let (broker, mut started, peer) = connected(|o| {
+        o.reconnect(true)
+            .reconnect_backoff(std::time::Duration::from_millis(1), STEP)
+    })
+    .await;
+
+    let (outcome_sender, mut outcomes) = mpsc::unbounded_channel();
+    for index in 0..PUBLISHES {
+        let publish = Publish::new(topic("out"), numbered_payload(index, 16)).qos(QoS::AtLeastOnce);
+        publish_tagged(&started.client, index, publish, &outcome_sender);
+    }
+    peer.reset();
+
+    let mut second = broker.accept().await;
+    second.handshake_with(Properties::default()).await;
+    let mut events_seen = Vec::new();
+    for _ in 0..4 {
+        let event = next(&mut started.events).await;
+        let connected = matches!(event, Event::Connected { .. });
+        events_seen.push(event);
+        if connected {
+            break;
+        }
+    }
+    assert!(
+        matches!(events_seen.last(), Some(Event::Connected { .. })),
+        "no second connection: {events_seen:?}"
+    );
+
+    let mut received = Vec::new();
+    while received.len() < PUBLISHES {
+        match second.recv().await {
+            Packet::Publish(publish) => {
+                received.push(payload_index(&publish.payload));
+                let packet_id = publish.delivery.packet_id().unwrap();
+                second.send(&puback(packet_id)).await;
+            }
+            other => panic!("expected PUBLISH, got {other:?}"),
+        }
+    }
+    assert_eq!(received, (0..PUBLISHES).collect::<Vec<_>>());
+    let mut completed = BTreeMap::new();
+    collect_outcomes(&mut outcomes, &mut completed, PUBLISHES).await;
+    assert_all_ok(completed);
+
+    disconnect_cleanly(started, second, broker, baseline).await;
+}
+
 /// Checks a normal disconnect while QoS 1 publishes fill the stream: the session waits
 /// for their PUBACKs, and the DISCONNECT reaches the broker after the last of them.
 #[actix_rt::test]
