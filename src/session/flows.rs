@@ -185,9 +185,12 @@ impl<S: Store> Session<S> {
     /// Finds a packet identifier no outbound flow uses, starting at the cursor; PUBLISH,
     /// SUBSCRIBE and UNSUBSCRIBE share one identifier space [MQTT-2.2.1-3].
     fn allocate_packet_id(&self) -> Option<PacketId> {
+        let released: &[PacketId] = self
+            .connection()
+            .map_or(&[], |connection| &connection.released_unknown);
         let mut candidate = self.store.packet_id_cursor();
         for _ in 0..u16::MAX {
-            if !self.store.contains_outbound(candidate) {
+            if !self.store.contains_outbound(candidate) && !released.contains(&candidate) {
                 return Some(candidate);
             }
             candidate = candidate.next_wrapping();
@@ -507,6 +510,11 @@ impl<S: Store> Session<S> {
         } else {
             PubCompReason::Success
         };
+        if let Some(connection) = self.connection_mut() {
+            if !connection.released_unknown.contains(&rec.packet_id) {
+                connection.released_unknown.push(rec.packet_id);
+            }
+        }
         self.transmit(pubrel(rec.packet_id, reason), now);
     }
 
@@ -527,7 +535,20 @@ impl<S: Store> Session<S> {
                 self.after_flow_completed(now);
             }
             Some(_) => self.violate(other_flow(PacketType::PubComp, comp.packet_id), now),
-            None => self.ignore_unknown_ack(PacketType::PubComp, comp.packet_id),
+            None => {
+                let released = self.connection_mut().and_then(|connection| {
+                    let list = &mut connection.released_unknown;
+                    let index = list.iter().position(|&id| id == comp.packet_id)?;
+                    Some(list.swap_remove(index))
+                });
+                if released.is_some() {
+                    // This answers a PUBREL sent for an unknown PUBREC, so the
+                    // identifier is free again.
+                    self.after_flow_completed(now);
+                } else {
+                    self.ignore_unknown_ack(PacketType::PubComp, comp.packet_id);
+                }
+            }
         }
     }
 

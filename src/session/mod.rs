@@ -218,6 +218,10 @@ struct Connection {
     /// Publishes of an earlier connection not sent again yet, because this connection's
     /// in-flight window has no room for them, in the order they were first sent.
     resend_waiting: VecDeque<PacketId>,
+    /// Identifiers this side released with PUBREL after a PUBREC it had no flow for.
+    /// No new flow takes them until the broker's PUBCOMP, which would otherwise land
+    /// on that new flow.
+    released_unknown: Vec<PacketId>,
 }
 
 /// The session's state, named for what it waits on.
@@ -574,6 +578,7 @@ impl<S: Store> Session<S> {
             handed_over: 0,
             head_blocked: false,
             resend_waiting: VecDeque::new(),
+            released_unknown: Vec::new(),
         });
         let pending = std::mem::take(&mut self.delivery_pending);
         if connack.session_present {

@@ -1156,7 +1156,7 @@ fn unknown_pubrec_gets_pubrel() {
             &packets(&mut session)[..],
             [Packet::PubRel(rel)] if rel.packet_id == id(7) && rel.reason == released
         ));
-        // A failed PUBREC ended the broker's flow; nothing answers it.
+        // A failed PUBREC ended the broker's flow, so it gets no PUBREL.
         session.handle_packet(pubrec(8, PubAckReason::UnspecifiedError), now);
         assert!(packets(&mut session).is_empty());
         assert!(events(&mut session).is_empty());
@@ -1165,10 +1165,10 @@ fn unknown_pubrec_gets_pubrel() {
 }
 
 /// After the PUBREL for an unknown PUBREC, the broker still owes a PUBCOMP for that
-/// identifier. A SUBSCRIBE queued meanwhile may take the same identifier, and the
+/// identifier. A SUBSCRIBE queued meanwhile must take another identifier, and the
 /// PUBCOMP arriving then must not close the session.
 #[test]
-fn pubcomp_for_released_id_reused_by_subscribe() {
+fn released_id_skipped_until_pubcomp() {
     let now = Instant::now();
     for protocol in [ProtocolVersion::V3_1_1, ProtocolVersion::V5] {
         let mut session = connected(protocol, now);
@@ -1186,7 +1186,7 @@ fn pubcomp_for_released_id_reused_by_subscribe() {
         queue(&mut session, subscribe_request(1, &["a"]), now);
         assert!(matches!(
             &packets(&mut session)[..],
-            [Packet::Subscribe(subscribe)] if subscribe.packet_id == id(1)
+            [Packet::Subscribe(subscribe)] if subscribe.packet_id != id(1)
         ));
 
         let pubcomp = PubComp {
