@@ -32,7 +32,7 @@ use crate::transport::Endpoint;
 
 use super::group::{
     actor_started, actor_stopped, now, Counters, RequestsQueued, RoomRequests, SessionUpdate,
-    StartDisconnect, Wire, Written,
+    StartDisconnect, Wire,
 };
 use super::keep_alive::KeepAliveActor;
 use super::link::{GroupDown, Link};
@@ -85,6 +85,47 @@ enum Pending {
     Resubscribe,
 }
 
+/// The callers waiting for their requests, by token. The supervisor owns the map and
+/// shares it with the group on its thread, so that the group completes a publish that
+/// went out without a message to the supervisor.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct PendingRequests(Rc<RefCell<HashMap<RequestToken, Pending>>>);
+
+impl PendingRequests {
+    /// Runs `f` on the map. Keep `f` short: it must not reach this map again.
+    fn with<R>(&self, f: impl FnOnce(&mut HashMap<RequestToken, Pending>) -> R) -> R {
+        f(&mut self.0.borrow_mut())
+    }
+
+    fn insert(&self, token: RequestToken, pending: Pending) {
+        self.with(|map| map.insert(token, pending));
+    }
+
+    fn remove(&self, token: RequestToken) -> Option<Pending> {
+        self.with(|map| map.remove(&token))
+    }
+
+    /// Sends `outcome` to the caller of the publish `token` and frees its room in the
+    /// queue. Returns `outcome` back when `token` is no waiting publish.
+    pub(crate) fn complete_publish(
+        &self,
+        token: RequestToken,
+        outcome: PublishOutcome,
+    ) -> Result<(), PublishOutcome> {
+        let pending = self.with(|map| match map.get(&token) {
+            Some(Pending::Publish { .. }) => map.remove(&token),
+            _ => None,
+        });
+        match pending {
+            Some(Pending::Publish { reply, .. }) => {
+                let _ = reply.send(Ok(outcome));
+                Ok(())
+            }
+            _ => Err(outcome),
+        }
+    }
+}
+
 /// Automatic reconnect: the policy and the settings that shape each attempt.
 #[derive(Debug)]
 struct AutoReconnect {
@@ -125,7 +166,7 @@ pub struct ClientActor {
     router: Rc<RefCell<Router>>,
     counters: Rc<Counters>,
     permits: Arc<Semaphore>,
-    pending: HashMap<RequestToken, Pending>,
+    pending: PendingRequests,
     next_token: u64,
     listeners: Vec<Recipient<Event>>,
     disconnect_waiters: Vec<Reply<()>>,
@@ -177,7 +218,7 @@ impl ClientActor {
             router: Rc::default(),
             counters: Rc::default(),
             permits: Arc::new(Semaphore::new(capacity)),
-            pending: HashMap::new(),
+            pending: PendingRequests::default(),
             next_token: 0,
             listeners: Vec::new(),
             disconnect_waiters: Vec::new(),
@@ -218,12 +259,11 @@ impl ClientActor {
         let session_context = Context::<SessionActor>::new();
         let session_addr = session_context.address();
         let keep_alive = KeepAliveActor::new(link.clone(), session_addr.clone()).start();
-        let wire = Rc::new(Wire::default());
+        let wire = Rc::new(Wire::new(self.pending.clone()));
         let socket = SocketActor::new(
             self.socket_settings(endpoint),
             link.clone(),
             session_addr.clone(),
-            ctx.address().downgrade(),
             Rc::clone(&self.counters),
             Rc::clone(&wire),
         )
@@ -315,7 +355,7 @@ impl ClientActor {
     }
 
     fn on_completed(&mut self, token: RequestToken, outcome: Result<Outcome, RequestError>) {
-        let Some(pending) = self.pending.remove(&token) else {
+        let Some(pending) = self.pending.remove(token) else {
             return;
         };
         let outcome = outcome.map_err(ClientError::from);
@@ -674,23 +714,6 @@ impl Handler<SessionUpdate> for ClientActor {
             SessionUpdate::Completed(completed) => {
                 for (token, outcome) in completed {
                     self.on_completed(token, outcome);
-                }
-            }
-        }
-    }
-}
-
-impl Handler<Written> for ClientActor {
-    type Result = ();
-
-    fn handle(&mut self, Written(tokens): Written, _: &mut Self::Context) {
-        for token in tokens {
-            if let Some(pending) = self.pending.remove(&token) {
-                match pending {
-                    Pending::Publish { reply, .. } => {
-                        drop(reply.send(Ok(PublishOutcome::default())));
-                    }
-                    other => self.fail_pending(other, ClientError::Stopped),
                 }
             }
         }

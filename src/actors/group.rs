@@ -16,6 +16,7 @@ use crate::session::{InboundAck, Outcome, RequestError};
 use crate::store::RequestToken;
 use crate::Message as InboundMessage;
 
+use super::client::PendingRequests;
 use super::socket::{PacketReader, PacketWriter};
 
 static LIVE_ACTORS: AtomicUsize = AtomicUsize::new(0);
@@ -71,7 +72,7 @@ pub(crate) struct TransportConnected;
 
 /// State the socket and session actors of one group share on their one thread. The
 /// client creates it with the group and gives it to both.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Wire {
     /// The read side of the stream. The socket leaves it here before it sends
     /// [`TransportConnected`], and the session takes it: the session actor reads and
@@ -82,6 +83,19 @@ pub(crate) struct Wire {
     /// acknowledgement leaves without a mailbox in between. The socket writes what the
     /// stream did not take.
     pub writer: RefCell<Option<PacketWriter>>,
+    /// The supervisor's waiting callers. The group completes a QoS 0 publish once it is
+    /// written and a QoS 1 or 2 publish once it is acknowledged.
+    pub pending: PendingRequests,
+}
+
+impl Wire {
+    pub fn new(pending: PendingRequests) -> Self {
+        Self {
+            reader: RefCell::new(None),
+            writer: RefCell::new(None),
+            pending,
+        }
+    }
 }
 
 /// Session to socket: bytes wait in the writer that the stream did not take; write
@@ -181,8 +195,3 @@ struct NoWake;
 impl std::task::Wake for NoWake {
     fn wake(self: std::sync::Arc<Self>) {}
 }
-
-/// Socket to supervisor: the packets of these QoS 0 publishes are written.
-#[derive(Debug, Message)]
-#[rtype(result = "()")]
-pub(crate) struct Written(pub Vec<RequestToken>);

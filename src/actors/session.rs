@@ -213,7 +213,7 @@ impl SessionActor {
     /// when the group is going down, so that a final DISCONNECT leaves.
     fn write_encoded(&mut self, ctx: &mut Context<Self>) {
         let written = match self.wire.writer.borrow_mut().as_mut() {
-            Some(writer) => writer.write_now(&self.counters, &self.client),
+            Some(writer) => writer.write_now(&self.counters, &self.wire.pending),
             None => return,
         };
         match written {
@@ -431,11 +431,7 @@ impl SessionActor {
         // Nothing more is read: the broker closes the stream once it has the
         // DISCONNECT, and that end of the stream is no failure.
         self.reader = None;
-        let flush = flush_writer(
-            Rc::clone(&self.wire),
-            Rc::clone(&self.counters),
-            self.client.clone(),
-        );
+        let flush = flush_writer(Rc::clone(&self.wire), Rc::clone(&self.counters));
         let timeout = self.session.config().disconnect_timeout;
         let wait = tokio::time::timeout(timeout, flush);
         ctx.spawn(wait.into_actor(self).map(move |result, actor, ctx| {
@@ -458,10 +454,27 @@ impl SessionActor {
     }
 
     /// Sends the requests completed since the last call to the supervisor.
+    /// Completes acknowledged publishes itself and sends the supervisor the other
+    /// requests completed since the last call, which need its routes or events.
     fn send_completed(&mut self) {
-        if !self.completed.is_empty() {
-            let completed = std::mem::take(&mut self.completed);
-            self.notify_client(SessionUpdate::Completed(completed));
+        if self.completed.is_empty() {
+            return;
+        }
+        let mut rest = Vec::new();
+        for (token, outcome) in self.completed.drain(..) {
+            let outcome = match outcome {
+                Ok(Outcome::Publish(publish)) => {
+                    match self.wire.pending.complete_publish(token, publish) {
+                        Ok(()) => continue,
+                        Err(publish) => Ok(Outcome::Publish(publish)),
+                    }
+                }
+                other => other,
+            };
+            rest.push((token, outcome));
+        }
+        if !rest.is_empty() {
+            self.notify_client(SessionUpdate::Completed(rest));
         }
     }
 

@@ -9,18 +9,17 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use actix::prelude::*;
-use actix::WeakAddr;
 use bytes::BytesMut;
 
 use crate::codec::{self, ClientId, Decoder, EncodeError, ProtocolVersion};
 use crate::error::{ClientError, ClosedBy, DisconnectCause};
-use crate::session::Transmit;
+use crate::session::{PublishOutcome, Transmit};
 use crate::store::RequestToken;
 use crate::transport::{empties_socket, Endpoint, Stream, WriteBuffer};
 
-use super::client::ClientActor;
+use super::client::PendingRequests;
 use super::group::{
-    actor_started, actor_stopped, Counters, FlushPending, TransportConnected, Wire, Written,
+    actor_started, actor_stopped, Counters, FlushPending, TransportConnected, Wire,
 };
 use super::link::{stop_with_link, Link};
 use super::session::SessionActor;
@@ -61,7 +60,6 @@ pub(crate) struct SocketActor {
     settings: SocketSettings,
     link: Link,
     session: Addr<SessionActor>,
-    client: WeakAddr<ClientActor>,
     counters: Rc<Counters>,
     flushing: Option<SpawnHandle>,
     /// Shared with the session: the reader and the writer it drives.
@@ -73,7 +71,6 @@ impl SocketActor {
         settings: SocketSettings,
         link: Link,
         session: Addr<SessionActor>,
-        client: WeakAddr<ClientActor>,
         counters: Rc<Counters>,
         wire: Rc<Wire>,
     ) -> Self {
@@ -81,7 +78,6 @@ impl SocketActor {
             settings,
             link,
             session,
-            client,
             counters,
             flushing: None,
             wire,
@@ -114,11 +110,7 @@ impl SocketActor {
         if self.flushing.is_some() || self.link.is_down() {
             return;
         }
-        let flush = flush_writer(
-            Rc::clone(&self.wire),
-            Rc::clone(&self.counters),
-            self.client.clone(),
-        );
+        let flush = flush_writer(Rc::clone(&self.wire), Rc::clone(&self.counters));
         let handle = ctx.spawn(flush.into_actor(self).map(|result, actor, ctx| {
             actor.flushing = None;
             if let Err(error) = result {
@@ -133,11 +125,7 @@ impl SocketActor {
 /// Writes the bytes waiting in the writer of `wire` each time the stream is writable,
 /// until none are left. The session may append packets meanwhile; they leave in the
 /// same write calls.
-pub(crate) async fn flush_writer(
-    wire: Rc<Wire>,
-    counters: Rc<Counters>,
-    client: WeakAddr<ClientActor>,
-) -> io::Result<()> {
+pub(crate) async fn flush_writer(wire: Rc<Wire>, counters: Rc<Counters>) -> io::Result<()> {
     loop {
         let Some(stream) = wire
             .writer
@@ -149,7 +137,7 @@ pub(crate) async fn flush_writer(
         };
         stream.writable().await?;
         if let Some(writer) = wire.writer.borrow_mut().as_mut() {
-            writer.write_once(&counters, &client)?;
+            writer.write_once(&counters, &wire.pending)?;
         }
     }
 }
@@ -189,10 +177,8 @@ impl Actor for SocketActor {
     fn stopped(&mut self, _: &mut Self::Context) {
         // One last write without waiting, so that a DISCONNECT the stream did not take
         // at once reaches the broker if it has room now. The stream closes on drop.
-        // NOTE: the supervisor gets the `Written` of this write after the group is
-        // down, so QoS 0 callers whose bytes left here are still told `Stopped`.
         if let Some(writer) = self.wire.writer.borrow_mut().as_mut() {
-            let _ = writer.write_once(&self.counters, &self.client);
+            let _ = writer.write_once(&self.counters, &self.wire.pending);
         }
         actor_stopped();
         self.link
@@ -253,28 +239,26 @@ impl PacketWriter {
     pub fn write_now(
         &mut self,
         counters: &Counters,
-        client: &WeakAddr<ClientActor>,
+        pending: &PendingRequests,
     ) -> io::Result<bool> {
         if self.left_to_socket || self.buf.is_empty() {
             return Ok(false);
         }
-        self.write_once(counters, client)?;
+        self.write_once(counters, pending)?;
         self.left_to_socket = !self.buf.is_empty();
         Ok(self.left_to_socket)
     }
 
-    /// Writes as many waiting bytes as the stream takes now, counts them, and sends the
-    /// supervisor the tokens of the QoS 0 publishes written. A full stream is not an
-    /// error.
-    pub fn write_once(
-        &mut self,
-        counters: &Counters,
-        client: &WeakAddr<ClientActor>,
-    ) -> io::Result<()> {
+    /// Writes as many waiting bytes as the stream takes now, counts them, and completes
+    /// the QoS 0 publishes written. A full stream is not an error.
+    pub fn write_once(&mut self, counters: &Counters, pending: &PendingRequests) -> io::Result<()> {
         match self.buf.write_to(&self.stream) {
             Ok((count, tokens)) => {
                 Counters::add(&counters.bytes_out, count as u64);
-                report_written(client, tokens);
+                for token in tokens {
+                    // A caller that already got a failure has no entry left.
+                    let _ = pending.complete_publish(token, PublishOutcome::default());
+                }
                 Ok(())
             }
             Err(error) if error.kind() == io::ErrorKind::WouldBlock => Ok(()),
@@ -424,15 +408,6 @@ fn next_read_reserve(reserve: usize, spare: usize, count: usize) -> usize {
         (reserve / 2).max(MIN_READ_RESERVE)
     } else {
         reserve
-    }
-}
-
-fn report_written(client: &WeakAddr<ClientActor>, tokens: Vec<RequestToken>) {
-    if tokens.is_empty() {
-        return;
-    }
-    if let Some(client) = client.upgrade() {
-        client.do_send(Written(tokens));
     }
 }
 

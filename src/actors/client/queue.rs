@@ -111,19 +111,21 @@ impl ClientActor {
     fn drop_oldest(&mut self) -> bool {
         let pending = &self.pending;
         let mut dropped_by_policy = |queued: &QueuedRequest| {
-            matches!(
-                pending.get(&queued.token),
-                Some(
-                    Pending::Publish { .. }
-                        | Pending::Subscribe { .. }
-                        | Pending::Unsubscribe { .. }
+            pending.with(|map| {
+                matches!(
+                    map.get(&queued.token),
+                    Some(
+                        Pending::Publish { .. }
+                            | Pending::Subscribe { .. }
+                            | Pending::Unsubscribe { .. }
+                    )
                 )
-            )
+            })
         };
         let Some(queued) = self.store.remove_first_request(&mut dropped_by_policy) else {
             return false;
         };
-        if let Some(pending) = self.pending.remove(&queued.token) {
+        if let Some(pending) = self.pending.remove(queued.token) {
             self.report_dropped(
                 pending,
                 DropReason::QueueFull,

@@ -31,7 +31,7 @@ impl ClientActor {
             DisconnectCause::Failed(error) => error.clone(),
         };
         self.store.take_all_requests();
-        for (_, pending) in std::mem::take(&mut self.pending) {
+        for (_, pending) in self.pending.with(std::mem::take) {
             self.fail_pending(pending, error.clone());
         }
         for waiter in self.disconnect_waiters.drain(..) {
@@ -117,23 +117,28 @@ impl ClientActor {
 
         let mut queue: Vec<QueuedRequest> = requeued
             .into_iter()
-            .filter_map(|token| match self.pending.get(&token) {
-                Some(Pending::Subscribe { request, .. } | Pending::Unsubscribe { request, .. }) => {
-                    Some(QueuedRequest {
+            .filter_map(|token| {
+                self.pending.with(|map| match map.get(&token) {
+                    Some(
+                        Pending::Subscribe { request, .. } | Pending::Unsubscribe { request, .. },
+                    ) => Some(QueuedRequest {
                         token,
                         request: request.clone(),
                         queued_at: now(),
-                    })
-                }
-                _ => None,
+                    }),
+                    _ => None,
+                })
             })
             .collect();
         // Subscriptions restored by the client are built afresh after the next CONNACK.
         let qos0_offline = self.config.queue.qos0_offline;
         let mut offline_qos0 = Vec::new();
         while let Some(queued) = self.store.pop_request() {
-            match (&queued.request, self.pending.get(&queued.token)) {
-                (_, Some(Pending::Resubscribe)) => {}
+            let resubscribe = self
+                .pending
+                .with(|map| matches!(map.get(&queued.token), Some(Pending::Resubscribe)));
+            match (&queued.request, resubscribe) {
+                (_, true) => {}
                 (Request::Publish(publish), _)
                     if publish.qos == QoS::AtMostOnce && !qos0_offline =>
                 {
@@ -143,7 +148,7 @@ impl ClientActor {
             }
         }
         for token in offline_qos0 {
-            if let Some(pending) = self.pending.remove(&token) {
+            if let Some(pending) = self.pending.remove(token) {
                 self.fail_pending(pending, ClientError::NotConnected);
             }
         }
@@ -152,14 +157,14 @@ impl ClientActor {
             self.store.push_front_request(queued);
         }
 
-        let lost: Vec<RequestToken> = self
-            .pending
-            .keys()
-            .filter(|token| !live.contains(token))
-            .copied()
-            .collect();
+        let lost: Vec<RequestToken> = self.pending.with(|map| {
+            map.keys()
+                .filter(|token| !live.contains(token))
+                .copied()
+                .collect()
+        });
         for token in lost {
-            if let Some(pending) = self.pending.remove(&token) {
+            if let Some(pending) = self.pending.remove(token) {
                 self.fail_pending(pending, error.clone());
             }
         }
