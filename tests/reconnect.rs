@@ -2677,3 +2677,82 @@ async fn resume_keeps_new_receive_maximum() {
         resent.delivery
     );
 }
+
+/// After the PUBREL for an unknown PUBREC, the broker keeps that identifier in use until
+/// its PUBCOMP, for as long as its session lives. When the connection ends before the
+/// PUBCOMP and the session resumes, the client must send that PUBREL again (MQTT 5.0
+/// section 4.4) or keep the identifier out of new flows. Otherwise the broker may take
+/// the new QoS 2 PUBLISH for a duplicate of the old flow and drop it.
+#[actix_rt::test]
+async fn released_id_kept_across_resumed_session() {
+    let _serial = SERIAL.lock().await;
+    let baseline = live_actor_count();
+    let broker = ScriptedBroker::bind().await;
+    let (client, mut events) = start(options(broker.port()).protocol(ProtocolVersion::V5));
+
+    let mut first = broker.accept().await;
+    first.accept_connect(false).await;
+    expect_connected(&mut events, false).await;
+    let released = PacketId::try_from(1).unwrap();
+    first
+        .send(&Packet::PubRec(PubRec {
+            packet_id: released,
+            reason: PubAckReason::Success,
+            properties: Properties::default().into(),
+        }))
+        .await;
+    match first.recv().await {
+        Packet::PubRel(rel) => assert_eq!(rel.packet_id, released),
+        other => panic!("expected PUBREL, got {other:?}"),
+    }
+    first.cut();
+    expect_reconnecting(&mut events).await;
+
+    let mut second = broker.accept().await;
+    second.accept_connect(true).await;
+    expect_connected(&mut events, true).await;
+    let in_flight = spawn_publish(&client, "t/after-resume", QoS::ExactlyOnce);
+
+    // Bounded: the client sends at most a PUBREL before the PUBLISH.
+    let mut pubrel_resent = false;
+    let mut publish = None;
+    for _ in 0..2 {
+        match second.recv().await {
+            Packet::PubRel(rel) if rel.packet_id == released => pubrel_resent = true,
+            Packet::Publish(sent) => {
+                publish = Some(sent);
+                break;
+            }
+            other => panic!("expected PUBREL or PUBLISH, got {other:?}"),
+        }
+    }
+    let publish = publish.expect("the client sends the new PUBLISH");
+
+    let id = packet_id(&publish);
+    second
+        .send(&Packet::PubRec(PubRec {
+            packet_id: id,
+            reason: PubAckReason::Success,
+            properties: Properties::default().into(),
+        }))
+        .await;
+    match second.recv().await {
+        Packet::PubRel(rel) => assert_eq!(rel.packet_id, id),
+        other => panic!("expected PUBREL, got {other:?}"),
+    }
+    send_pubcomp(&mut second, id, PubCompReason::Success).await;
+    assert!(outcome(in_flight).await.is_ok());
+
+    disconnect(&client).await;
+    expect_only_disconnect(&mut second).await;
+    drop(client);
+    assert_actors_back_to(baseline).await;
+
+    // Checked after the client stopped, so that a failure leaves no actor behind for
+    // the next test.
+    assert!(
+        pubrel_resent || packet_id(&publish) != released,
+        "the new QoS 2 PUBLISH took identifier {released:?}, which the broker's session \
+         may still use, and no PUBREL for it was sent again"
+    );
+}
