@@ -864,3 +864,56 @@ async fn recipient_runs_before_puback_write() {
     assert_eq!(waiting, 0, "PUBACK was written before the recipient ran");
     assert_eq!(peer.recv().await, puback(id(7)));
 }
+
+/// Checks dropping the last handle while QoS 0 publishes fill the stream. The socket
+/// writes once more as it stops, and the group completes the publishes whose last bytes
+/// this write sent. Each QoS 0 caller gets `Ok` exactly when the broker received its whole
+/// PUBLISH, and nothing is left.
+#[actix_rt::test]
+async fn dropped_handle_answers_written_qos0() {
+    const PUBLISHES: usize = 120;
+    let _serial = SERIAL.lock().await;
+    let baseline = Resources::now();
+    let (broker, started, mut peer) = connected(|o| o).await;
+
+    let (outcome_sender, mut outcomes) = mpsc::unbounded_channel();
+    for index in 0..PUBLISHES {
+        let publish = Publish::new(topic("out"), numbered_payload(index, LARGE));
+        publish_tagged(&started.client, index, publish, &outcome_sender);
+    }
+    assert_client_stream_filled(&started.client, PUBLISHES * LARGE).await;
+    drop(started);
+
+    let mut received = BTreeSet::new();
+    for packet in peer.until_closed().await {
+        match packet {
+            Packet::Publish(publish) => {
+                assert_eq!(publish.payload.len(), LARGE, "truncated PUBLISH decoded");
+                received.insert(payload_index(&publish.payload));
+            }
+            other => panic!("expected only PUBLISH, got {other:?}"),
+        }
+    }
+    let mut completed = BTreeMap::new();
+    collect_outcomes(&mut outcomes, &mut completed, PUBLISHES).await;
+    assert!(
+        received.len() < PUBLISHES,
+        "the broker received every publish, so no caller had to fail"
+    );
+    for (index, result) in completed {
+        if received.contains(&index) {
+            assert!(
+                result.is_ok(),
+                "publish {index} received but got {result:?}"
+            );
+        } else {
+            assert!(
+                matches!(result, Err(ClientError::Stopped)),
+                "publish {index} never received but got {result:?}"
+            );
+        }
+    }
+    drop(peer);
+    drop(broker);
+    baseline.assert_back().await;
+}
