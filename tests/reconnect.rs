@@ -2756,3 +2756,101 @@ async fn released_id_kept_across_resumed_session() {
          may still use, and no PUBREL for it was sent again"
     );
 }
+
+/// Checks that every way a publish ends returns its place in the request queue: written
+/// at QoS 0, rejected by PUBACK, and a QoS 1 and a QoS 2 publish acknowledged only
+/// after a reconnect resumed their flows. The four places are then free again.
+#[actix_rt::test]
+async fn queue_room_returned_across_reconnect() {
+    const ROOM: usize = 4;
+    let _serial = SERIAL.lock().await;
+    let baseline = live_actor_count();
+    let broker = ScriptedBroker::bind().await;
+    let options = options(broker.port())
+        .protocol(ProtocolVersion::V5)
+        .max_pending_requests(ROOM);
+    let (client, mut events) = start(options);
+
+    let mut first = broker.accept().await;
+    first.accept_connect(false).await;
+    expect_connected(&mut events, false).await;
+    let resumed_qos1 = spawn_publish(&client, "t/qos1", QoS::AtLeastOnce);
+    let first_qos1 = expect_publish(first.recv().await);
+    let resumed_qos2 = spawn_publish(&client, "t/qos2", QoS::ExactlyOnce);
+    let first_qos2 = expect_publish(first.recv().await);
+    let written = spawn_publish(&client, "t/qos0", QoS::AtMostOnce);
+    expect_publish(first.recv().await);
+    let rejected = spawn_publish(&client, "t/rejected", QoS::AtLeastOnce);
+    let rejected_id = packet_id(&expect_publish(first.recv().await));
+
+    assert!(outcome(written).await.is_ok());
+    first
+        .send(&Packet::PubAck(PubAck {
+            packet_id: rejected_id,
+            reason: PubAckReason::UnspecifiedError,
+            properties: Properties::default().into(),
+        }))
+        .await;
+    let rejection = outcome(rejected).await;
+    assert!(
+        matches!(rejection, Err(ClientError::Rejected { .. })),
+        "{rejection:?}"
+    );
+    first
+        .send(&Packet::PubRec(PubRec {
+            packet_id: packet_id(&first_qos2),
+            reason: PubAckReason::Success,
+            properties: Properties::default().into(),
+        }))
+        .await;
+    assert!(matches!(first.recv().await, Packet::PubRel(_)));
+    first.cut();
+    expect_reconnecting(&mut events).await;
+
+    let mut second = broker.accept().await;
+    second.accept_connect(true).await;
+    expect_connected(&mut events, true).await;
+    let mut resent = second.recv_packets(2).await;
+    resent.sort_by_key(|packet| matches!(packet, Packet::PubRel(_)));
+    assert!(
+        matches!(&resent[..], [Packet::Publish(publish), Packet::PubRel(rel)]
+            if packet_id(publish) == packet_id(&first_qos1) && rel.packet_id == packet_id(&first_qos2)),
+        "expected the resent PUBLISH and PUBREL, got {resent:?}"
+    );
+    send_puback(&mut second, packet_id(&first_qos1)).await;
+    send_pubcomp(&mut second, packet_id(&first_qos2), PubCompReason::Success).await;
+    assert!(outcome(resumed_qos1).await.is_ok());
+    assert!(outcome(resumed_qos2).await.is_ok());
+
+    let mut replies = Vec::new();
+    for index in 0..ROOM {
+        let publish = Publish::new(topic("t/after"), format!("{index}")).qos(QoS::AtLeastOnce);
+        let reply = client.try_publish(publish);
+        assert!(
+            reply.is_ok(),
+            "place {index} still taken: {:?}",
+            reply.err()
+        );
+        replies.push(actix_rt::spawn(reply.unwrap()));
+    }
+    let extra = client.try_publish(Publish::new(topic("t/after"), "extra"));
+    assert!(
+        matches!(extra, Err(ClientError::QueueFull)),
+        "more places than {ROOM}"
+    );
+    for _ in 0..ROOM {
+        let sent = expect_publish(second.recv().await);
+        send_puback(&mut second, packet_id(&sent)).await;
+    }
+    for reply in replies {
+        assert!(outcome(reply).await.is_ok());
+    }
+    let stats = client.stats().await.unwrap();
+    assert_eq!(stats.queued_requests, 0);
+    assert_eq!(stats.inflight_out, 0);
+
+    disconnect(&client).await;
+    expect_only_disconnect(&mut second).await;
+    drop(client);
+    assert_actors_back_to(baseline).await;
+}
