@@ -117,8 +117,8 @@ impl<S: Store> Session<S> {
         match checked.and_then(|()| self.check_size(&resent, limits)) {
             Ok(()) => self.transmit(resent, now),
             Err(error) => {
-                if let Some(flow) = self.store.remove_outbound(id) {
-                    self.complete(flow.token(), Err(error));
+                if let Some(token) = self.store.remove_outbound(id).and_then(|f| f.token()) {
+                    self.complete(token, Err(error));
                 }
             }
         }
@@ -185,12 +185,9 @@ impl<S: Store> Session<S> {
     /// Finds a packet identifier no outbound flow uses, starting at the cursor; PUBLISH,
     /// SUBSCRIBE and UNSUBSCRIBE share one identifier space [MQTT-2.2.1-3].
     fn allocate_packet_id(&self) -> Option<PacketId> {
-        let released: &[PacketId] = self
-            .connection()
-            .map_or(&[], |connection| &connection.released_unknown);
         let mut candidate = self.store.packet_id_cursor();
         for _ in 0..u16::MAX {
-            if !self.store.contains_outbound(candidate) && !released.contains(&candidate) {
+            if !self.store.contains_outbound(candidate) {
                 return Some(candidate);
             }
             candidate = candidate.next_wrapping();
@@ -261,27 +258,34 @@ impl<S: Store> Session<S> {
                     awaiting: AwaitedAck::PubComp { .. },
                     ..
                 }) => self.transmit(pubrel(id, PubCompReason::Success), now),
+                Some(OutboundFlow::Release) => self.transmit(self.unknown_release(id), now),
                 _ => {}
             }
         }
     }
 
-    /// Sets every QoS 2 flow past PUBREC back to awaiting PUBREC, for a broker that
-    /// started a new session and has no such flow to release.
+    /// Sets every QoS 2 flow past PUBREC back to awaiting PUBREC, and drops every
+    /// release of an unknown identifier, for a broker that started a new session and
+    /// has no such flow to release.
     fn restart_released_flows(&mut self) {
         for id in self.store.outbound_ids() {
-            if let Some(OutboundFlow::Publish {
-                token,
-                packet,
-                awaiting: AwaitedAck::PubComp { .. },
-            }) = self.store.outbound(id)
-            {
-                let flow = OutboundFlow::Publish {
+            match self.store.outbound(id) {
+                Some(OutboundFlow::Publish {
                     token,
                     packet,
-                    awaiting: AwaitedAck::PubRec,
-                };
-                self.store.insert_outbound(id, flow);
+                    awaiting: AwaitedAck::PubComp { .. },
+                }) => {
+                    let flow = OutboundFlow::Publish {
+                        token,
+                        packet,
+                        awaiting: AwaitedAck::PubRec,
+                    };
+                    self.store.insert_outbound(id, flow);
+                }
+                Some(OutboundFlow::Release) => {
+                    self.store.remove_outbound(id);
+                }
+                _ => {}
             }
         }
     }
@@ -485,6 +489,8 @@ impl<S: Store> Session<S> {
                 awaiting: AwaitedAck::PubComp { .. },
                 ..
             }) => self.transmit(pubrel(id, PubCompReason::Success), now),
+            // A repeated PUBREC for an identifier already released: release it again.
+            Some(OutboundFlow::Release) => self.transmit(self.unknown_release(id), now),
             Some(_) => self.violate(other_flow(PacketType::PubRec, id), now),
             None => self.release_unknown(&rec, now),
         }
@@ -505,17 +511,20 @@ impl<S: Store> Session<S> {
         if !rec.reason.is_success() {
             return;
         }
+        self.store
+            .insert_outbound(rec.packet_id, OutboundFlow::Release);
+        self.transmit(self.unknown_release(rec.packet_id), now);
+    }
+
+    /// Returns the PUBREL for an identifier this client had no flow for: reason Packet
+    /// Identifier Not Found in v5, which 3.1.1 cannot carry.
+    fn unknown_release(&self, packet_id: PacketId) -> Packet {
         let reason = if self.config.protocol.is_v5() {
             PubCompReason::PacketIdentifierNotFound
         } else {
             PubCompReason::Success
         };
-        if let Some(connection) = self.connection_mut() {
-            if !connection.released_unknown.contains(&rec.packet_id) {
-                connection.released_unknown.push(rec.packet_id);
-            }
-        }
-        self.transmit(pubrel(rec.packet_id, reason), now);
+        pubrel(packet_id, reason)
     }
 
     pub(super) fn on_pubcomp(&mut self, comp: PubComp, now: Instant) {
@@ -534,21 +543,12 @@ impl<S: Store> Session<S> {
                 self.complete(token, Ok(Outcome::Publish(outcome)));
                 self.after_flow_completed(now);
             }
-            Some(_) => self.violate(other_flow(PacketType::PubComp, comp.packet_id), now),
-            None => {
-                let released = self.connection_mut().and_then(|connection| {
-                    let list = &mut connection.released_unknown;
-                    let index = list.iter().position(|&id| id == comp.packet_id)?;
-                    Some(list.swap_remove(index))
-                });
-                if released.is_some() {
-                    // This answers a PUBREL sent for an unknown PUBREC, so the
-                    // identifier is free again.
-                    self.after_flow_completed(now);
-                } else {
-                    self.ignore_unknown_ack(PacketType::PubComp, comp.packet_id);
-                }
+            Some(OutboundFlow::Release) => {
+                self.store.remove_outbound(comp.packet_id);
+                self.after_flow_completed(now);
             }
+            Some(_) => self.violate(other_flow(PacketType::PubComp, comp.packet_id), now),
+            None => self.ignore_unknown_ack(PacketType::PubComp, comp.packet_id),
         }
     }
 
@@ -580,7 +580,9 @@ impl<S: Store> Session<S> {
                 properties: ack.properties,
             })),
         };
-        self.complete(flow.token(), outcome);
+        if let Some(token) = flow.token() {
+            self.complete(token, outcome);
+        }
         self.after_flow_completed(now);
     }
 
@@ -612,7 +614,9 @@ impl<S: Store> Session<S> {
                 properties: ack.properties,
             })),
         };
-        self.complete(flow.token(), outcome);
+        if let Some(token) = flow.token() {
+            self.complete(token, outcome);
+        }
         self.after_flow_completed(now);
     }
 

@@ -31,7 +31,7 @@ use crate::codec::{
     BoxedProperties, ConnAck, DecodeError, Disconnect, DisconnectReason, Packet, PacketId,
     PacketType, Properties, PubAckReason, QoS, SubAckReason, TopicName, UnsubAckReason,
 };
-use crate::store::{RequestToken, Store};
+use crate::store::{OutboundFlow, RequestToken, Store};
 
 pub use config::{EffectiveLimits, SessionConfig};
 pub use error::{CloseReason, ProtocolViolation, RejectReason, RequestError};
@@ -218,10 +218,6 @@ struct Connection {
     /// Publishes of an earlier connection not sent again yet, because this connection's
     /// in-flight window has no room for them, in the order they were first sent.
     resend_waiting: VecDeque<PacketId>,
-    /// Identifiers this side released with PUBREL after a PUBREC it had no flow for.
-    /// No new flow takes them until the broker's PUBCOMP, which would otherwise land
-    /// on that new flow.
-    released_unknown: Vec<PacketId>,
 }
 
 /// The session's state, named for what it waits on.
@@ -578,7 +574,6 @@ impl<S: Store> Session<S> {
             handed_over: 0,
             head_blocked: false,
             resend_waiting: VecDeque::new(),
-            released_unknown: Vec::new(),
         });
         let pending = std::mem::take(&mut self.delivery_pending);
         if connack.session_present {
@@ -698,7 +693,15 @@ impl<S: Store> Session<S> {
         let State::AwaitingInflightAcks { .. } = self.state else {
             return;
         };
-        if self.store.outbound_len() == 0 {
+        // A release of an unknown identifier has no caller to wait for, and a resumed
+        // session sends its PUBREL again.
+        let idle = self.store.outbound_len() == 0
+            || self
+                .store
+                .outbound_ids()
+                .into_iter()
+                .all(|id| matches!(self.store.outbound(id), Some(OutboundFlow::Release)));
+        if idle {
             self.send_disconnect_and_close(now);
         }
     }

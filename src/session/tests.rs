@@ -1205,6 +1205,63 @@ fn released_id_skipped_until_pubcomp() {
 }
 
 #[test]
+fn released_id_follows_broker_session() {
+    let now = Instant::now();
+    let pubrec = Packet::PubRec(PubRec {
+        packet_id: id(1),
+        reason: PubAckReason::Success,
+        properties: Properties::default().into(),
+    });
+    let mut session = connected(ProtocolVersion::V5, now);
+    session.handle_packet(pubrec.clone(), now);
+    packets(&mut session);
+
+    // A repeated PUBREC gets the same PUBREL.
+    session.handle_packet(pubrec, now);
+    assert!(matches!(
+        &packets(&mut session)[..],
+        [Packet::PubRel(rel)] if rel.packet_id == id(1)
+            && rel.reason == PubCompReason::PacketIdentifierNotFound
+    ));
+
+    // A resumed session sends it again, and a new session drops the identifier.
+    let released = |packets: &[Packet]| {
+        packets
+            .iter()
+            .any(|packet| matches!(packet, Packet::PubRel(rel) if rel.packet_id == id(1)))
+    };
+    let config = resuming_config(ProtocolVersion::V5);
+    let mut resumed = reconnect_with(
+        &mut session,
+        config.clone(),
+        true,
+        Properties::default(),
+        now,
+    );
+    assert!(released(&packets(&mut resumed)));
+    let mut fresh = reconnect_with(&mut resumed, config, false, Properties::default(), now);
+    assert!(!released(&packets(&mut fresh)));
+    assert_eq!(fresh.store.outbound_len(), 0);
+
+    // Without a caller to wait for, the release does not hold back DISCONNECT.
+    let mut session = connected(ProtocolVersion::V5, now);
+    session.handle_packet(
+        Packet::PubRec(PubRec {
+            packet_id: id(2),
+            reason: PubAckReason::Success,
+            properties: Properties::default().into(),
+        }),
+        now,
+    );
+    packets(&mut session);
+    session.handle_disconnect(normal_disconnect(), now);
+    assert!(matches!(
+        &packets(&mut session)[..],
+        [Packet::Disconnect(_)]
+    ));
+}
+
+#[test]
 fn ack_for_other_flow_is_violation() {
     let now = Instant::now();
     let mut session = connected(ProtocolVersion::V5, now);

@@ -418,7 +418,7 @@ mod tests {
             },
         );
         assert_eq!(second.outbound_len(), 1);
-        assert_eq!(second.outbound(id).unwrap().token(), RequestToken(1));
+        assert_eq!(second.outbound(id).unwrap().token(), Some(RequestToken(1)));
     }
 
     #[test]

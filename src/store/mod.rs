@@ -188,16 +188,21 @@ pub enum OutboundFlow {
         /// Number of filters, which must equal the number of UNSUBACK reason codes (v5).
         filter_count: usize,
     },
+    /// A PUBREL sent for a PUBREC this client had no flow for, waiting for the broker's
+    /// PUBCOMP. It keeps the identifier out of use until then, across reconnects too,
+    /// because the broker's session still uses it. No caller waits for it.
+    Release,
 }
 
 impl OutboundFlow {
-    /// Returns the token of the caller waiting for this flow.
+    /// Returns the token of the caller waiting for this flow, if one waits.
     #[must_use]
-    pub fn token(&self) -> RequestToken {
+    pub fn token(&self) -> Option<RequestToken> {
         match self {
             Self::Publish { token, .. }
             | Self::Subscribe { token, .. }
-            | Self::Unsubscribe { token, .. } => *token,
+            | Self::Unsubscribe { token, .. } => Some(*token),
+            Self::Release => None,
         }
     }
 }

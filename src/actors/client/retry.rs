@@ -106,11 +106,15 @@ impl ClientActor {
                 Some(OutboundFlow::Publish { token, .. }) => {
                     live.insert(token);
                 }
-                Some(flow) => {
+                Some(
+                    flow @ (OutboundFlow::Subscribe { .. } | OutboundFlow::Unsubscribe { .. }),
+                ) => {
                     self.store.remove_outbound(id);
-                    requeued.push(flow.token());
+                    requeued.extend(flow.token());
                 }
-                None => {}
+                // A release stays, because the broker's session may still hold its
+                // identifier.
+                Some(OutboundFlow::Release) | None => {}
             }
         }
         requeued.sort_unstable();
