@@ -157,11 +157,17 @@ pub fn monotonic_nanos() -> u64 {
 
 /// Builds a 64-byte payload that starts with the send time from [`monotonic_nanos`].
 pub fn timestamped_payload() -> Bytes {
+    Bytes::copy_from_slice(&timestamped_bytes())
+}
+
+/// Returns the bytes of [`timestamped_payload`], for a caller that may need to build
+/// the payload more than once.
+pub fn timestamped_bytes() -> [u8; PAYLOAD_LEN] {
     let mut payload = [0_u8; PAYLOAD_LEN];
     for (slot, byte) in payload.iter_mut().zip(monotonic_nanos().to_le_bytes()) {
         *slot = byte;
     }
-    Bytes::copy_from_slice(&payload)
+    payload
 }
 
 /// Nanoseconds between the send time in `payload` and now.

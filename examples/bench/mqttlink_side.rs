@@ -10,13 +10,14 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use actix::prelude::*;
+use bytes::Bytes;
 use mqttlink::codec::{ProtocolVersion, QoS, SubscriptionOptions, TopicFilter, TopicName};
 use mqttlink::{Client, ClientError, ClientOptions, Disconnect, Event, Publish, Subscribe};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{timeout_at, Instant};
 
 use crate::common::{
-    latency_nanos, payload, push_filter, timestamped_payload, ChurnMeter, ChurnRun, LatencyPlan,
+    latency_nanos, payload, push_filter, timestamped_bytes, ChurnMeter, ChurnRun, LatencyPlan,
     LatencyRun, MemoryRun, Settings, Stopwatch, Throughput, CONNECT_WAVE, DRAIN_TIMEOUT,
     IDLE_SETTLE, KEEP_ALIVE, PUBLISH_TOPIC, RUN_TIMEOUT,
 };
@@ -141,12 +142,15 @@ pub fn latency(plan: LatencyPlan, settings: &Settings) -> BenchResult<LatencyRun
             let started = Instant::now();
             for index in 0..messages {
                 tokio::time::sleep_until(started + plan.due(index)).await;
-                let payload = timestamped_payload();
+                let stamped = timestamped_bytes();
                 // The publish is queued once `try_publish` returns. Like the rumqttc
                 // side, which does not wait for PUBACK either, the outcome is dropped:
                 // the received copy is what counts, and a lost one shows in `lost`.
+                // Each attempt copies the payload once, as the rumqttc side does, so
+                // that no shared copy is made for a retry that rarely happens.
                 loop {
-                    let publish = Publish::new(topic.clone(), payload.clone()).qos(level);
+                    let payload = Bytes::copy_from_slice(&stamped);
+                    let publish = Publish::new(topic.clone(), payload).qos(level);
                     match publisher_client.try_publish(publish) {
                         Ok(_outcome) => break,
                         Err(ClientError::QueueFull) => wait_for_queue(deadline).await?,
