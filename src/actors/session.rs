@@ -453,7 +453,6 @@ impl SessionActor {
         }));
     }
 
-    /// Sends the requests completed since the last call to the supervisor.
     /// Completes acknowledged publishes itself and sends the supervisor the other
     /// requests completed since the last call, which need its routes or events.
     fn send_completed(&mut self) {

@@ -427,10 +427,10 @@ impl<S: Store> Session<S> {
     /// PUBCOMP, with reason Packet Identifier Not Found in v5, because the broker may be
     /// repeating a PUBREL whose PUBCOMP was lost (MQTT 5.0 section 4.3.3).
     pub(super) fn on_pubrel(&mut self, packet_id: PacketId, now: Instant) {
-        let reason = if self.store.remove_inbound(packet_id) || !self.config.protocol.is_v5() {
+        let reason = if self.store.remove_inbound(packet_id) {
             PubCompReason::Success
         } else {
-            PubCompReason::PacketIdentifierNotFound
+            self.unknown_id_reason()
         };
         let packet = Packet::PubComp(PubComp {
             packet_id,
@@ -516,15 +516,19 @@ impl<S: Store> Session<S> {
         self.transmit(self.unknown_release(rec.packet_id), now);
     }
 
-    /// Returns the PUBREL for an identifier this client had no flow for: reason Packet
-    /// Identifier Not Found in v5, which 3.1.1 cannot carry.
+    /// Returns the PUBREL for an identifier this client had no flow for.
     fn unknown_release(&self, packet_id: PacketId) -> Packet {
-        let reason = if self.config.protocol.is_v5() {
+        pubrel(packet_id, self.unknown_id_reason())
+    }
+
+    /// Returns the reason of a PUBREL or PUBCOMP for an identifier with no flow here:
+    /// Packet Identifier Not Found in v5, and Success in 3.1.1, which has no reason codes.
+    fn unknown_id_reason(&self) -> PubCompReason {
+        if self.config.protocol.is_v5() {
             PubCompReason::PacketIdentifierNotFound
         } else {
             PubCompReason::Success
-        };
-        pubrel(packet_id, reason)
+        }
     }
 
     pub(super) fn on_pubcomp(&mut self, comp: PubComp, now: Instant) {
