@@ -7,6 +7,7 @@
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
+use std::future::Future;
 use std::io;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -28,7 +29,7 @@ use super::group::{
     Wire,
 };
 use super::keep_alive::KeepAliveActor;
-use super::link::{stop_with_link, Link};
+use super::link::{Link, LinkDown};
 use super::router::Router;
 use super::socket::{flush_writer, PacketReader, PacketWriter, SocketActor};
 
@@ -90,9 +91,37 @@ pub(crate) struct SessionActor {
     /// acknowledgements, are written after the recipients have had their turn, so a
     /// delivered message does not wait for a write call.
     reading: bool,
-    /// Set while a drain of the request queue waits for the runtime's next turn; see
-    /// the `RequestsQueued` handler.
-    drain_scheduled: bool,
+    /// The drain of the request queue, which waits for the runtime's next turn (see
+    /// the `RequestsQueued` handler).
+    drain: Deferred,
+    /// The write of what a turn of reads encoded, which waits until the recipients of
+    /// its messages have run (see [`write_after_recipients`](Self::write_after_recipients)).
+    write_after: Deferred,
+    /// The condition the next read of the stream waits for.
+    read_wait: ReadWait,
+}
+
+/// A step the [`Driver`] takes at a later poll, once the thread's other tasks have had
+/// a turn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Deferred {
+    /// Nothing to do.
+    Idle,
+    /// Requested in this poll. The driver requests a wake-up from the runtime next.
+    Asked,
+    /// A wake-up is requested, so the step runs at the driver's next poll.
+    Due,
+}
+
+/// The condition the next read of the stream waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ReadWait {
+    /// Nothing is read: the stream is not open yet, or may not be read any more.
+    Off,
+    /// The thread's other tasks run first, then the wait for bytes starts.
+    Turn,
+    /// Bytes to read.
+    Bytes,
 }
 
 /// The parts a session actor is built from.
@@ -133,7 +162,9 @@ impl SessionActor {
             reader: None,
             closing: None,
             reading: false,
-            drain_scheduled: false,
+            drain: Deferred::Idle,
+            write_after: Deferred::Idle,
+            read_wait: ReadWait::Off,
         }
     }
 
@@ -204,7 +235,7 @@ impl SessionActor {
 
     /// Moves the queued requests into the session, which encodes those it may send.
     fn drain_requests(&mut self) {
-        self.drain_scheduled = false;
+        self.drain = Deferred::Idle;
         self.session.handle_requests_queued(now());
     }
 
@@ -226,26 +257,49 @@ impl SessionActor {
         }
     }
 
-    /// Waits until the stream may have bytes to read, then reads them. When the last
-    /// read produced packets and more bytes probably wait, it first lets the other
-    /// tasks of the thread run, so the recipients take their messages before more
+    /// Makes the driver wait until the stream may have bytes to read, then read them.
+    /// When the last read produced packets and more bytes probably wait, the thread's
+    /// other tasks run first, so the recipients take their messages before more
     /// arrive; without that pause the actor would keep reading while their mailboxes
     /// fill. Otherwise the wait for the stream gives them that turn.
-    fn wait_readable(&mut self, yield_first: bool, ctx: &mut Context<Self>) {
-        let Some(reader) = &self.reader else {
-            return;
-        };
-        let readable = reader.readable();
-        let wait = async move {
-            if yield_first {
-                YieldOnce(false).await;
+    fn wait_readable(&mut self, yield_first: bool) {
+        if self.reader.is_some() {
+            self.read_wait = if yield_first {
+                ReadWait::Turn
+            } else {
+                ReadWait::Bytes
+            };
+        }
+    }
+
+    /// Polls the stream for bytes and reads them, as far as [`read_wait`](Self::read_wait)
+    /// allows. A read that leaves the stream readable is followed by at most
+    /// [`READ_TURNS_PER_POLL`] more before the other tasks get a turn.
+    fn poll_reads(&mut self, ctx: &mut Context<Self>, task: &mut std::task::Context<'_>) {
+        for _ in 0..READ_TURNS_PER_POLL {
+            match self.read_wait {
+                ReadWait::Off => return,
+                ReadWait::Turn => {
+                    self.read_wait = ReadWait::Bytes;
+                    task.waker().wake_by_ref();
+                    return;
+                }
+                ReadWait::Bytes => {
+                    let Some(reader) = &self.reader else {
+                        self.read_wait = ReadWait::Off;
+                        return;
+                    };
+                    let std::task::Poll::Ready(readable) = reader.poll_readable(task) else {
+                        return;
+                    };
+                    self.read_wait = ReadWait::Off;
+                    self.on_readable(readable, ctx);
+                }
             }
-            readable.await
-        };
-        ctx.spawn(
-            wait.into_actor(self)
-                .map(|result, actor, ctx| actor.on_readable(result, ctx)),
-        );
+        }
+        if self.read_wait != ReadWait::Off {
+            task.waker().wake_by_ref();
+        }
     }
 
     /// Reads and handles what arrived until a read finds nothing or empties the socket,
@@ -274,7 +328,7 @@ impl SessionActor {
         }
         self.reading = false;
         if let Some(yield_first) = yield_first {
-            self.wait_readable(yield_first, ctx);
+            self.wait_readable(yield_first);
         }
         self.write_after_recipients(ctx);
     }
@@ -298,11 +352,9 @@ impl SessionActor {
         if self.link.is_down() || ctx.state() != ActorState::Running {
             return self.write_encoded(ctx);
         }
-        ctx.spawn(
-            YieldOnce(false)
-                .into_actor(self)
-                .map(|(), actor, ctx| actor.write_encoded(ctx)),
-        );
+        if self.write_after == Deferred::Idle {
+            self.write_after = Deferred::Asked;
+        }
     }
 
     /// Reads once, hands every complete packet to the session and drives it. The end
@@ -703,7 +755,9 @@ impl Actor for SessionActor {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         actor_started();
-        stop_with_link(&self.link, self, ctx);
+        ctx.spawn(Driver {
+            down: self.link.down(),
+        });
         self.adopt_pending_qos2(ctx);
         self.drive(ctx);
     }
@@ -774,7 +828,7 @@ impl Handler<TransportConnected> for SessionActor {
         self.reader = self.wire.reader.borrow_mut().take();
         self.session.handle_transport_connected(now());
         self.drive(ctx);
-        self.wait_readable(false, ctx);
+        self.wait_readable(false);
     }
 }
 session_input!(TimerFired, |actor, _| {
@@ -793,26 +847,18 @@ session_input!(TimerFired, |actor, _| {
 impl Handler<RequestsQueued> for SessionActor {
     type Result = ();
 
-    fn handle(&mut self, _: RequestsQueued, ctx: &mut Self::Context) {
-        if self.link.is_down() || self.drain_scheduled {
+    fn handle(&mut self, _: RequestsQueued, _: &mut Self::Context) {
+        if self.link.is_down() || self.drain != Deferred::Idle {
             return;
         }
-        self.drain_scheduled = true;
-        let drain = tokio::task::yield_now()
-            .into_actor(self)
-            .map(|(), actor, ctx| {
-                if actor.drain_scheduled && !actor.link.is_down() {
-                    actor.drain_requests();
-                    actor.drive(ctx);
-                }
-            });
-        ctx.spawn(drain);
+        // The driver, polled after the mailbox, requests the wake-up.
+        self.drain = Deferred::Asked;
     }
 }
 
 session_input!(StartDisconnect, |actor, StartDisconnect(disconnect)| {
     // Requests queued before the disconnect go out before it, as without the wait.
-    if actor.drain_scheduled {
+    if actor.drain != Deferred::Idle {
         actor.drain_requests();
     }
     actor.session.handle_disconnect(disconnect, now());
@@ -830,6 +876,10 @@ fn needs_rearm(armed: Option<Instant>, deadline: Option<Instant>) -> bool {
         (None, Some(_)) | (Some(_), None) => true,
     }
 }
+
+/// Rounds of reads in one poll of the [`Driver`], each started because the stream was
+/// still readable after the last, before the thread's other tasks get a turn.
+const READ_TURNS_PER_POLL: usize = 4;
 
 /// Reads handled in one turn of the session actor before it lets the thread's other
 /// tasks run, when every read returns bytes without filling the buffer.
@@ -859,26 +909,57 @@ fn needs_response(packet: &Packet) -> bool {
     }
 }
 
-/// A future that is pending once, waking its task at once, and then ready: the task
-/// goes to the back of the thread's run queue, so the tasks woken before it run first.
-///
-/// NOTE: with `tokio::task::yield_now` instead, recipients' messages stayed unhandled in
-/// the actor tests. Tokio may defer that wake-up, but why it never came here is not
-/// known.
-struct YieldOnce(bool);
+/// The one long-lived future of a session actor. It stops the actor once the link is
+/// down. Each poll it takes the steps that are due: the write after a turn of reads,
+/// the drain of the request queue, and the reads of the stream. Spawning a future per
+/// step instead cost an allocation and a pass over the context's futures per message.
+struct Driver {
+    down: LinkDown,
+}
 
-impl std::future::Future for YieldOnce {
+impl ActorFuture<SessionActor> for Driver {
     type Output = ();
 
     fn poll(
         mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
+        actor: &mut SessionActor,
+        ctx: &mut Context<SessionActor>,
+        task: &mut std::task::Context<'_>,
     ) -> std::task::Poll<()> {
-        if self.0 {
+        if std::pin::Pin::new(&mut self.down).poll(task).is_ready() {
+            ctx.stop();
             return std::task::Poll::Ready(());
         }
-        self.0 = true;
-        cx.waker().wake_by_ref();
+        if actor.write_after == Deferred::Due && !actor.link.is_down() {
+            actor.write_after = Deferred::Idle;
+            actor.write_encoded(ctx);
+        }
+        if actor.drain == Deferred::Due && !actor.link.is_down() {
+            actor.drain_requests();
+            actor.drive(ctx);
+        }
+        if !actor.link.is_down() {
+            actor.poll_reads(ctx, task);
+        }
+        if actor.link.is_down() {
+            ctx.stop();
+            return std::task::Poll::Ready(());
+        }
+        if actor.drain == Deferred::Asked {
+            // Unlike a plain wake-up, tokio's yield wakes the task only after tokio has
+            // polled its I/O driver. The future is not needed after its first poll.
+            let mut turn = std::pin::pin!(tokio::task::yield_now());
+            let _ = turn.as_mut().poll(task);
+            actor.drain = Deferred::Due;
+        }
+        if actor.write_after == Deferred::Asked {
+            // A plain wake-up puts the task at the back of the run queue, behind the
+            // recipients woken by the reads. NOTE: with tokio's yield here instead,
+            // recipients' messages stayed unhandled in the actor tests, and why that
+            // deferred wake-up never came is not known.
+            task.waker().wake_by_ref();
+            actor.write_after = Deferred::Due;
+        }
         std::task::Poll::Pending
     }
 }

@@ -7,6 +7,7 @@
 use std::io;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::task::{self, Poll};
 
 use actix::prelude::*;
 use bytes::BytesMut;
@@ -281,7 +282,7 @@ impl PacketWriter {
 
 /// The read side of one connection: the stream, its read buffer and the decoder. The
 /// socket builds it once connected, and the session actor drives it: wait with
-/// [`readable`](Self::readable), [`read`](Self::read) once, take packets with
+/// [`poll_readable`](Self::poll_readable), [`read`](Self::read) once, take packets with
 /// [`next_packet`](Self::next_packet) until it returns `None`, then
 /// [`finish_read`](Self::finish_read).
 #[derive(Debug)]
@@ -300,11 +301,10 @@ impl PacketReader {
         }
     }
 
-    /// Returns a future that resolves once the stream may have bytes to read. It
-    /// borrows nothing, so the caller can keep using the reader meanwhile.
-    pub fn readable(&self) -> impl std::future::Future<Output = io::Result<()>> + 'static {
-        let stream = Rc::clone(&self.stream);
-        async move { stream.readable().await }
+    /// Returns `Ready` once the stream may have bytes to read; until then the waker of
+    /// `cx` is woken when it may. Only the waker of the latest call is kept.
+    pub fn poll_readable(&self, cx: &mut task::Context<'_>) -> Poll<io::Result<()>> {
+        self.stream.poll_read_ready(cx)
     }
 
     /// Reads once from the stream. Returns the number of bytes read, 0 at the end of

@@ -9,6 +9,7 @@ mod write_buffer;
 
 use std::fmt;
 use std::io;
+use std::task::{Context, Poll};
 
 use bytes::BytesMut;
 use tokio::io::Interest;
@@ -64,10 +65,12 @@ impl Stream {
         Ok(Self::Tcp(stream))
     }
 
-    /// Waits until the stream may have bytes to read.
-    pub async fn readable(&self) -> io::Result<()> {
+    /// Returns `Ready` once the stream may have bytes to read. Until then the waker
+    /// of `cx` is stored, and only the waker of the latest call gets woken, so one
+    /// reader at a time may call this.
+    pub fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self {
-            Self::Tcp(stream) => stream.readable().await,
+            Self::Tcp(stream) => stream.poll_read_ready(cx),
         }
     }
 
@@ -76,8 +79,8 @@ impl Stream {
     ///
     /// A read of fewer than `drained_below` bytes that leaves free space in `buf` has
     /// emptied the socket, so it also clears tokio's readiness flag. The next read then
-    /// returns `WouldBlock` without a system call, and [`readable`](Self::readable)
-    /// waits for bytes that arrive after the read.
+    /// returns `WouldBlock` without a system call, and
+    /// [`poll_read_ready`](Self::poll_read_ready) waits for bytes that arrive after the read.
     ///
     /// A larger read keeps the flag, because on a busy connection more bytes often
     /// arrive while the packets are handled. Clearing it after every partial read cost
@@ -126,9 +129,7 @@ impl Stream {
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
-    use std::future::Future;
-    use std::pin::pin;
-    use std::task::{Context, Poll, Waker};
+    use std::task::Waker;
     use std::time::Duration;
 
     use tokio::io::AsyncWriteExt;
@@ -168,17 +169,21 @@ mod tests {
     /// Sends `bytes` from the peer and waits until the stream reports them.
     async fn arrive(stream: &Stream, peer: &mut TcpStream, bytes: &[u8]) {
         peer.write_all(bytes).await.unwrap();
-        timeout(ARRIVAL_BOUND, stream.readable())
+        timeout(ARRIVAL_BOUND, readable(stream))
             .await
             .expect("written bytes reach the stream")
             .unwrap();
     }
 
+    /// Waits until the stream may have bytes to read.
+    async fn readable(stream: &Stream) -> io::Result<()> {
+        std::future::poll_fn(|cx| stream.poll_read_ready(cx)).await
+    }
+
     /// Returns whether tokio still counts the stream as readable, without waiting.
     fn still_readable(stream: &Stream) -> bool {
-        let readable = pin!(stream.readable());
         let mut cx = Context::from_waker(Waker::noop());
-        matches!(readable.poll(&mut cx), Poll::Ready(Ok(())))
+        matches!(stream.poll_read_ready(&mut cx), Poll::Ready(Ok(())))
     }
 
     #[test]
@@ -243,7 +248,7 @@ mod tests {
     async fn end_of_stream_reads_zero() {
         let (stream, peer) = connected_pair().await;
         drop(peer);
-        timeout(ARRIVAL_BOUND, stream.readable())
+        timeout(ARRIVAL_BOUND, readable(&stream))
             .await
             .expect("the close reaches the stream")
             .unwrap();
