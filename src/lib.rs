@@ -77,6 +77,7 @@ pub mod actors;
 mod client;
 pub mod codec;
 mod error;
+mod id_hash;
 pub mod reconnect;
 pub mod session;
 pub mod store;

@@ -10,7 +10,6 @@ mod retry;
 mod session_state;
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::num::NonZeroU32;
 use std::rc::Rc;
@@ -21,6 +20,7 @@ use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 
 use crate::codec::{ClientId, TopicFilter, TopicName};
 use crate::error::{ClientError, DisconnectCause};
+use crate::id_hash::IdMap;
 use crate::reconnect::{Decision, ReconnectPolicy, ReconnectSettings};
 use crate::session::{
     Outcome, PublishOutcome, RequestError, Session, SubscribeOutcome, UnsubscribeOutcome,
@@ -89,11 +89,11 @@ enum Pending {
 /// shares it with the group on its thread, so that the group completes a publish that
 /// went out without a message to the supervisor.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct PendingRequests(Rc<RefCell<HashMap<RequestToken, Pending>>>);
+pub(crate) struct PendingRequests(Rc<RefCell<IdMap<RequestToken, Pending>>>);
 
 impl PendingRequests {
     /// Runs `f` on the map. Keep `f` short: it must not reach this map again.
-    fn with<R>(&self, f: impl FnOnce(&mut HashMap<RequestToken, Pending>) -> R) -> R {
+    fn with<R>(&self, f: impl FnOnce(&mut IdMap<RequestToken, Pending>) -> R) -> R {
         f(&mut self.0.borrow_mut())
     }
 

@@ -22,7 +22,6 @@
 mod config;
 mod error;
 mod flows;
-mod id_hash;
 
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -31,6 +30,7 @@ use crate::codec::{
     BoxedProperties, ConnAck, DecodeError, Disconnect, DisconnectReason, Packet, PacketId,
     PacketType, Properties, PubAckReason, QoS, SubAckReason, TopicName, UnsubAckReason,
 };
+use crate::id_hash::IdMap;
 use crate::store::{OutboundFlow, RequestToken, Store};
 
 pub use config::{EffectiveLimits, SessionConfig};
@@ -207,7 +207,7 @@ struct Connection {
     /// Topic aliases the broker defined on this connection.
     aliases: HashMap<u16, TopicName>,
     /// Inbound QoS 1 and 2 messages handed out for delivery and not yet acknowledged.
-    delivering: id_hash::PacketIdMap<Delivering>,
+    delivering: IdMap<PacketId, Delivering>,
     /// Entries of `delivering` that are handed over, whose QoS 2 identifier the store
     /// records too. `inflight_in` counts each of them once.
     handed_over: usize,
@@ -570,7 +570,7 @@ impl<S: Store> Session<S> {
             keep_alive: Some(keep_alive).filter(|interval| !interval.is_zero()),
             ping: Ping::Idle,
             aliases: HashMap::new(),
-            delivering: id_hash::PacketIdMap::default(),
+            delivering: IdMap::default(),
             handed_over: 0,
             head_blocked: false,
             resend_waiting: VecDeque::new(),
