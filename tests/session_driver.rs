@@ -373,3 +373,79 @@ async fn publish_completes_during_inbound_flood() {
     broker.finish().await;
     assert_actors_back_to(baseline).await;
 }
+
+/// Checks that messages waiting behind a full mailbox are all delivered when the
+/// recipient, running in another arbiter, takes a message before the session has
+/// polled the send that put it there. Keep-alive is off and the broker waits for the
+/// acknowledgements, so only the sends themselves can wake the session.
+#[actix_rt::test]
+async fn room_made_mid_read_delivers_backlog() {
+    const ROUNDS: usize = 50;
+    const QOS1: u16 = 3;
+    const PADDING: usize = 150;
+
+    let _serial = SERIAL.lock().await;
+    let baseline = live_actor_count();
+    let broker = FakeBroker::bind().await;
+    let client = ClientOptions::from_url(&broker.url())
+        .unwrap()
+        .client_id("long-read")
+        .keep_alive(Duration::ZERO)
+        .start()
+        .unwrap();
+    let arbiter = Arbiter::new();
+    let (seen, mut seen_rx) = mpsc::unbounded_channel();
+    let sleepy = Sleepy::start_in_arbiter(&arbiter.handle(), move |_| Sleepy {
+        pause: Duration::ZERO,
+        seen,
+    });
+    client.set_default_recipient(sleepy.recipient());
+    let mut connection = broker.accept().await;
+    connection.handshake().await;
+
+    let mut sent = 0;
+    for round in 0..ROUNDS {
+        // QoS 1 messages first, so the mailbox fills early in the read, then QoS 0
+        // messages that lengthen the read and wait behind the blocked delivery.
+        let mut burst = BytesMut::new();
+        for packet_id in 1..=QOS1 {
+            let packet = inbound(Delivery::AtLeastOnce(id(packet_id)), "t", numbered(sent));
+            burst.extend_from_slice(&connection.encode(&packet));
+            sent += 1;
+        }
+        for _ in 0..PADDING {
+            let packet = inbound(Delivery::AtMostOnce, "t", numbered(sent));
+            burst.extend_from_slice(&connection.encode(&packet));
+            sent += 1;
+        }
+        connection.send_raw(&burst).await;
+
+        for _ in 0..QOS1 {
+            let packet = connection.recv().await;
+            assert!(
+                matches!(packet, Packet::PubAck(_)),
+                "round {round}: expected PUBACK, got {packet:?}"
+            );
+        }
+        let first = sent - usize::from(QOS1) - PADDING;
+        for index in first..sent {
+            let payload = tokio::time::timeout(STEP, seen_rx.recv()).await;
+            assert!(
+                matches!(&payload, Ok(Some(p)) if *p == numbered(index)),
+                "round {round}: message {index} not delivered, got {payload:?}"
+            );
+        }
+    }
+
+    assert_eq!(client.stats().await.unwrap().dropped_messages, 0);
+    client
+        .disconnect(mqttlink::Disconnect::new())
+        .await
+        .unwrap();
+    arbiter.stop();
+    tokio::task::spawn_blocking(move || arbiter.join())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_actors_back_to(baseline).await;
+}
