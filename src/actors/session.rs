@@ -699,24 +699,32 @@ impl SessionActor {
     }
 
     /// Polls the sends a blocked delivery waits for. Once all have resolved, it
-    /// acknowledges the delivery and delivers the messages behind it.
+    /// acknowledges the delivery and delivers the messages behind it. When one of those
+    /// blocks again, its new sends are polled too, so each send has a wake-up.
     fn poll_room(&mut self, ctx: &mut Context<Self>, task: &mut std::task::Context<'_>) {
-        if self.blocked_delivery.is_none() {
-            return;
+        for _ in 0..ROOM_ROUNDS_PER_POLL {
+            let Some(acks) = self.blocked_delivery.take() else {
+                return;
+            };
+            // An error means the recipient stopped, and the others still get the message.
+            self.room_requests.retain_pending(task);
+            if !self.room_requests.0.is_empty() {
+                self.blocked_delivery = Some(acks);
+                return;
+            }
+            let now = now();
+            for ack in acks {
+                self.session.handle_delivered(ack, now);
+            }
+            self.drive(ctx);
+            if self.link.is_down() {
+                return;
+            }
         }
-        // An error means the recipient stopped, and the others still get the message.
-        self.room_requests.retain_pending(task);
-        if !self.room_requests.0.is_empty() {
-            return;
+        // The sends of the last round's block are not polled yet, so poll again soon.
+        if self.blocked_delivery.is_some() {
+            task.waker().wake_by_ref();
         }
-        let Some(acks) = self.blocked_delivery.take() else {
-            return;
-        };
-        let now = now();
-        for ack in acks {
-            self.session.handle_delivered(ack, now);
-        }
-        self.drive(ctx);
     }
 
     /// Takes over the sends of QoS 2 messages an earlier session left in full
@@ -852,6 +860,10 @@ fn needs_rearm(armed: Option<Instant>, deadline: Option<Instant>) -> bool {
         (None, Some(_)) | (Some(_), None) => true,
     }
 }
+
+/// Most blocked deliveries completed in one poll of the [`Driver`] before the thread's
+/// other tasks get a turn.
+const ROOM_ROUNDS_PER_POLL: usize = 16;
 
 /// Rounds of reads in one poll of the [`Driver`], each started because the stream was
 /// still readable after the last, before the thread's other tasks get a turn.
