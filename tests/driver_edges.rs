@@ -591,3 +591,324 @@ async fn disconnect_times_out_on_stalled_broker() {
         drop(release);
     }
 }
+
+/// The broker's side of one inbound QoS 2 flow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FlowState {
+    /// PUBLISH sent, no PUBREC yet.
+    Published,
+    /// PUBREC received and PUBREL sent, no PUBCOMP yet.
+    Released,
+    /// PUBCOMP received.
+    Completed,
+}
+
+/// Checks, for both protocol versions, QoS 2 messages to a slow recipient on another
+/// thread across several cuts in a row. Each connection is cut after a few packets from
+/// the client, and the broker resumes every open flow on the next one. Each message
+/// must reach the recipient exactly once and complete its flow.
+#[actix_rt::test]
+async fn qos2_across_repeated_cuts_once() {
+    let _serial = SERIAL.lock().await;
+    for version in VERSIONS {
+        for cuts in [&[0, 0, 0][..], &[1, 0, 2], &[2, 3, 1, 0], &[5, 5, 5]] {
+            let what = format!("{version:?}, cuts after {cuts:?} packets");
+            check_qos2_repeated_cuts(version, cuts, &what).await;
+        }
+    }
+}
+
+async fn check_qos2_repeated_cuts(version: ProtocolVersion, cuts: &[usize], what: &str) {
+    const MESSAGES: u16 = 10;
+
+    let baseline = live_actor_count();
+    let broker = ScriptedBroker::bind().await;
+    let client = ClientOptions::new("127.0.0.1", broker.port())
+        .client_id("qos2-cuts")
+        .protocol(version)
+        .keep_alive(Duration::ZERO)
+        .clean_start(false)
+        .session_expiry(Duration::from_secs(60))
+        .reconnect(true)
+        .reconnect_backoff(Duration::from_millis(1), Duration::from_millis(5))
+        .resume_on_reconnect(true)
+        .start()
+        .unwrap();
+    let arbiter = Arbiter::new();
+    let (seen_tx, mut seen) = mpsc::unbounded_channel();
+    let sleepy = Sleepy::start_in_arbiter(&arbiter.handle(), move |_| Sleepy {
+        pause: Duration::from_millis(2),
+        seen: seen_tx,
+    });
+    client.set_default_recipient(sleepy.recipient());
+
+    let mut flows: BTreeMap<u16, FlowState> = (1..=MESSAGES)
+        .map(|packet_id| (packet_id, FlowState::Published))
+        .collect();
+    for (index, &cut_after) in cuts.iter().chain(std::iter::once(&usize::MAX)).enumerate() {
+        let mut connection = broker.accept().await;
+        connection.accept_connect(index > 0).await;
+        let mut write = BytesMut::new();
+        for (&packet_id, &state) in &flows {
+            let packet = match state {
+                FlowState::Published => inbound(
+                    Delivery::ExactlyOnce(id(packet_id)),
+                    index > 0,
+                    "e",
+                    packet_id.to_string().into(),
+                ),
+                FlowState::Released => pubrel(id(packet_id)),
+                FlowState::Completed => continue,
+            };
+            write.extend_from_slice(&connection.encode(&packet));
+        }
+        connection.send_raw(&write).await;
+
+        let mut read = 0;
+        while read < cut_after && flows.values().any(|state| *state != FlowState::Completed) {
+            read += 1;
+            match connection.recv().await {
+                Packet::PubRec(rec) => {
+                    let state = flows.get_mut(&rec.packet_id.get()).unwrap();
+                    assert_ne!(*state, FlowState::Completed, "{what}: PUBREC after PUBCOMP");
+                    *state = FlowState::Released;
+                    connection.send(&pubrel(rec.packet_id)).await;
+                }
+                Packet::PubComp(comp) => {
+                    *flows.get_mut(&comp.packet_id.get()).unwrap() = FlowState::Completed;
+                }
+                other => panic!("{what}: expected PUBREC or PUBCOMP, got {other:?}"),
+            }
+        }
+        if cut_after == usize::MAX {
+            let marker = inbound(Delivery::AtMostOnce, false, "e", "marker".into());
+            connection.send(&marker).await;
+            break;
+        }
+        connection.cut();
+    }
+
+    let mut copies: BTreeMap<String, usize> = BTreeMap::new();
+    loop {
+        let payload = next(&mut seen).await;
+        if payload == "marker" {
+            break;
+        }
+        *copies
+            .entry(String::from_utf8(payload.to_vec()).unwrap())
+            .or_default() += 1;
+    }
+    let expected: BTreeMap<String, usize> =
+        (1..=MESSAGES).map(|index| (index.to_string(), 1)).collect();
+    assert_eq!(copies, expected, "{what}: copies per message");
+
+    tokio::time::timeout(STEP, client.disconnect(Disconnect::new()))
+        .await
+        .expect("disconnect returns in time")
+        .unwrap();
+    arbiter.stop();
+    tokio::task::spawn_blocking(move || arbiter.join())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_actors_back_to(baseline).await;
+}
+
+/// Checks, for both protocol versions, that a keep-alive timeout while a delivery waits
+/// for room in a full mailbox ends the client. The broker answers no PINGREQ, so the
+/// client gives up after one keep-alive interval past the PINGREQ.
+#[actix_rt::test]
+async fn keep_alive_timeout_while_blocked() {
+    let _serial = SERIAL.lock().await;
+    for version in VERSIONS {
+        let what = format!("{version:?}");
+        let baseline = live_actor_count();
+        let broker = FakeBroker::bind().await;
+        let client = ClientOptions::from_url(&broker.url())
+            .unwrap()
+            .client_id("blocked-keep-alive")
+            .protocol(version)
+            .keep_alive(Duration::from_secs(1))
+            .start()
+            .unwrap();
+        let (gate, release, mut seen) = Gate::start_closed();
+        client.set_default_recipient(gate.recipient());
+        let mut connection = broker.accept().await;
+        connection.handshake().await;
+        block_gate(&mut connection, &mut seen, &what).await;
+        let publish = spawn_publish(&client, "out", "p".into(), QoS::AtLeastOnce);
+
+        // The broker reads but never answers, so only PUBLISH, PINGREQ and at most a
+        // final DISCONNECT come.
+        let packets = connection.until_closed().await;
+        assert!(
+            packets.iter().all(|packet| matches!(
+                packet,
+                Packet::Publish(_) | Packet::PingReq | Packet::Disconnect(_)
+            )),
+            "{what}: packets before the close {packets:?}"
+        );
+        let outcome = resolves(publish).await;
+        assert!(
+            matches!(outcome, Some(Err(_))),
+            "{what}: publish after the keep-alive timeout: {outcome:?}"
+        );
+        assert_actors_back_to(baseline).await;
+        drop(release);
+    }
+}
+
+/// Checks, for both protocol versions, publishes queued during the reconnect backoff
+/// while QoS 1 messages from the lost connection wait for a slow recipient on another
+/// thread. Each publish must leave exactly once on the next connection and complete.
+#[actix_rt::test]
+async fn backoff_publishes_sent_once() {
+    const INBOUND: u16 = 8;
+    const OUTBOUND: usize = 6;
+
+    let _serial = SERIAL.lock().await;
+    for version in VERSIONS {
+        let what = format!("{version:?}");
+        let baseline = live_actor_count();
+        let broker = ScriptedBroker::bind().await;
+        let backoff = Duration::from_millis(100);
+        let client = ClientOptions::new("127.0.0.1", broker.port())
+            .client_id("backoff-queue")
+            .protocol(version)
+            .keep_alive(Duration::ZERO)
+            .clean_start(false)
+            .session_expiry(Duration::from_secs(60))
+            .reconnect(true)
+            .reconnect_backoff(backoff, backoff)
+            .resume_on_reconnect(true)
+            .start()
+            .unwrap();
+        let (events, mut event_rx) = actor_broker::forward::<mqttlink::Event>();
+        client.subscribe_events(events.recipient());
+        let arbiter = Arbiter::new();
+        let (seen_tx, mut seen) = mpsc::unbounded_channel();
+        let sleepy = Sleepy::start_in_arbiter(&arbiter.handle(), move |_| Sleepy {
+            pause: Duration::from_millis(5),
+            seen: seen_tx,
+        });
+        client.set_default_recipient(sleepy.recipient());
+
+        let mut connection = broker.accept().await;
+        connection.accept_connect(false).await;
+        let mut burst = BytesMut::new();
+        for packet_id in 1..=INBOUND {
+            let delivery = Delivery::AtLeastOnce(id(packet_id));
+            let packet = inbound(delivery, false, "in", packet_id.to_string().into());
+            burst.extend_from_slice(&connection.encode(&packet));
+        }
+        connection.send_raw(&burst).await;
+        connection.cut();
+        loop {
+            match next(&mut event_rx).await {
+                mqttlink::Event::Reconnecting { .. } => break,
+                mqttlink::Event::Connected { .. } | mqttlink::Event::Disconnected { .. } => {}
+                other => panic!("{what}: expected Reconnecting, got {other:?}"),
+            }
+        }
+
+        let mut outcomes = Vec::new();
+        for index in 0..OUTBOUND {
+            let qos = [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce][index % 3];
+            let publish = Publish::new("out".parse().unwrap(), index.to_string()).qos(qos);
+            outcomes.push(client.try_publish(publish).unwrap());
+        }
+
+        let mut connection = broker.accept().await;
+        connection.accept_connect(true).await;
+        let mut resend = BytesMut::new();
+        for packet_id in 1..=INBOUND {
+            let delivery = Delivery::AtLeastOnce(id(packet_id));
+            let packet = inbound(delivery, true, "in", packet_id.to_string().into());
+            resend.extend_from_slice(&connection.encode(&packet));
+        }
+        connection.send_raw(&resend).await;
+
+        // Reads until every inbound message is acknowledged and every publish has
+        // completed its flow, and counts the copies of each outbound publish.
+        let mut sent: BTreeMap<String, usize> = BTreeMap::new();
+        let mut acked_in = std::collections::BTreeSet::new();
+        let mut open_out = 0;
+        while acked_in.len() < usize::from(INBOUND) || open_out > 0 || sent.len() < OUTBOUND {
+            match connection.recv().await {
+                Packet::PubAck(ack) => {
+                    acked_in.insert(ack.packet_id.get());
+                }
+                Packet::Publish(publish) => {
+                    let payload = String::from_utf8(publish.payload.to_vec()).unwrap();
+                    *sent.entry(payload).or_default() += 1;
+                    match publish.delivery {
+                        Delivery::AtMostOnce => {}
+                        Delivery::AtLeastOnce(packet_id) => {
+                            let ack = Packet::PubAck(mqttlink::codec::PubAck {
+                                packet_id,
+                                reason: mqttlink::codec::PubAckReason::Success,
+                                properties: Properties::default().into(),
+                            });
+                            connection.send(&ack).await;
+                        }
+                        Delivery::ExactlyOnce(packet_id) => {
+                            open_out += 1;
+                            let rec = Packet::PubRec(mqttlink::codec::PubRec {
+                                packet_id,
+                                reason: mqttlink::codec::PubAckReason::Success,
+                                properties: Properties::default().into(),
+                            });
+                            connection.send(&rec).await;
+                        }
+                    }
+                }
+                Packet::PubRel(rel) => {
+                    let comp = Packet::PubComp(mqttlink::codec::PubComp {
+                        packet_id: rel.packet_id,
+                        reason: PubCompReason::Success,
+                        properties: Properties::default().into(),
+                    });
+                    connection.send(&comp).await;
+                    open_out -= 1;
+                }
+                other => panic!("{what}: unexpected {other:?}"),
+            }
+        }
+        let expected: BTreeMap<String, usize> =
+            (0..OUTBOUND).map(|index| (index.to_string(), 1)).collect();
+        assert_eq!(sent, expected, "{what}: copies of each publish sent");
+        for (index, outcome) in outcomes.into_iter().enumerate() {
+            let outcome = tokio::time::timeout(STEP, outcome).await;
+            assert!(
+                matches!(outcome, Ok(Ok(_))),
+                "{what}: publish {index} result {outcome:?}"
+            );
+        }
+        let marker = inbound(Delivery::AtMostOnce, false, "in", "marker".into());
+        connection.send(&marker).await;
+        let mut delivered = std::collections::BTreeSet::new();
+        loop {
+            let payload = next(&mut seen).await;
+            if payload == "marker" {
+                break;
+            }
+            delivered.insert(String::from_utf8(payload.to_vec()).unwrap());
+        }
+        assert_eq!(
+            delivered.len(),
+            usize::from(INBOUND),
+            "{what}: {delivered:?}"
+        );
+
+        tokio::time::timeout(STEP, client.disconnect(Disconnect::new()))
+            .await
+            .expect("disconnect returns in time")
+            .unwrap();
+        arbiter.stop();
+        tokio::task::spawn_blocking(move || arbiter.join())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_actors_back_to(baseline).await;
+    }
+}
