@@ -15,21 +15,21 @@
 mod actor_broker;
 #[path = "support/reconnect_broker.rs"]
 mod reconnect_broker;
+#[path = "support/slow_recipient.rs"]
+mod slow_recipient;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use actix::prelude::*;
 use actor_broker::{assert_actors_back_to, next, BrokerConnection, FakeBroker, Gate, STEP};
 use bytes::{Bytes, BytesMut};
 use mqttlink::codec::{
     ConnAck, ConnectReason, Delivery, Packet, PacketId, Properties, ProtocolVersion, PubCompReason,
     PubRel, QoS,
 };
-use mqttlink::{
-    live_actor_count, Client, ClientError, ClientOptions, Disconnect, Message, Publish,
-};
+use mqttlink::{live_actor_count, Client, ClientError, ClientOptions, Disconnect, Publish};
 use reconnect_broker::ScriptedBroker;
+use slow_recipient::SlowRecipient;
 use tokio::sync::mpsc;
 
 /// `live_actor_count` is process-wide, so the tests of this file run one at a time.
@@ -265,6 +265,47 @@ async fn check_link_down_while_blocked(version: ProtocolVersion, fault: Fault, w
     drop(release);
 }
 
+/// Number of 64 KiB publishes the two disconnect tests queue: enough to fill the
+/// client's socket while the broker does not read.
+const BIG_PUBLISHES: usize = 96;
+
+/// A client of a new fake broker whose default recipient is a closed gate with a
+/// delivery waiting for room. The two tests of a disconnect behind a full socket use it.
+struct BlockedClient {
+    _broker: FakeBroker,
+    client: Client,
+    connection: BrokerConnection,
+    /// The sender that opens the gate, also when dropped.
+    release: tokio::sync::oneshot::Sender<()>,
+}
+
+impl BlockedClient {
+    async fn connect(version: ProtocolVersion, client_id: &str, timeout: Duration) -> Self {
+        let what = format!("{version:?}");
+        let broker = FakeBroker::bind().await;
+        let client = ClientOptions::from_url(&broker.url())
+            .unwrap()
+            .client_id(client_id)
+            .protocol(version)
+            .keep_alive(Duration::ZERO)
+            .max_pending_requests(4 * BIG_PUBLISHES)
+            .disconnect_timeout(timeout)
+            .start()
+            .unwrap();
+        let (gate, release, mut seen) = Gate::start_closed();
+        client.set_default_recipient(gate.recipient());
+        let mut connection = broker.accept().await;
+        connection.handshake().await;
+        block_gate(&mut connection, &mut seen, &what).await;
+        Self {
+            _broker: broker,
+            client,
+            connection,
+            release,
+        }
+    }
+}
+
 /// Checks, for both protocol versions, that publishes queued just before a requested
 /// disconnect leave before DISCONNECT while the broker does not read, the socket is
 /// full and a delivery waits for room in a full mailbox. The broker reads again after a
@@ -273,28 +314,20 @@ async fn check_link_down_while_blocked(version: ProtocolVersion, fault: Fault, w
 /// behind them at once.
 #[actix_rt::test]
 async fn disconnect_flushes_full_socket_in_order() {
-    const PUBLISHES: usize = 96;
+    const PUBLISHES: usize = BIG_PUBLISHES;
     const PAYLOAD: usize = 64 * 1024;
 
     let _serial = SERIAL.lock().await;
     for version in VERSIONS {
         let what = format!("{version:?}");
         let baseline = live_actor_count();
-        let broker = FakeBroker::bind().await;
-        let client = ClientOptions::from_url(&broker.url())
-            .unwrap()
-            .client_id("full-socket")
-            .protocol(version)
-            .keep_alive(Duration::ZERO)
-            .max_pending_requests(4 * PUBLISHES)
-            .disconnect_timeout(Duration::from_secs(4))
-            .start()
-            .unwrap();
-        let (gate, release, mut seen) = Gate::start_closed();
-        client.set_default_recipient(gate.recipient());
-        let mut connection = broker.accept().await;
-        connection.handshake().await;
-        block_gate(&mut connection, &mut seen, &what).await;
+        let blocked = BlockedClient::connect(version, "full-socket", Duration::from_secs(4)).await;
+        let BlockedClient {
+            _broker,
+            client,
+            mut connection,
+            release,
+        } = blocked;
 
         // The publishes are all queued in the same turn as the disconnect.
         let mut outcomes = Vec::new();
@@ -402,28 +435,35 @@ async fn publishes_queued_as_link_drops_resolve() {
     }
 }
 
-/// A recipient with a mailbox of one message, run in another arbiter, that sleeps in
-/// its handler so the session keeps finding its mailbox full.
-struct Sleepy {
-    pause: Duration,
-    seen: mpsc::UnboundedSender<Bytes>,
+/// Options for a client of `broker` that reconnects and resumes its session, with
+/// keep-alive off. The caller sets the reconnect backoff.
+fn resuming(broker: &ScriptedBroker, client_id: &str, version: ProtocolVersion) -> ClientOptions {
+    ClientOptions::new("127.0.0.1", broker.port())
+        .client_id(client_id)
+        .protocol(version)
+        .keep_alive(Duration::ZERO)
+        .clean_start(false)
+        .session_expiry(Duration::from_secs(60))
+        .reconnect(true)
+        .resume_on_reconnect(true)
 }
 
-impl Actor for Sleepy {
-    type Context = Context<Self>;
-
-    fn started(&mut self, ctx: &mut Context<Self>) {
-        ctx.set_mailbox_capacity(1);
+/// Takes the payloads the recipient passes on until the one named "marker", and
+/// checks that the messages numbered 1 to `messages` each came exactly once.
+async fn assert_each_once(seen: &mut mpsc::UnboundedReceiver<Bytes>, messages: u16, what: &str) {
+    let mut copies: BTreeMap<String, usize> = BTreeMap::new();
+    loop {
+        let payload = next(seen).await;
+        if payload == "marker" {
+            break;
+        }
+        *copies
+            .entry(String::from_utf8(payload.to_vec()).unwrap())
+            .or_default() += 1;
     }
-}
-
-impl Handler<Message> for Sleepy {
-    type Result = ();
-
-    fn handle(&mut self, message: Message, _: &mut Context<Self>) {
-        std::thread::sleep(self.pause);
-        let _ = self.seen.send(message.payload);
-    }
+    let expected: BTreeMap<String, usize> =
+        (1..=messages).map(|index| (index.to_string(), 1)).collect();
+    assert_eq!(copies, expected, "{what}: copies per message");
 }
 
 /// Checks, for both protocol versions, QoS 2 messages cut off while they wait for a
@@ -445,24 +485,12 @@ async fn check_qos2_across_cut(version: ProtocolVersion, cut_after: usize, what:
 
     let baseline = live_actor_count();
     let broker = ScriptedBroker::bind().await;
-    let client = ClientOptions::new("127.0.0.1", broker.port())
-        .client_id("qos2-cut")
-        .protocol(version)
-        .keep_alive(Duration::ZERO)
-        .clean_start(false)
-        .session_expiry(Duration::from_secs(60))
-        .reconnect(true)
+    let client = resuming(&broker, "qos2-cut", version)
         .reconnect_backoff(Duration::from_millis(1), Duration::from_millis(5))
-        .resume_on_reconnect(true)
         .start()
         .unwrap();
-    let arbiter = Arbiter::new();
-    let (seen_tx, mut seen) = mpsc::unbounded_channel();
-    let sleepy = Sleepy::start_in_arbiter(&arbiter.handle(), move |_| Sleepy {
-        pause: Duration::from_millis(3),
-        seen: seen_tx,
-    });
-    client.set_default_recipient(sleepy.recipient());
+    let (slow, mut seen) = SlowRecipient::start(Duration::from_millis(3));
+    client.set_default_recipient(slow.recipient.clone());
 
     let mut connection = broker.accept().await;
     connection.accept_connect(false).await;
@@ -515,30 +543,8 @@ async fn check_qos2_across_cut(version: ProtocolVersion, cut_after: usize, what:
     let marker = inbound(Delivery::AtMostOnce, false, "e", "marker".into());
     connection.send(&marker).await;
 
-    let mut copies: BTreeMap<String, usize> = BTreeMap::new();
-    loop {
-        let payload = next(&mut seen).await;
-        if payload == "marker" {
-            break;
-        }
-        *copies
-            .entry(String::from_utf8(payload.to_vec()).unwrap())
-            .or_default() += 1;
-    }
-    let expected: BTreeMap<String, usize> =
-        (1..=MESSAGES).map(|index| (index.to_string(), 1)).collect();
-    assert_eq!(copies, expected, "{what}: copies per message");
-
-    tokio::time::timeout(STEP, client.disconnect(Disconnect::new()))
-        .await
-        .expect("disconnect returns in time")
-        .unwrap();
-    arbiter.stop();
-    tokio::task::spawn_blocking(move || arbiter.join())
-        .await
-        .unwrap()
-        .unwrap();
-    assert_actors_back_to(baseline).await;
+    assert_each_once(&mut seen, MESSAGES, what).await;
+    slow.finish(&client, baseline).await;
 }
 
 /// Checks, for both protocol versions, a requested disconnect whose DISCONNECT sits
@@ -547,28 +553,21 @@ async fn check_qos2_across_cut(version: ProtocolVersion, cut_after: usize, what:
 /// actors stopped.
 #[actix_rt::test]
 async fn disconnect_times_out_on_stalled_broker() {
-    const PUBLISHES: usize = 96;
+    const PUBLISHES: usize = BIG_PUBLISHES;
     const PAYLOAD: usize = 64 * 1024;
 
     let _serial = SERIAL.lock().await;
     for version in VERSIONS {
         let what = format!("{version:?}");
         let baseline = live_actor_count();
-        let broker = FakeBroker::bind().await;
-        let client = ClientOptions::from_url(&broker.url())
-            .unwrap()
-            .client_id("stalled-flush")
-            .protocol(version)
-            .keep_alive(Duration::ZERO)
-            .max_pending_requests(4 * PUBLISHES)
-            .disconnect_timeout(Duration::from_millis(300))
-            .start()
-            .unwrap();
-        let (gate, release, mut seen) = Gate::start_closed();
-        client.set_default_recipient(gate.recipient());
-        let mut connection = broker.accept().await;
-        connection.handshake().await;
-        block_gate(&mut connection, &mut seen, &what).await;
+        let blocked =
+            BlockedClient::connect(version, "stalled-flush", Duration::from_millis(300)).await;
+        let BlockedClient {
+            _broker,
+            client,
+            mut connection,
+            release,
+        } = blocked;
 
         let mut outcomes = Vec::new();
         for _ in 0..PUBLISHES {
@@ -623,24 +622,12 @@ async fn check_qos2_repeated_cuts(version: ProtocolVersion, cuts: &[usize], what
 
     let baseline = live_actor_count();
     let broker = ScriptedBroker::bind().await;
-    let client = ClientOptions::new("127.0.0.1", broker.port())
-        .client_id("qos2-cuts")
-        .protocol(version)
-        .keep_alive(Duration::ZERO)
-        .clean_start(false)
-        .session_expiry(Duration::from_secs(60))
-        .reconnect(true)
+    let client = resuming(&broker, "qos2-cuts", version)
         .reconnect_backoff(Duration::from_millis(1), Duration::from_millis(5))
-        .resume_on_reconnect(true)
         .start()
         .unwrap();
-    let arbiter = Arbiter::new();
-    let (seen_tx, mut seen) = mpsc::unbounded_channel();
-    let sleepy = Sleepy::start_in_arbiter(&arbiter.handle(), move |_| Sleepy {
-        pause: Duration::from_millis(2),
-        seen: seen_tx,
-    });
-    client.set_default_recipient(sleepy.recipient());
+    let (slow, mut seen) = SlowRecipient::start(Duration::from_millis(2));
+    client.set_default_recipient(slow.recipient.clone());
 
     let mut flows: BTreeMap<u16, FlowState> = (1..=MESSAGES)
         .map(|packet_id| (packet_id, FlowState::Published))
@@ -688,30 +675,8 @@ async fn check_qos2_repeated_cuts(version: ProtocolVersion, cuts: &[usize], what
         connection.cut();
     }
 
-    let mut copies: BTreeMap<String, usize> = BTreeMap::new();
-    loop {
-        let payload = next(&mut seen).await;
-        if payload == "marker" {
-            break;
-        }
-        *copies
-            .entry(String::from_utf8(payload.to_vec()).unwrap())
-            .or_default() += 1;
-    }
-    let expected: BTreeMap<String, usize> =
-        (1..=MESSAGES).map(|index| (index.to_string(), 1)).collect();
-    assert_eq!(copies, expected, "{what}: copies per message");
-
-    tokio::time::timeout(STEP, client.disconnect(Disconnect::new()))
-        .await
-        .expect("disconnect returns in time")
-        .unwrap();
-    arbiter.stop();
-    tokio::task::spawn_blocking(move || arbiter.join())
-        .await
-        .unwrap()
-        .unwrap();
-    assert_actors_back_to(baseline).await;
+    assert_each_once(&mut seen, MESSAGES, what).await;
+    slow.finish(&client, baseline).await;
 }
 
 /// Checks, for both protocol versions, that a keep-alive timeout while a delivery waits
@@ -772,26 +737,14 @@ async fn backoff_publishes_sent_once() {
         let baseline = live_actor_count();
         let broker = ScriptedBroker::bind().await;
         let backoff = Duration::from_millis(100);
-        let client = ClientOptions::new("127.0.0.1", broker.port())
-            .client_id("backoff-queue")
-            .protocol(version)
-            .keep_alive(Duration::ZERO)
-            .clean_start(false)
-            .session_expiry(Duration::from_secs(60))
-            .reconnect(true)
+        let client = resuming(&broker, "backoff-queue", version)
             .reconnect_backoff(backoff, backoff)
-            .resume_on_reconnect(true)
             .start()
             .unwrap();
         let (events, mut event_rx) = actor_broker::forward::<mqttlink::Event>();
         client.subscribe_events(events.recipient());
-        let arbiter = Arbiter::new();
-        let (seen_tx, mut seen) = mpsc::unbounded_channel();
-        let sleepy = Sleepy::start_in_arbiter(&arbiter.handle(), move |_| Sleepy {
-            pause: Duration::from_millis(5),
-            seen: seen_tx,
-        });
-        client.set_default_recipient(sleepy.recipient());
+        let (slow, mut seen) = SlowRecipient::start(Duration::from_millis(5));
+        client.set_default_recipient(slow.recipient.clone());
 
         let mut connection = broker.accept().await;
         connection.accept_connect(false).await;
@@ -900,15 +853,6 @@ async fn backoff_publishes_sent_once() {
             "{what}: {delivered:?}"
         );
 
-        tokio::time::timeout(STEP, client.disconnect(Disconnect::new()))
-            .await
-            .expect("disconnect returns in time")
-            .unwrap();
-        arbiter.stop();
-        tokio::task::spawn_blocking(move || arbiter.join())
-            .await
-            .unwrap()
-            .unwrap();
-        assert_actors_back_to(baseline).await;
+        slow.finish(&client, baseline).await;
     }
 }

@@ -12,6 +12,8 @@
 
 #[path = "support/actor_broker.rs"]
 mod actor_broker;
+#[path = "support/slow_recipient.rs"]
+mod slow_recipient;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -25,6 +27,7 @@ use mqttlink::codec::{
     ProtocolVersion, PubAck, PubAckReason, PubCompReason, PubRel, QoS,
 };
 use mqttlink::{live_actor_count, ClientOptions, Message, Publish};
+use slow_recipient::SlowRecipient;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
@@ -57,33 +60,6 @@ fn numbered(index: usize) -> Bytes {
     Bytes::from(index.to_string())
 }
 
-/// A recipient with a mailbox of one message that sleeps in its handler, so the
-/// session keeps finding its mailbox full. Run in another arbiter, its mailbox gets
-/// room from another thread.
-struct Sleepy {
-    pause: Duration,
-    seen: mpsc::UnboundedSender<Bytes>,
-}
-
-impl Actor for Sleepy {
-    type Context = Context<Self>;
-
-    fn started(&mut self, ctx: &mut Context<Self>) {
-        ctx.set_mailbox_capacity(1);
-    }
-}
-
-impl Handler<Message> for Sleepy {
-    type Result = ();
-
-    fn handle(&mut self, message: Message, _: &mut Context<Self>) {
-        if !self.pause.is_zero() {
-            std::thread::sleep(self.pause);
-        }
-        let _ = self.seen.send(message.payload);
-    }
-}
-
 /// Checks that QoS 1 and 2 messages to a recipient whose mailbox gets room from another
 /// thread all arrive in order and are all acknowledged. Keep-alive is off, so no timer
 /// wakes a session that missed the wake-up of a send.
@@ -113,10 +89,8 @@ async fn run_other_thread_recipient(window: u16, windows: usize, pause: Duration
         .receive_maximum(window)
         .start()
         .unwrap();
-    let arbiter = Arbiter::new();
-    let (seen, mut seen_rx) = mpsc::unbounded_channel();
-    let sleepy = Sleepy::start_in_arbiter(&arbiter.handle(), move |_| Sleepy { pause, seen });
-    client.set_default_recipient(sleepy.recipient());
+    let (slow, mut seen_rx) = SlowRecipient::start(pause);
+    client.set_default_recipient(slow.recipient.clone());
     let mut connection = broker.accept().await;
     connection.handshake().await;
 
@@ -154,16 +128,7 @@ async fn run_other_thread_recipient(window: u16, windows: usize, pause: Duration
     for index in 0..sent {
         assert_eq!(next(&mut seen_rx).await, numbered(index), "message {index}");
     }
-    client
-        .disconnect(mqttlink::Disconnect::new())
-        .await
-        .unwrap();
-    arbiter.stop();
-    tokio::task::spawn_blocking(move || arbiter.join())
-        .await
-        .unwrap()
-        .unwrap();
-    assert_actors_back_to(baseline).await;
+    slow.finish(&client, baseline).await;
 }
 
 /// Checks that QoS 0 messages behind a full mailbox are kept, not dropped, while fewer
@@ -393,13 +358,8 @@ async fn room_made_mid_read_delivers_backlog() {
         .keep_alive(Duration::ZERO)
         .start()
         .unwrap();
-    let arbiter = Arbiter::new();
-    let (seen, mut seen_rx) = mpsc::unbounded_channel();
-    let sleepy = Sleepy::start_in_arbiter(&arbiter.handle(), move |_| Sleepy {
-        pause: Duration::ZERO,
-        seen,
-    });
-    client.set_default_recipient(sleepy.recipient());
+    let (slow, mut seen_rx) = SlowRecipient::start(Duration::ZERO);
+    client.set_default_recipient(slow.recipient.clone());
     let mut connection = broker.accept().await;
     connection.handshake().await;
 
@@ -438,14 +398,5 @@ async fn room_made_mid_read_delivers_backlog() {
     }
 
     assert_eq!(client.stats().await.unwrap().dropped_messages, 0);
-    client
-        .disconnect(mqttlink::Disconnect::new())
-        .await
-        .unwrap();
-    arbiter.stop();
-    tokio::task::spawn_blocking(move || arbiter.join())
-        .await
-        .unwrap()
-        .unwrap();
-    assert_actors_back_to(baseline).await;
+    slow.finish(&client, baseline).await;
 }
