@@ -680,7 +680,7 @@ async fn check_qos2_repeated_cuts(version: ProtocolVersion, cuts: &[usize], what
 }
 
 /// Checks, for both protocol versions, that a keep-alive timeout while a delivery waits
-/// for room in a full mailbox ends the client. The broker answers no PINGREQ, so the
+/// for room in a full mailbox ends the client. The broker sends no PINGRESP, so the
 /// client gives up after one keep-alive interval past the PINGREQ.
 #[actix_rt::test]
 async fn keep_alive_timeout_while_blocked() {
@@ -703,7 +703,7 @@ async fn keep_alive_timeout_while_blocked() {
         block_gate(&mut connection, &mut seen, &what).await;
         let publish = spawn_publish(&client, "out", "p".into(), QoS::AtLeastOnce);
 
-        // The broker reads but never answers, so only PUBLISH, PINGREQ and at most a
+        // The broker reads but never replies, so only PUBLISH, PINGREQ and at most a
         // final DISCONNECT come.
         let packets = connection.until_closed().await;
         assert!(
